@@ -1,0 +1,108 @@
+"""The Backbone record every family returns, and a one-forward description of its layers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from attnviz.maps import Layout
+
+__all__ = ["Backbone", "LayerInfo", "describe_layers", "POOLING"]
+
+POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A module whose output is a spatial feature map, as seen in one dummy forward."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]         # output shape without the batch dimension
+    layout: Layout
+    channels: int
+    grid: tuple[int, int]          # (H, W) feature resolution
+
+
+@dataclass
+class Backbone:
+    """A loaded model plus everything attnviz needs to know about it."""
+
+    name: str                      # "resnet50", "clip:ViT-B-16", "demo"
+    model: nn.Module               # eval mode, on `device`
+    weights: str                   # what was loaded: enum name, file path, or "none"
+    pretrained: bool               # False: random init, maps mean nothing
+    categories: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int                # the model sees the whole image squashed to input_size²
+    default_layer: str
+    layers: dict[str, LayerInfo]   # every layer `--layer` accepts, in execution order
+    classifier: nn.Linear | None = None   # linear head over pooled features (derived cross)
+    classifier_layer: str | None = None   # the layer that head pools
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    notes: list[str] = field(default_factory=list)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, K) for a normalised batch (B, 3, S, S)."""
+        return self.model(x)
+
+    def layer(self, name: str) -> LayerInfo:
+        """The LayerInfo for `name`; unknown names raise KeyError."""
+        return self.layers[name]
+
+
+def _layout_of(shape: torch.Size, vit: tuple[int, tuple[int, int]] | None) -> Layout | None:
+    """Infer the layout of one module output from its shape; None if it is not a map."""
+    if len(shape) == 4:
+        _, a, b, c = shape
+        if b == c:                       # inputs are square, so NCHW maps have H == W
+            return Layout("NCHW")
+        if a == b:
+            return Layout("NHWC")
+        return None
+    if len(shape) == 3 and vit is not None:
+        prefix, grid = vit
+        if shape[1] == prefix + grid[0] * grid[1]:
+            return Layout("NLC", prefix=prefix, grid=grid)
+    return None
+
+
+@torch.no_grad()
+def describe_layers(model: nn.Module, input_size: int, device: torch.device,
+                    vit: tuple[int, tuple[int, int]] | None = None
+                    ) -> tuple[dict[str, LayerInfo], list[tuple[str, nn.Module]]]:
+    """Run one dummy forward; return the spatial layers and the modules in completion order."""
+    seen: dict[str, LayerInfo] = {}
+    order: list[tuple[str, nn.Module]] = []
+    handles = []
+
+    def hook(name: str):
+        def fn(module: nn.Module, args, output) -> None:
+            order.append((name, module))
+            if not isinstance(output, torch.Tensor):
+                return
+            layout = _layout_of(output.shape, vit)
+            if layout is None:
+                return
+            shape = tuple(output.shape[1:])
+            if layout.kind == "NCHW":
+                c, grid = shape[0], (shape[1], shape[2])
+            elif layout.kind == "NHWC":
+                c, grid = shape[2], (shape[0], shape[1])
+            else:
+                c, grid = shape[1], layout.grid
+            seen.pop(name, None)         # a module called twice counts at its last call
+            seen[name] = LayerInfo(name, type(module).__name__, shape, layout, c, grid)
+        return fn
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(hook(name)))
+        model(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, order

@@ -1,0 +1,201 @@
+"""Any torchvision classification model, described by torchvision's own API (weights enums, meta)."""
+from __future__ import annotations
+
+import difflib
+import socket
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from attnviz.backbones import register_family
+from attnviz.backbones.base import POOLING, Backbone, LayerInfo, describe_layers
+from attnviz.errors import AttnvizError
+
+__all__ = ["load_torchvision", "classification_models", "load_state_dict_file"]
+
+DOWNLOAD_TIMEOUT_S = 30
+
+
+def classification_models() -> list[str]:
+    """Every classification model torchvision knows (`torchvision.models.list_models`)."""
+    return tvm.list_models(module=tvm)
+
+
+def _weights_enum(name: str):
+    try:
+        return tvm.get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+
+
+def _resolve_weights(name: str, spec: str):
+    """--weights DEFAULT|ENUM_NAME|none|FILE -> (enum entry or None, file path or None)."""
+    enum = _weights_enum(name)
+    if spec.lower() == "none":
+        return None, None
+    if spec.upper() == "DEFAULT":
+        if enum is None:
+            raise AttnvizError(f"{name} has no pretrained weights in torchvision; pass --weights FILE or none")
+        return enum.DEFAULT, None
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return None, path
+    if enum is not None:
+        short = spec.split(".")[-1]
+        if short in enum.__members__:
+            return enum[short], None
+        names = ", ".join(["DEFAULT", *enum.__members__, "none"])
+        raise AttnvizError(f"--weights {spec!r}: not a file and not one of {names}")
+    raise AttnvizError(f"--weights {spec!r}: no such file, and {name} has no torchvision weights")
+
+
+def _cache_file(weights) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+
+
+def _build_pretrained(name: str, weights) -> nn.Module:
+    """get_model with the weights enum; a failed download is one line with the remedies."""
+    cached = _cache_file(weights)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a closed network must fail, not hang
+    try:
+        return tvm.get_model(name, weights=weights)
+    except Exception as e:  # urllib, hash and I/O errors all mean the same to the user
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AttnvizError(
+            f"cannot get {weights} ({reason}); it is not in the hub cache at {cached}. "
+            f"Remedies: run once with network access, copy the file there (or set TORCH_HOME "
+            f"to a folder whose hub/checkpoints has it), pass --weights FILE, or --weights none"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict from FILE, never executing pickled code (weights_only=True)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AttnvizError(f"--weights {path}: not a loadable state_dict ({first})") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise AttnvizError(f"--weights {path}: expected a state_dict (a dict of tensors)")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _build_from_file(name: str, path: Path) -> nn.Module:
+    sd = load_state_dict_file(path)
+    model = tvm.get_model(name, weights=None)
+    head = _last_linear(model)
+    if head is not None and f"{head[0]}.weight" in sd:
+        k = sd[f"{head[0]}.weight"].shape[0]
+        if k != head[1].out_features:  # a fine-tuned head: rebuild with its class count
+            model = tvm.get_model(name, weights=None, num_classes=k)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise AttnvizError(f"--weights {path} does not fit {name}: {detail}") from None
+    return model
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return found[-1] if found else None
+
+
+def _vit_grid(model: nn.Module) -> tuple[int, tuple[int, int]] | None:
+    """(prefix tokens, patch grid) for a torchvision ViT, read from the model."""
+    if isinstance(model, tvm.VisionTransformer):
+        side = model.image_size // model.patch_size
+        return 1, (side, side)   # torchvision's ViT has one class token
+    return None
+
+
+def _classifier(order: list[tuple[str, nn.Module]], layers: dict[str, LayerInfo], n_classes: int):
+    """The linear head over a pooled spatial layer: (Linear, layer) or (None, None) for MLP heads."""
+    linears = [i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)]
+    if not linears:
+        return None, None
+    last = linears[-1]
+    head = order[last][1]
+    if head.out_features != n_classes:
+        return None, None
+    for i in range(last - 1, -1, -1):
+        name, module = order[i]
+        if isinstance(module, nn.Linear):
+            return None, None      # another linear layer in between: an MLP head, not CAM-able
+        info = layers.get(name)
+        if info is not None and info.grid != (1, 1) and not isinstance(module, POOLING):
+            return (head, name) if info.channels == head.in_features else (None, None)
+    return None, None
+
+
+def _default_layer(model: nn.Module, layers: dict[str, LayerInfo], n_classes: int) -> str:
+    """The last feature stage (e.g. layer4, features); for a ViT its last encoder block."""
+    if isinstance(model, tvm.VisionTransformer):
+        return [n for n in layers if n.startswith("encoder.layers.") and n.count(".") == 2][-1]
+    modules = dict(model.named_modules())
+    stages = [n for n, i in layers.items() if i.grid != (1, 1) and i.channels != n_classes
+              and not isinstance(modules[n], POOLING)]   # skip pools and conv classifiers
+    return stages[-1]
+
+
+@register_family("")
+def load_torchvision(name: str, weights: str = "DEFAULT", *, input_size: int | None = None,
+                     device: torch.device = torch.device("cpu")) -> Backbone:
+    """A torchvision classifier with its weights enum's categories, mean/std and input size."""
+    known = classification_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `attnviz backbones`"
+        raise AttnvizError(f"unknown backbone {name!r}: {hint}")
+    enum_entry, file = _resolve_weights(name, weights)
+    meta_source = enum_entry or (_weights_enum(name).DEFAULT if _weights_enum(name) else None)
+    if enum_entry is not None:
+        model = _build_pretrained(name, enum_entry)
+        described = str(enum_entry)
+    elif file is not None:
+        model = _build_from_file(name, file)
+        described = str(file)
+    else:
+        warnings.warn(f"{name}: random weights (--weights none): the maps mean nothing", stacklevel=2)
+        model = tvm.get_model(name, weights=None)
+        described = "none"
+    model.eval().to(device)
+
+    categories: list[str] = list(meta_source.meta["categories"]) if meta_source else []
+    n_classes = _last_linear(model)[1].out_features if _last_linear(model) else len(categories)
+    if len(categories) != n_classes:
+        categories = [f"class {i}" for i in range(n_classes)]
+    tf = meta_source.transforms() if meta_source else None
+    mean = tuple(tf.mean) if tf else (0.485, 0.456, 0.406)
+    std = tuple(tf.std) if tf else (0.229, 0.224, 0.225)
+    native_size = int(tf.crop_size[0]) if tf else 224
+    if isinstance(model, tvm.VisionTransformer):
+        if input_size not in (None, model.image_size):
+            raise AttnvizError(f"{name} takes {model.image_size}px inputs only; drop --input-size")
+        input_size = model.image_size
+    size = input_size or native_size
+
+    try:
+        layers, order = describe_layers(model, size, device, _vit_grid(model))
+    except RuntimeError as e:
+        raise AttnvizError(f"{name} cannot run on {size}px inputs ({str(e).splitlines()[0]}); "
+                           f"try another --input-size") from None
+    head, pooled = _classifier(order, layers, n_classes)
+    return Backbone(name=name, model=model, weights=described, pretrained=described != "none",
+                    categories=categories, mean=mean, std=std, input_size=size,
+                    default_layer=_default_layer(model, layers, n_classes), layers=layers,
+                    classifier=head, classifier_layer=pooled, device=device)

@@ -1,0 +1,206 @@
+"""The `attnviz` command: parses options, calls the Python API, prints. Exit codes in the README."""
+from __future__ import annotations
+
+import shlex
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+from attnviz import __version__
+from attnviz.errors import AttnvizError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Attention maps of vision models: channel, spatial, mixed, self and cross.")
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"attnviz {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="Print the version and exit.")) -> None:
+    """Attention maps of vision models: channel, spatial, mixed, self and cross."""
+
+
+class _Rate(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} img/s" if task.speed else "– img/s", style="cyan")
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn, debug: bool):
+    """Run fn; setup errors become one line and exit 2, bugs one line and exit 3 (unless --debug)."""
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    warnings.showwarning = show_warning
+    try:
+        return fn()
+    except AttnvizError as e:
+        if debug:
+            raise
+        _fail(str(e), EXIT_USAGE)
+    except KeyboardInterrupt:
+        _fail("interrupted; files written so far are complete and listed in manifest.json", 130)
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001  (a bug: say so in one line)
+        if debug:
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              EXIT_INTERNAL)
+
+
+def _split(values: Optional[List[str]]) -> Optional[List[str]]:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _query(value: Optional[str]) -> Optional[tuple[float, float]]:
+    if value is None:
+        return None
+    try:
+        x, y = (float(v) for v in value.split(","))
+    except ValueError:
+        raise typer.BadParameter("expected X,Y in image pixels, e.g. 120,80") from None
+    return x, y
+
+
+@app.command()
+def run(
+    paths: List[Path] = typer.Argument(..., help="Image files and/or folders (folders recurse)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; mirrors the input tree)."),
+    backbone: str = typer.Option("resnet50", "--backbone", "-b", help="torchvision classifier name (see `attnviz backbones`)."),
+    weights: str = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a weights enum name (IMAGENET1K_V1), a state_dict FILE, or none (random init)."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer to read (default: the last feature stage; see `attnviz layers`)."),
+    kinds: Optional[List[str]] = typer.Option(None, "--kinds", "-k", help="Kinds to compute, comma-separated or repeated (default: all): channel, spatial, mixed-serial, mixed-parallel, self, cross."),
+    text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="Cross-attention prompt (repeatable); default: the top-1 class name."),
+    query: Optional[str] = typer.Option(None, "--query", help="Self-attention query X,Y in image pixels (default: the spatial-map peak)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side (default: the weights' own, usually 224)."),
+    size: int = typer.Option(512, "--size", min=16, help="Longest side of the written pictures."),
+    colormap: str = typer.Option("jet", "--colormap", help="Matplotlib colormap name (jet, inferno, viridis ...)."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Heatmap opacity over the image."),
+    top_k: int = typer.Option(20, "--top-k", min=1, help="Channels shown as bars in channel_weights.png."),
+    tau: float = typer.Option(0.1, "--tau", min=1e-4, help="Temperature of derived self-attention."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random-init weights."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors still print)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Write heatmaps, bar charts, grids, raw maps and a manifest for every image."""
+    from attnviz.pipeline import run as run_pipeline
+    from attnviz.report.outputs import Style
+    import matplotlib
+    if colormap not in matplotlib.colormaps:
+        _fail(f"--colormap {colormap!r}: not a matplotlib colormap (e.g. jet, inferno, viridis, turbo)", EXIT_USAGE)
+
+    progress = Progress(TextColumn("[bold]attnviz[/]"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                        TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)
+    task = None
+
+    def on_start(n: int) -> None:
+        nonlocal task
+        task = progress.add_task("images", total=n)
+
+    def go():
+        with progress:
+            return run_pipeline(
+                paths, out, backbone=backbone, kinds=_split(kinds), batch_size=batch_size,
+                style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k),
+                command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=on_start,
+                on_batch=lambda n: progress.advance(task, n), weights=weights, layer=layer,
+                texts=text or (), query=_query(query), input_size=input_size, device=device,
+                seed=seed, tau=tau)
+
+    report = _guard(go, debug)
+    failed = report.failed
+    if not quiet:
+        _summary(report)
+    elif failed:
+        for r in failed:
+            err_console.print(f"[red]failed:[/] {r.source}: {r.error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _summary(report) -> None:
+    ok = len(report.results) - len(report.failed)
+    table = Table(title="attnviz run", show_header=False, title_justify="left")
+    table.add_row("images ok", f"[green]{ok}[/]")
+    table.add_row("errors", f"[red]{len(report.failed)}[/]" if report.failed else "0")
+    for r in report.failed[:20]:
+        table.add_row("", f"{r.source}: {r.error}")
+    if len(report.failed) > 20:
+        table.add_row("", f"… {len(report.failed) - 20} more in manifest.json")
+    for note in report.notes:
+        table.add_row("note", note)
+    rate = len(report.results) / report.seconds if report.seconds else 0
+    table.add_row("time", f"{report.seconds:.1f} s ({rate:.2f} img/s, {report.forwards} forward passes)")
+    table.add_row("outputs", f"{report.out}/ (manifest.json)")
+    err_console.print(table)
+
+
+@app.command()
+def layers(
+    backbone: str = typer.Argument("resnet50", help="Backbone name."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """List the layer names --layer accepts, with their output shapes."""
+    from attnviz.backbones import load_backbone
+
+    def go():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # random init is fine for shapes
+            return load_backbone(backbone, "none", input_size=input_size)
+    bb = _guard(go, debug)
+    table = Table(title=f"{bb.name} at {bb.input_size}px: layers --layer accepts")
+    for col in ("layer", "type", "output (C×H×W)", "layout", ""):
+        table.add_column(col)
+    for info in bb.layers.values():
+        mark = []
+        if info.name == bb.default_layer:
+            mark.append("[bold green]default[/]")
+        if info.name == bb.classifier_layer:
+            mark.append("classifier pools this (cross)")
+        table.add_row(info.name, info.type, f"{info.channels}×{info.grid[0]}×{info.grid[1]}",
+                      info.layout.kind + (f" +{info.layout.prefix} tokens" if info.layout.prefix else ""),
+                      ", ".join(mark))
+    out_console.print(table)
+
+
+@app.command()
+def backbones() -> None:
+    """List the backbone names --backbone accepts."""
+    from attnviz.backbones.torchvision import classification_models
+    names = classification_models()
+    out_console.print(f"torchvision classifiers ({len(names)}):")
+    out_console.print(", ".join(names), highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Find input images on disk and decode them to RGB."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from attnviz.errors import AttnvizError, ImageError
+
+__all__ = ["ImageSource", "discover", "load_image"]
+
+# Documentation that travels with photo folders; skipped inside folders, never when named directly.
+_SIDECARS = {"readme", "credits", "license", "licence", "copying", "notice", "authors"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_WHITE = (255, 255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One input file: where to read it and how to name it."""
+
+    path: Path  # absolute path to read
+    source: str  # posix path relative to its input root, shown to the user
+    output: str  # posix output folder relative to OUT
+
+
+def discover(paths: Sequence[str | Path]) -> list[ImageSource]:
+    """List candidate image files under the given files and folders, in a stable order."""
+    if not paths:
+        raise AttnvizError("no input given: give image files or folders that contain them")
+    single_folder = len(paths) == 1 and Path(paths[0]).is_dir()
+    found: list[tuple[Path, str]] = []
+    for given in paths:
+        p = Path(given)
+        if not p.exists():
+            raise AttnvizError(f"no such file or folder: {given}")
+        p = Path(os.path.abspath(p))
+        if p.is_dir():
+            prefix = "" if single_folder else (p.name or "root") + "/"
+            found += [(f, prefix + rel) for f, rel in _scan_folder(p)]
+        elif p.is_file():
+            found.append((p, p.name))
+        else:
+            raise AttnvizError(f"not a regular file or folder: {given}")
+    seen: set[str] = set()
+    unique = []
+    for f, source in found:
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            unique.append((f, source))
+    if not unique:
+        shown = ", ".join(str(p) for p in paths)
+        raise AttnvizError(f"no images found in {shown}: give image files or folders that contain them")
+    outputs = _output_names([s for _, s in unique])
+    return [ImageSource(f, s, o) for (f, s), o in zip(unique, outputs)]
+
+
+def _scan_folder(root: Path) -> list[tuple[Path, str]]:
+    """Return (file, relative posix path) for every file under root, sorted; hidden and sidecar files skipped."""
+    found: list[tuple[Path, str]] = []
+    visited: set[str] = set()
+    links: list[tuple[str, Path]] = []  # symlinked folders, walked after the real tree
+
+    def walk(start: Path, start_rel: str) -> None:
+        stack = [(start, start_rel)]
+        while stack:
+            folder, rel = stack.pop()
+            real = os.path.realpath(folder)
+            if real in visited:
+                continue
+            visited.add(real)
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as e:
+                raise AttnvizError(f"cannot read folder {folder}: {e.strerror or e}") from None
+            for entry in entries:
+                if entry.name.startswith(".") or _is_sidecar(entry.name):
+                    continue
+                entry_rel = rel + entry.name
+                if entry.is_dir():  # follows symlinks
+                    if entry.is_symlink():
+                        links.append((entry_rel, Path(entry.path)))
+                    else:
+                        stack.append((Path(entry.path), entry_rel + "/"))
+                elif entry.is_file():
+                    found.append((Path(entry.path), entry_rel))
+
+    walk(root, "")
+    while links:  # real folders win over links to them; links go in name order
+        links.sort()
+        rel, link = links.pop(0)
+        walk(link, rel + "/")
+    return sorted(found, key=lambda item: item[1])
+
+
+def _is_sidecar(name: str) -> bool:
+    """README, CREDITS, LICENSE ... files (any extension) that sit beside photos."""
+    return name.split(".", 1)[0].lower() in _SIDECARS
+
+
+def _output_names(sources: list[str]) -> list[str]:
+    """Map sources to unique output folders: stem, then stem_ext, then a numeric suffix."""
+    paths = [PurePosixPath(s) for s in sources]
+    names = [str(p.with_suffix("")) if p.suffix else s for p, s in zip(paths, sources)]
+    exts: dict[str, set[str]] = defaultdict(set)
+    for n, p in zip(names, paths):
+        exts[n.casefold()].add(p.suffix.lower())
+    folders = {str(parent).casefold() for n in names for parent in PurePosixPath(n).parents}
+    # same stem, different extensions (cat.jpg, cat.png), or a file named like a folder
+    clash = [len(exts[n.casefold()]) > 1 or n.casefold() in folders for n in names]
+    names = [
+        f"{n}_{p.suffix[1:].lower()}" if bad and p.suffix else n
+        for n, p, bad in zip(names, paths, clash)
+    ]
+    taken = {n.casefold() for n in names} | folders
+    used: set[str] = set()
+    result = []
+    for n in names:
+        key = n.casefold()
+        if key in used or key in folders:
+            i = 2
+            while f"{n}_{i}".casefold() in taken:
+                i += 1
+            n = f"{n}_{i}"
+            taken.add(n.casefold())
+        used.add(n.casefold())
+        result.append(n)
+    return result
+
+
+def load_image(path: Path) -> Image.Image:
+    """Decode one file fully into an RGB image with EXIF orientation applied."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            try:
+                im = ImageOps.exif_transpose(im)  # returns a copy detached from the file
+            except Exception:  # unreadable EXIF: keep the image as stored
+                im = im.copy()
+        return _to_rgb(im)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (cannot identify image file)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(_one_line(f"image too large (decompression bomb check): {e}")) from None
+    except MemoryError:
+        raise ImageError("image too large to decode (out of memory)") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise ImageError(_one_line(f"cannot read file: {e.strerror or e}")) from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ...
+        raise ImageError(_one_line(f"corrupt image: {e or type(e).__name__}")) from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB."""
+    if im.mode.startswith("I;16"):
+        gray = np.asarray(im).astype(np.float64) / 65535.0 * 255.0
+        im = Image.fromarray(np.round(gray).astype(np.uint8), "L")
+    elif im.mode in ("I", "F"):
+        im = Image.fromarray(_stretch(np.asarray(im).astype(np.float64)), "L")
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    if im.mode == "RGB":
+        return im
+    try:
+        return im.convert("RGB")
+    except ValueError:
+        raise ImageError(f"unsupported image mode {im.mode}") from None
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Scale the finite values' min..max range to 0..255 (non-finite values become 0)."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, np.uint8)
+    lo, hi = values[finite].min(), values[finite].max()
+    if hi > lo:
+        scaled = (values - lo) / (hi - lo) * 255.0
+    else:  # constant image: keep the value if it already fits 0..255
+        scaled = np.full(values.shape, np.clip(lo, 0, 255))
+    return np.round(np.where(finite, scaled, 0)).astype(np.uint8)
+
+
+def _one_line(text: str) -> str:
+    """Collapse whitespace so the message fits on one line, and cap its length."""
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:197] + "..."

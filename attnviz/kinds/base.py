@@ -1,0 +1,91 @@
+"""The interface of an attention kind, and the batch of captured features it computes from."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from attnviz.backbones import Backbone
+from attnviz.errors import AttnvizError
+from attnviz.maps import to_grid
+from attnviz.types import AttentionMap
+
+__all__ = ["Options", "Batch", "Kind", "register_kind", "KINDS", "get_kinds"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings the kinds read (all optional)."""
+
+    tau: float = 0.1                            # temperature of derived self-attention
+    query: tuple[float, float] | None = None    # (x, y) in image pixels; default: spatial peak
+    texts: tuple[str, ...] = ()                 # cross-attention prompts
+
+
+@dataclass
+class Batch:
+    """One forward pass worth of captures, shared by every kind."""
+
+    backbone: Backbone
+    layer: str
+    outputs: dict[str, torch.Tensor]   # captured layer outputs, as the modules returned them
+    logits: torch.Tensor               # (B, K)
+    sizes: list[tuple[int, int]]       # (width, height) of each original image
+    options: Options = field(default_factory=Options)
+    plans: dict[str, Any] = field(default_factory=dict)   # each kind's `prepare` result, by name
+    cache: dict[str, Any] = field(default_factory=dict)   # results one kind shares with another
+
+    def features(self, layer: str | None = None) -> torch.Tensor:
+        """A captured layer as a float32 feature map (B, C, H, W)."""
+        layer = layer or self.layer
+        return to_grid(self.outputs[layer], self.backbone.layer(layer).layout).float()
+
+
+class Kind:
+    """An attention kind: which layers it needs captured, and the maps it computes from them."""
+
+    name: ClassVar[str]
+    order: ClassVar[int]   # position in the default kind list and in the grid
+
+    def unavailable(self, backbone: Backbone) -> str | None:
+        """Why this kind cannot run on `backbone`, or None when it can."""
+        return None
+
+    def prepare(self, backbone: Backbone, options: Options) -> Any:
+        """Check options before any image is read (raise AttnvizError); the result is its plan."""
+        return None
+
+    def layers(self, backbone: Backbone, layer: str) -> list[str]:
+        """The layers whose outputs `compute` reads."""
+        return [layer]
+
+    def compute(self, batch: Batch) -> list[list[AttentionMap]]:
+        """The maps of every image in the batch (outer list: images)."""
+        raise NotImplementedError
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register_kind(cls: type[Kind]) -> type[Kind]:
+    """Class decorator: register a kind by its `name`, refusing silent overwrites."""
+    if cls.name in KINDS:
+        raise ValueError(f"attention kind {cls.name!r} is already registered")
+    KINDS[cls.name] = cls()
+    return cls
+
+
+def get_kinds(names: list[str] | None) -> list[Kind]:
+    """Kinds by name in their canonical order (all when `names` is None)."""
+    if names is None:
+        return sorted(KINDS.values(), key=lambda k: k.order)
+    out = []
+    for name in names:
+        if name not in KINDS:
+            close = difflib.get_close_matches(name, KINDS, n=3, cutoff=0.3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise AttnvizError(f"unknown kind {name!r}{hint}; kinds: {', '.join(KINDS)}")
+        out.append(KINDS[name])
+    return sorted(dict.fromkeys(out), key=lambda k: k.order)

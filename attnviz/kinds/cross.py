@@ -1,0 +1,120 @@
+"""Text-to-image cross-attention, derived for a classifier: A = softmax_N(w_c · x_i / √d) (CAM)."""
+from __future__ import annotations
+
+import difflib
+import re
+
+import torch
+
+from attnviz.backbones import Backbone
+from attnviz.errors import AttnvizError
+from attnviz.kinds.base import Batch, Kind, Options, register_kind
+from attnviz.types import AttentionMap
+
+__all__ = ["words", "match_classes", "slug", "cross_map", "Cross"]
+
+
+def words(text: str) -> list[str]:
+    """Lower-case alphanumeric words ("Jack-o'-lantern" -> jack, o, lantern)."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A file-name-safe name for a prompt ("a tabby cat!" -> "a-tabby-cat")."""
+    return "-".join(words(text))[:limit].strip("-")
+
+
+def match_classes(prompt: str, categories: list[str]) -> list[int]:
+    """Classes named in `prompt` as whole words; the longest match wins, overlaps are dropped."""
+    names: dict[tuple[str, ...], list[int]] = {}
+    for i, c in enumerate(categories):
+        names.setdefault(tuple(words(c)), []).append(i)
+    p = words(prompt)
+    longest = max((len(k) for k in names), default=0)
+    found = [(length, start, names[tuple(p[start:start + length])])
+             for length in range(longest, 0, -1) for start in range(len(p) - length + 1)
+             if tuple(p[start:start + length]) in names]
+    taken: set[int] = set()
+    chosen: list[int] = []
+    for length, start, idx in sorted(found, key=lambda t: (-t[0], t[1])):
+        span = set(range(start, start + length))
+        if not span & taken:
+            taken |= span
+            chosen += [i for i in idx if i not in chosen]
+    return chosen
+
+
+def _closest(prompt: str, categories: list[str], n: int = 5) -> list[str]:
+    p = words(prompt)
+
+    def score(name: str) -> float:
+        k = max(len(words(name)), 1)
+        grams = [" ".join(p[i:i + k]) for i in range(max(len(p) - k + 1, 1))]
+        return max(difflib.SequenceMatcher(None, g, name.lower()).ratio() for g in grams)
+    return sorted(dict.fromkeys(categories), key=score, reverse=True)[:n]
+
+
+def cross_map(f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """softmax over positions of w · x_i / √d: (B, C, H, W), (B, C) -> (B, H, W)."""
+    b, c, h, wd = f.shape
+    scores = torch.einsum("bchw,bc->bhw", f, w) / c ** 0.5
+    return torch.softmax(scores.reshape(b, -1), dim=1).reshape(b, h, wd)
+
+
+@register_kind
+class Cross(Kind):
+    name = "cross"
+    order = 5
+
+    def unavailable(self, backbone: Backbone) -> str | None:
+        if backbone.classifier is None:
+            return (f"{backbone.name}'s head is not one linear layer over pooled features, "
+                    f"so derived cross-attention is not defined for it")
+        return None
+
+    def prepare(self, backbone: Backbone, options: Options) -> dict[str, list[int]]:
+        plan = {}
+        for prompt in options.texts:
+            if not words(prompt):
+                raise AttnvizError(f"--text {prompt!r}: the prompt has no words")
+            classes = match_classes(prompt, backbone.categories)
+            if not classes:
+                close = ", ".join(_closest(prompt, backbone.categories))
+                raise AttnvizError(f"--text {prompt!r} names none of {backbone.name}'s classes; "
+                                   f"closest: {close}")
+            plan[prompt] = classes
+        return plan
+
+    def layers(self, backbone: Backbone, layer: str) -> list[str]:
+        return [backbone.classifier_layer] if backbone.classifier_layer else []
+
+    def compute(self, batch: Batch) -> list[list[AttentionMap]]:
+        bb = batch.backbone
+        f = batch.features(bb.classifier_layer)                    # (B, C, H, W)
+        weight = bb.classifier.weight.detach().float().to(f.device)   # (K, C)
+        probs = torch.softmax(batch.logits.float(), dim=1)
+        plan: dict[str, list[int]] = batch.plans.get(self.name) or {}
+        per_image = [dict(plan) if plan else {bb.categories[int(i)]: [int(i)]}
+                     for i in batch.logits.argmax(dim=1)]
+        out: list[list[AttentionMap]] = []
+        for i, prompts in enumerate(per_image):
+            maps, used = [], set()
+            for j, (prompt, classes) in enumerate(prompts.items()):
+                name = _unique(f"cross-{slug(prompt) or f'prompt-{j + 1}'}", used)
+                w = weight[classes].mean(dim=0)[None]                   # (1, C)
+                m = cross_map(f[i:i + 1], w)[0]
+                meta = {"prompt": prompt, "source": "--text" if plan else "top-1 class",
+                        "classes": [{"index": c, "label": bb.categories[c]} for c in classes],
+                        "probability": round(float(probs[i, classes].sum()), 6)}
+                maps.append(AttentionMap("cross", name, "derived", bb.classifier_layer,
+                                         m.cpu().numpy(), meta=meta))
+            out.append(maps)
+        return out
+
+
+def _unique(name: str, used: set[str]) -> str:
+    base, k = name, 2
+    while name in used:
+        name, k = f"{base}-{k}", k + 1
+    used.add(name)
+    return name

@@ -1,0 +1,92 @@
+"""Map arithmetic shared by probes and renderers: standardise, normalise, resize, token grids."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6  # guards a zero standard deviation (spec: ẑ)
+
+__all__ = ["EPS", "Layout", "zscore", "normalise", "upsample", "gaussian_kernel", "to_grid", "logit",
+           "query_cell", "cell_centre"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a layer's output is laid out: NCHW maps, NHWC maps, or NLC tokens on a grid."""
+
+    kind: Literal["NCHW", "NHWC", "NLC"] = "NCHW"
+    prefix: int = 0                          # class/register tokens before the patches (NLC)
+    grid: tuple[int, int] | None = None      # (H, W) patch grid for NLC, taken from the model
+
+
+def zscore(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Standardise to mean 0, std 1 (population std) over `dims`; ε guards a zero std."""
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) / (std + EPS)
+
+
+def logit(p: torch.Tensor) -> torch.Tensor:
+    """Inverse sigmoid, clamped so that gates of exactly 0 or 1 stay finite."""
+    p = p.clamp(EPS, 1 - EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def gaussian_kernel(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    """A normalised (size, size) Gaussian, summing to 1."""
+    ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2 * sigma**2))
+    return (g / g.sum()).float()
+
+
+def to_grid(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Any layer output (B, ...) to a feature map (B, C, H, W) per its layout."""
+    if layout.kind == "NCHW":
+        return x
+    if layout.kind == "NHWC":
+        return x.permute(0, 3, 1, 2)
+    if layout.grid is None:
+        raise ValueError("an NLC layout needs its patch grid")
+    h, w = layout.grid
+    tokens = x[:, layout.prefix:, :]                      # (B, N, C) patches only
+    if tokens.shape[1] != h * w:
+        raise ValueError(f"{tokens.shape[1]} patch tokens do not fill a {h}x{w} grid")
+    return tokens.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+def normalise(m: np.ndarray) -> np.ndarray:
+    """Min–max to [0, 1] for display; a constant (or non-finite) map becomes all zeros."""
+    m = np.asarray(m, dtype=np.float32)
+    finite = np.isfinite(m)
+    if not finite.any():
+        return np.zeros_like(m)
+    lo, hi = float(m[finite].min()), float(m[finite].max())
+    if not hi > lo:
+        return np.zeros_like(m)
+    out = (np.where(finite, m, lo) - lo) / (hi - lo)
+    return out.astype(np.float32)
+
+
+def upsample(m: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an (h, w) map to (height, width), pixel centres aligned."""
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+    out = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def query_cell(xy: tuple[float, float], size: tuple[int, int], grid: tuple[int, int]) -> tuple[int, int]:
+    """Image pixel (x, y) of an image of `size` (w, h) -> feature cell (row, col) of `grid` (H, W)."""
+    (x, y), (w, h), (gh, gw) = xy, size, grid
+    col = min(max(int(x / w * gw), 0), gw - 1)
+    row = min(max(int(y / h * gh), 0), gh - 1)
+    return row, col
+
+
+def cell_centre(cell: tuple[int, int], size: tuple[int, int], grid: tuple[int, int]) -> list[float]:
+    """Centre (x, y) in image pixels of feature cell (row, col)."""
+    (row, col), (w, h), (gh, gw) = cell, size, grid
+    return [round((col + 0.5) * w / gw, 2), round((row + 0.5) * h / gh, 2)]

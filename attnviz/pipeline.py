@@ -1,0 +1,196 @@
+"""Images → backbone → probes → kinds → (render → report), in batches of one forward pass each."""
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from attnviz.backbones import Backbone, load_backbone
+from attnviz.errors import AttnvizError, ImageError
+from attnviz.images import ImageSource, discover, load_image
+from attnviz.kinds import Batch, Options, get_kinds
+from attnviz.probes.base import LayerTap
+from attnviz.types import AttentionMap, Prediction, Result
+
+__all__ = ["Analyser", "analyse", "run", "RunReport"]
+
+
+class Analyser:
+    """A backbone and the chosen kinds: every kind of a batch from ONE forward pass."""
+
+    def __init__(self, backbone: str | Backbone = "resnet50", kinds: Sequence[str] | None = None, *,
+                 weights: str = "DEFAULT", layer: str | None = None, texts: Sequence[str] = (),
+                 query: tuple[float, float] | None = None, input_size: int | None = None,
+                 device: str = "cpu", seed: int | None = None, tau: float = 0.1, top: int = 5) -> None:
+        self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(
+            backbone, weights, input_size=input_size, device=device, seed=seed)
+        bb = self.backbone
+        self.layer = layer or bb.default_layer
+        if self.layer not in bb.layers:
+            close = difflib.get_close_matches(self.layer, bb.layers, n=5, cutoff=0.5)
+            hint = f"close: {', '.join(close)}" if close else f"see `attnviz layers {bb.name}`"
+            raise AttnvizError(f"--layer {self.layer!r} is not a feature map of {bb.name}; {hint}")
+        self.options = Options(tau=tau, query=query, texts=tuple(texts))
+        self.notes: list[str] = []
+        self.kinds = []
+        for kind in get_kinds(list(kinds) if kinds is not None else None):
+            reason = kind.unavailable(bb)
+            if reason and kinds is not None:
+                raise AttnvizError(f"kind {kind.name!r}: {reason}")
+            if reason:
+                self.notes.append(f"{kind.name} skipped: {reason}")
+                continue
+            self.kinds.append(kind)
+        self.plans = {k.name: k.prepare(bb, self.options) for k in self.kinds}
+        self.tapped = list(dict.fromkeys(n for k in self.kinds for n in k.layers(bb, self.layer)))
+        self.top = top
+        self.forwards = 0   # forward passes run so far (one per batch)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The whole image squashed to input_size², scaled to [0, 1], normalised: (B, 3, S, S)."""
+        s = self.backbone.input_size
+        arrays = [torch.frombuffer(bytearray(im.resize((s, s), Image.Resampling.BILINEAR).tobytes()),
+                                   dtype=torch.uint8).reshape(s, s, 3) for im in images]
+        x = torch.stack(arrays).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(self.backbone.mean)[None, :, None, None]
+        std = torch.tensor(self.backbone.std)[None, :, None, None]
+        return ((x - mean) / std).to(self.backbone.device)
+
+    @torch.no_grad()
+    def analyse_batch(self, images: Sequence[Image.Image]
+                      ) -> list[tuple[list[Prediction], list[AttentionMap]]]:
+        """Predictions and maps for a batch of RGB images, from one forward pass."""
+        bb = self.backbone
+        x = self.preprocess(images)
+        with LayerTap(bb.model, self.tapped) as tap:
+            logits = bb.forward(x)
+        self.forwards += 1
+        batch = Batch(bb, self.layer, tap.outputs, logits, [im.size for im in images],
+                      self.options, self.plans)
+        maps: list[list[AttentionMap]] = [[] for _ in images]
+        for kind in self.kinds:
+            for i, per_image in enumerate(kind.compute(batch)):
+                maps[i].extend(per_image)
+        return [(self._predictions(row), m) for row, m in zip(logits, maps)]
+
+    def _predictions(self, logits: torch.Tensor) -> list[Prediction]:
+        probs = torch.softmax(logits.float(), dim=0)
+        top = probs.topk(min(self.top, len(probs)))
+        cats = self.backbone.categories
+        return [Prediction(int(i), cats[int(i)], round(float(p), 6)) for p, i in zip(*top)]
+
+
+def _batches(sources: list[ImageSource], size: int) -> Iterator[list[ImageSource]]:
+    for i in range(0, len(sources), size):
+        yield sources[i:i + size]
+
+
+def _load(sources: list[ImageSource]) -> tuple[list[Result], list[tuple[Result, Image.Image]]]:
+    """Decode a batch; unusable files become error Results, the rest go on."""
+    results, good = [], []
+    for src in sources:
+        r = Result(source=src.source, path=src.path, output=src.output)
+        try:
+            image = load_image(src.path)
+            r.size = image.size
+            good.append((r, image))
+        except ImageError as e:
+            r.status, r.error = "error", str(e)
+        results.append(r)
+    return results, good
+
+
+def analyse(images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+            backbone: str | Backbone = "resnet50", kinds: Sequence[str] | None = None, *,
+            batch_size: int = 8, **options) -> list[Result]:
+    """Maps and predictions for image files, folders or PIL images (no files are written)."""
+    items = [images] if isinstance(images, (str, Path, Image.Image)) else list(images)
+    analyser = Analyser(backbone, kinds, **options)
+    results: list[Result] = []
+    pils = [im for im in items if isinstance(im, Image.Image)]
+    paths = [p for p in items if not isinstance(p, Image.Image)]
+    for k in range(0, len(pils), batch_size):
+        chunk = [im.convert("RGB") for im in pils[k:k + batch_size]]
+        for j, (preds, maps) in enumerate(analyser.analyse_batch(chunk)):
+            n = k + j
+            results.append(Result(f"<image {n}>", Path(f"<image {n}>"), f"image_{n}",
+                                  size=chunk[j].size, predictions=preds, maps=maps))
+    if paths:
+        for batch in _batches(discover(paths), batch_size):
+            loaded, good = _load(batch)
+            for (r, _), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good])
+                                             if good else []):
+                r.predictions, r.maps = preds, maps
+            results.extend(loaded)
+    return results
+
+
+@dataclass
+class RunReport:
+    """What `run` did: results (maps dropped after writing), where, how long."""
+
+    out: Path
+    results: list[Result] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    forwards: int = 0
+
+    @property
+    def failed(self) -> list[Result]:
+        """Results whose status is "error"."""
+        return [r for r in self.results if r.status != "ok"]
+
+
+def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str = "resnet50",
+        kinds: Sequence[str] | None = None, batch_size: int = 8, style=None,
+        command: str = "", on_start: Callable[[int], None] | None = None,
+        on_batch: Callable[[int], None] | None = None, **options) -> RunReport:
+    """Analyse images and write every output plus OUT/manifest.json; see the README for the layout."""
+    from attnviz.report.manifest import Manifest
+    from attnviz.report.outputs import Style, write_outputs
+
+    style = style or Style()
+    out = Path(out)
+    sources = _check_out(out, discover(paths))
+    analyser = Analyser(backbone, kinds, **options)
+    manifest = Manifest(out, analyser, style, batch_size, command, options)
+    report = RunReport(out, notes=list(analyser.notes))
+    t0 = time.perf_counter()
+    if on_start:
+        on_start(len(sources))
+    for batch in _batches(sources, batch_size):
+        loaded, good = _load(batch)
+        if good:
+            for (r, image), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good])):
+                r.predictions, r.maps = preds, maps
+                try:
+                    write_outputs(out, r, image, style)
+                except OSError as e:
+                    r.status, r.error = "error", f"cannot write outputs: {e}"
+        for r in loaded:
+            manifest.add(r)
+            r.maps = []                      # written; keep memory flat on big folders
+        report.results.extend(loaded)
+        manifest.save()
+        if on_batch:
+            on_batch(len(batch))
+    report.seconds = time.perf_counter() - t0
+    report.forwards = analyser.forwards
+    manifest.save(seconds=report.seconds)
+    return report
+
+
+def _check_out(out: Path, sources: list[ImageSource]) -> list[ImageSource]:
+    """Refuse an OUT that is a file; never read our own outputs back as inputs."""
+    if out.exists() and not out.is_dir():
+        raise AttnvizError(f"-o {out}: exists and is not a folder")
+    resolved = out.resolve()
+    kept = [s for s in sources if not s.path.resolve().is_relative_to(resolved)]
+    if not kept:
+        raise AttnvizError(f"no images found outside the output folder {out}")
+    return kept

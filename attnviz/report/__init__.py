@@ -1,0 +1,1 @@
+"""Reports: atomic file writing, per-image outputs and the run manifest."""

@@ -1,0 +1,43 @@
+"""Atomic writes: a file is either its old content or its complete new content, never half."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["write_atomic", "save_png", "save_npz", "save_json"]
+
+
+def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write via a temporary file in the same folder, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_png(path: Path, image: Image.Image) -> None:
+    """Save a PIL image as PNG, atomically."""
+    write_atomic(path, lambda f: image.save(f, format="PNG", compress_level=3))
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Save arrays to an .npz (compressed), atomically."""
+    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def save_json(path: Path, obj: Any) -> None:
+    """Save JSON (UTF-8, indented), atomically."""
+    data = json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+    write_atomic(path, lambda f: f.write(data))

@@ -1,0 +1,59 @@
+"""OUT/manifest.json: one machine-readable record of a whole run (schema documented in the README)."""
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+from attnviz import __version__
+from attnviz.report.atomic import save_json
+from attnviz.report.outputs import Style, image_entry
+from attnviz.types import Result
+
+__all__ = ["Manifest", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+
+class Manifest:
+    """Collects image records and rewrites the manifest atomically after every batch."""
+
+    def __init__(self, out: Path, analyser, style: Style, batch_size: int, command: str,
+                 options: dict[str, Any]) -> None:
+        bb = analyser.backbone
+        self.path = out / "manifest.json"
+        self.images: list[dict[str, Any]] = []
+        self.head = {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "attnviz", "version": __version__, "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "python": platform.python_version()},
+            "command": command or " ".join(sys.argv),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "backbone": {"name": bb.name, "weights": bb.weights, "pretrained": bb.pretrained,
+                         "layer": analyser.layer, "classifier_layer": bb.classifier_layer,
+                         "input_size": bb.input_size, "mean": list(bb.mean), "std": list(bb.std),
+                         "device": str(bb.device)},
+            "settings": {"kinds": [k.name for k in analyser.kinds], "texts": list(analyser.options.texts),
+                         "query": list(analyser.options.query) if analyser.options.query else None,
+                         "tau": analyser.options.tau, "size": style.size, "colormap": style.colormap,
+                         "alpha": style.alpha, "top_k": style.top_k, "batch_size": batch_size,
+                         "seed": options.get("seed")},
+            "notes": list(analyser.notes) + list(bb.notes),
+        }
+
+    def add(self, r: Result) -> None:
+        """Record one image (call after its files are written)."""
+        self.images.append(image_entry(r))
+
+    def save(self, seconds: float | None = None) -> None:
+        """Write the manifest as it stands (atomically)."""
+        ok = sum(1 for i in self.images if i["status"] == "ok")
+        summary = {"images": len(self.images), "ok": ok, "errors": len(self.images) - ok}
+        if seconds is not None:
+            summary["seconds"] = round(seconds, 3)
+        save_json(self.path, {**self.head, "summary": summary, "images": self.images})

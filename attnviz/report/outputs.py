@@ -1,0 +1,73 @@
+"""Per-image outputs (original, overlays, bar chart, grid, raw maps) and their manifest entry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from attnviz.maps import cell_centre
+from attnviz.render import GridCell, GridRow, channel_bars, grid, output_size, overlay
+from attnviz.report.atomic import save_npz, save_png
+from attnviz.types import AttentionMap, Result
+
+__all__ = ["Style", "write_outputs", "image_entry", "map_entry"]
+
+
+@dataclass(frozen=True)
+class Style:
+    """How maps are drawn."""
+
+    size: int = 512           # longest side of every overlay, in pixels
+    colormap: str = "jet"
+    alpha: float = 0.5
+    top_k: int = 20           # bars in channel_weights.png
+
+
+def map_entry(m: AttentionMap, size: tuple[int, int]) -> dict[str, Any]:
+    """The manifest record of one map: provenance, files and statistics."""
+    d = m.data
+    finite = d[np.isfinite(d)] if d.size else d
+    row, col = np.unravel_index(int(np.nanargmax(d)), d.shape) if finite.size else (0, 0)
+    return {"kind": m.kind, "name": m.name, "provenance": m.provenance, "layer": m.layer,
+            "file": f"{m.name}.png", "npz_key": m.name, "shape": list(d.shape),
+            "min": float(finite.min()) if finite.size else None,
+            "max": float(finite.max()) if finite.size else None,
+            "mean": float(finite.mean()) if finite.size else None,
+            "peak": cell_centre((int(row), int(col)), size, d.shape), **_jsonable(m.meta)}
+
+
+def image_entry(r: Result) -> dict[str, Any]:
+    """The manifest record of one image (ok or error)."""
+    return {"source": r.source, "output": r.output, "status": r.status, "error": r.error,
+            "size": list(r.size) if r.size else None,
+            "predictions": [{"index": p.index, "label": p.label, "probability": p.probability}
+                            for p in r.predictions],
+            "maps": [map_entry(m, r.size) for m in r.maps] if r.size else []}
+
+
+def write_outputs(out: Path, r: Result, image: Image.Image, style: Style) -> None:
+    """Write every file of one image under OUT/<r.output>/ (each file atomically)."""
+    folder = out / r.output
+    w, h = output_size(*image.size, style.size)
+    save_png(folder / "original.png", image.resize((w, h), Image.Resampling.LANCZOS))
+    arrays: dict[str, np.ndarray] = {}
+    cells = [GridCell("original", None)]
+    for m in r.maps:
+        save_png(folder / f"{m.name}.png", overlay(image, m.data, style.size, style.colormap, style.alpha))
+        arrays[m.name] = m.data.astype(np.float32)
+        label = m.meta.get("prompt", m.name) if m.kind == "cross" else m.name
+        cells.append(GridCell(f"{label}\n{m.provenance}", m.data))
+        if m.weights is not None:
+            arrays[f"{m.name}_weights"] = m.weights.astype(np.float32)
+            title = f"{m.name} weights · {m.layer} · {m.provenance} · {len(m.weights)} channels"
+            save_png(folder / f"{m.name}_weights.png", channel_bars(m.weights, style.top_k, title))
+    save_png(folder / "grid.png", grid([GridRow(image, cells, label=r.source)],
+                                       style.colormap, style.alpha))
+    save_npz(folder / "maps.npz", arrays)
+
+
+def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in meta.items()}

@@ -1,0 +1,58 @@
+"""Plain result types returned by the Python API (float32 NumPy arrays on the CPU)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Provenance = Literal["native", "derived"]
+
+
+@dataclass
+class AttentionMap:
+    """One attention map at feature resolution, with where it came from."""
+
+    kind: str                      # registered kind that made it: "channel", "self", "cross" ...
+    name: str                      # unique within an image; file stem and npz key ("cross-tabby-cat")
+    provenance: Provenance         # "native": a trained attention module was read; "derived": a formula
+    layer: str                     # module the map was computed from
+    data: np.ndarray               # (H, W) float32, raw (not normalised for display)
+    weights: np.ndarray | None = None          # (C,) channel weights, for the channel kind
+    meta: dict[str, Any] = field(default_factory=dict)  # prompt, query, classes ...
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the map."""
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+
+@dataclass
+class Prediction:
+    """One of the backbone's top-k classes for an image."""
+
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass
+class Result:
+    """Everything attnviz learned about one image."""
+
+    source: str                    # path relative to its input root, as shown to the user
+    path: Path                     # absolute path read
+    output: str                    # output folder relative to OUT ("sub/cat")
+    status: Literal["ok", "error"] = "ok"
+    error: str | None = None
+    size: tuple[int, int] | None = None        # (width, height) after EXIF orientation
+    predictions: list[Prediction] = field(default_factory=list)
+    maps: list[AttentionMap] = field(default_factory=list)
+
+    def map(self, name: str) -> AttentionMap:
+        """The map called `name` ("spatial", "cross-tabby-cat" ...)."""
+        for m in self.maps:
+            if m.name == name:
+                return m
+        raise KeyError(f"no map {name!r}; have {[m.name for m in self.maps]}")
