@@ -120,10 +120,11 @@ def run(
 
     def on_start(n: int) -> None:
         nonlocal task
+        progress.start()   # only now: setup errors print alone, with no empty bar before them
         task = progress.add_task("images", total=n)
 
     def go():
-        with progress:
+        try:
             return run_pipeline(
                 paths, out, backbone=backbone, kinds=_split(kinds), batch_size=batch_size,
                 style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k),
@@ -131,6 +132,9 @@ def run(
                 on_batch=lambda n: progress.advance(task, n), weights=weights, layer=layer,
                 texts=text or (), query=_query(query), input_size=input_size, device=device,
                 seed=seed, tau=tau)
+        finally:
+            if task is not None:
+                progress.stop()
 
     report = _guard(go, debug)
     failed = report.failed
@@ -154,7 +158,7 @@ def _summary(report) -> None:
     for note in report.notes:
         table.add_row("note", note)
     rate = len(report.results) / report.seconds if report.seconds else 0
-    table.add_row("time", f"{report.seconds:.1f} s ({rate:.2f} img/s, {report.forwards} forward passes)")
+    table.add_row("time", f"{report.seconds:.1f} s ({rate:.2f} img/s, {report.forwards} forward pass{'es' if report.forwards != 1 else ''})")
     table.add_row("outputs", f"{report.out}/ (manifest.json)")
     err_console.print(table)
 

@@ -1,0 +1,140 @@
+"""The real `attnviz` entry point: output tree, manifest, exit codes, one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import photo
+
+ATTNVIZ = str(Path(sys.executable).parent / "attnviz")
+FAST = ["--backbone", "resnet18", "--weights", "none", "--input-size", "64", "--size", "96", "--seed", "0"]
+
+
+def attnviz(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([ATTNVIZ, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def nested_run(tmp_path_factory):
+    """A nested folder with a non-image and two same-stem files, run once through the CLI."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "a").mkdir()
+    (root / "b" / "c").mkdir(parents=True)
+    photo(90, 60, 1).save(root / "a" / "cat.jpg")
+    photo(60, 90, 2).save(root / "a" / "cat.png")
+    photo(3000, 2, 3).save(root / "b" / "c" / "strip.png")
+    photo(1, 1, 4).save(root / "top.bmp")
+    (root / "b" / "notes.txt").write_text("not an image")
+    out = tmp_path_factory.mktemp("out") / "result"
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    proc = attnviz("run", str(root), "-o", str(out), *FAST, "--batch-size", "2", "--quiet")
+    after = sorted(p.relative_to(root) for p in root.rglob("*"))
+    assert before == after   # the input tree is never touched
+    return root, out, proc
+
+
+def test_exit_code_1_and_one_line_for_the_bad_file(nested_run):
+    _, out, proc = nested_run
+    assert proc.returncode == 1, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("failed:")]
+    assert failed == ["failed: b/notes.txt: not an image (cannot identify image file)"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_output_tree_mirrors_the_input(nested_run):
+    _, out, _ = nested_run
+    folders = sorted(str(p.relative_to(out)) for p in out.rglob("*") if (p / "maps.npz").exists())
+    assert folders == ["a/cat_jpg", "a/cat_png", "b/c/strip", "top"]
+    files = sorted(p.name for p in (out / "a" / "cat_jpg").iterdir())
+    assert files == sorted(["original.png", "channel.png", "channel_weights.png", "spatial.png",
+                            "mixed-serial.png", "mixed-parallel.png", "self.png", "self-received.png",
+                            "grid.png", "maps.npz", files[[f.startswith("cross-") for f in files].index(True)]])
+    with Image.open(out / "a" / "cat_jpg" / "spatial.png") as im:
+        assert im.size == (96, 64)          # longest side --size, the image's own aspect
+    with Image.open(out / "b" / "c" / "strip" / "original.png") as im:
+        assert im.size == (96, 1)
+    assert not (out / "b" / "notes").exists()
+
+
+def test_manifest_records_every_image_and_map(nested_run):
+    _, out, _ = nested_run
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["schema_version"] == 1 and man["backbone"]["name"] == "resnet18"
+    assert man["backbone"]["layer"] == "layer4" and man["backbone"]["input_size"] == 64
+    assert man["summary"] == {"images": 5, "ok": 4, "errors": 1, "seconds": man["summary"]["seconds"]}
+    by_source = {i["source"]: i for i in man["images"]}
+    assert sorted(by_source) == ["a/cat.jpg", "a/cat.png", "b/c/strip.png", "b/notes.txt", "top.bmp"]
+    bad = by_source["b/notes.txt"]
+    assert (bad["status"], bad["maps"], bad["output"]) == ("error", [], "b/notes")
+    good = by_source["a/cat.jpg"]
+    assert good["status"] == "ok" and good["error"] is None and good["size"] == [90, 60]
+    assert len(good["predictions"]) == 5
+    assert sum(p["probability"] for p in good["predictions"]) <= 1.0
+    npz = np.load(out / good["output"] / "maps.npz")
+    assert npz["channel_weights"].shape == (512,)
+    for m in good["maps"]:
+        data = npz[m["npz_key"]]
+        assert data.dtype == np.float32 and list(data.shape) == m["shape"] == [2, 2]
+        assert m["provenance"] == "derived" and (out / good["output"] / m["file"]).exists()
+        assert m["min"] == pytest.approx(float(data.min())) and m["max"] == pytest.approx(float(data.max()))
+        row, col = np.unravel_index(data.argmax(), data.shape)
+        assert m["peak"] == [(col + 0.5) * 90 / 2, (row + 0.5) * 60 / 2]
+    kinds = [m["kind"] for m in good["maps"]]
+    assert kinds == ["channel", "spatial", "mixed-serial", "mixed-parallel", "self", "self", "cross"]
+
+
+def test_single_file_with_text_exits_0(tmp_path):
+    photo(50, 40).save(tmp_path / "cat.jpg")
+    proc = attnviz("run", str(tmp_path / "cat.jpg"), "-o", str(tmp_path / "out"), *FAST,
+                   "--text", "a tabby cat", "--kinds", "cross,spatial")
+    assert proc.returncode == 0, proc.stderr
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    maps = man["images"][0]["maps"]
+    assert [m["name"] for m in maps] == ["spatial", "cross-a-tabby-cat"]
+    assert maps[1]["prompt"] == "a tabby cat" and maps[1]["classes"] == [{"index": 281, "label": "tabby"}]
+    assert "images ok" in proc.stderr   # the rich summary
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "resnet5O"], "unknown backbone 'resnet5O'"),
+    (["--layer", "layer9"], "--layer 'layer9' is not a feature map of resnet18"),
+    (["--kinds", "spatail"], "unknown kind 'spatail'"),
+    (["--text", "a flying saucer"], "names none of resnet18's classes; closest:"),
+    (["--colormap", "nope"], "--colormap 'nope'"),
+])
+def test_setup_errors_exit_2_with_one_line(tmp_path, args, message):
+    photo(20, 20).save(tmp_path / "x.png")
+    fast = [a for a in FAST]
+    if "--backbone" in args:
+        fast[0:2] = []
+    proc = attnviz("run", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), *fast, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_no_images_and_missing_path_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "empty", tmp_path / "missing"):
+        proc = attnviz("run", str(path), "-o", str(tmp_path / "out"), *FAST)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def test_version_help_and_layers():
+    from attnviz import __version__
+    assert attnviz("--version").stdout.strip() == f"attnviz {__version__}"
+    help_text = attnviz("run", "--help").stdout
+    for opt in ("--backbone", "--weights", "--layer", "--kinds", "--text", "--query", "--input-size",
+                "--size", "--colormap", "--alpha", "--top-k", "--batch-size", "--device", "--seed", "--quiet"):
+        assert opt in help_text
+    proc = attnviz("layers", "resnet18")
+    assert proc.returncode == 0
+    row = next(line for line in proc.stdout.splitlines() if " layer4 " in line)
+    assert "512×7×7" in row and "default" in row
