@@ -1,6 +1,7 @@
 """Images → backbone → probes → kinds → (render → report), in batches of one forward pass each."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,10 @@ from attnviz.backbones import Backbone, load_backbone
 from attnviz.errors import AttnvizError, ImageError
 from attnviz.images import ImageSource, discover, load_image
 from attnviz.kinds import Batch, Options, get_kinds
+from attnviz.probes.attention import AttentionCapture
 from attnviz.probes.base import LayerTap
+from attnviz.probes.gates import GateTap
+from attnviz.probes.locate import locate
 from attnviz.types import AttentionMap, Prediction, Result
 
 __all__ = ["Analyser", "analyse", "run", "RunReport"]
@@ -26,16 +30,20 @@ class Analyser:
     def __init__(self, backbone: str | Backbone = "resnet50", kinds: Sequence[str] | None = None, *,
                  weights: str = "DEFAULT", layer: str | None = None, texts: Sequence[str] = (),
                  query: tuple[float, float] | None = None, input_size: int | None = None,
-                 device: str = "cpu", seed: int | None = None, tau: float = 0.1, top: int = 5) -> None:
+                 device: str = "cpu", seed: int | None = None, tau: float = 0.1, top: int = 5,
+                 self_layer: str | None = None) -> None:
         self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(
             backbone, weights, input_size=input_size, device=device, seed=seed)
         bb = self.backbone
-        self.layer = layer or bb.default_layer
-        if self.layer not in bb.layers:
-            close = difflib.get_close_matches(self.layer, bb.layers, n=5, cutoff=0.5)
-            hint = f"close: {', '.join(close)}" if close else f"see `attnviz layers {bb.name}`"
-            raise AttnvizError(f"--layer {self.layer!r} is not a feature map of {bb.name}; {hint}")
-        self.options = Options(tau=tau, query=query, texts=tuple(texts))
+        s = bb.input_size
+        self.inventory = locate(bb.model, torch.zeros(1, 3, s, s, device=bb.device))
+        self.layer = self._layer(layer or bb.default_layer)
+        attention = [a.name for a in self.inventory.self_attention()]
+        if self_layer is not None and self_layer not in attention:
+            close = difflib.get_close_matches(self_layer, attention, n=5, cutoff=0.5)
+            raise AttnvizError(f"--self-layer {self_layer!r} is not an attention module of {bb.name}; "
+                               + (f"close: {', '.join(close)}" if close else f"see `attnviz inspect {bb.name}`"))
+        self.options = Options(tau=tau, query=query, texts=tuple(texts), self_layer=self_layer)
         self.notes: list[str] = []
         self.kinds = []
         for kind in get_kinds(list(kinds) if kinds is not None else None):
@@ -48,8 +56,23 @@ class Analyser:
             self.kinds.append(kind)
         self.plans = {k.name: k.prepare(bb, self.options) for k in self.kinds}
         self.tapped = list(dict.fromkeys(n for k in self.kinds for n in k.layers(bb, self.layer)))
+        names = {k.name for k in self.kinds}
+        self.gates = self.inventory.gates if names & {"channel", "spatial", "mixed-serial"} else []
+        self.attention = list(dict.fromkeys(n.split("#")[0] for n in attention)) if "self" in names else []
         self.top = top
         self.forwards = 0   # forward passes run so far (one per batch)
+
+    def _layer(self, name: str) -> str:
+        """Check --layer; a gate's sigmoid module stands for its gate block."""
+        bb = self.backbone
+        for g in self.inventory.gates:
+            if name == g.activation:
+                name = g.name
+        if name not in bb.layers or bb.layers[name].grid == (1, 1):
+            close = difflib.get_close_matches(name, bb.layers, n=5, cutoff=0.5)
+            hint = f"close: {', '.join(close)}" if close else f"see `attnviz layers {bb.name}`"
+            raise AttnvizError(f"--layer {name!r} is not a feature map of {bb.name}; {hint}")
+        return name
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The whole image squashed to input_size², scaled to [0, 1], normalised: (B, 3, S, S)."""
@@ -67,11 +90,16 @@ class Analyser:
         """Predictions and maps for a batch of RGB images, from one forward pass."""
         bb = self.backbone
         x = self.preprocess(images)
-        with LayerTap(bb.model, self.tapped) as tap:
+        with contextlib.ExitStack() as probes:
+            tap = probes.enter_context(LayerTap(bb.model, self.tapped))
+            gates = probes.enter_context(GateTap(bb.model, self.gates))
+            attn = probes.enter_context(AttentionCapture(bb.model, self.attention)) if self.attention else None
             logits = bb.forward(x)
         self.forwards += 1
         batch = Batch(bb, self.layer, tap.outputs, logits, [im.size for im in images],
-                      self.options, self.plans)
+                      self.options, self.plans, inventory=self.inventory, gates=gates.outputs,
+                      gate_inputs=gates.inputs, attention=attn.maps if attn else {},
+                      windows=attn.windows if attn else {})
         maps: list[list[AttentionMap]] = [[] for _ in images]
         for kind in self.kinds:
             for i, per_image in enumerate(kind.compute(batch)):

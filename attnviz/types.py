@@ -21,6 +21,7 @@ class AttentionMap:
     data: np.ndarray               # (H, W) float32, raw (not normalised for display)
     weights: np.ndarray | None = None          # (C,) channel weights, for the channel kind
     meta: dict[str, Any] = field(default_factory=dict)  # prompt, query, classes ...
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # "heads" (h, H, W), "gate:<name>" (C,)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -41,6 +41,7 @@ class Backbone:
     layers: dict[str, LayerInfo]   # every layer `--layer` accepts, in execution order
     classifier: nn.Linear | None = None   # linear head over pooled features (derived cross)
     classifier_layer: str | None = None   # the layer that head pools
+    tokens: tuple[int, tuple[int, int]] | None = None   # self-attention tokens: (prefix, patch grid)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     notes: list[str] = field(default_factory=list)
 

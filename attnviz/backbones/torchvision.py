@@ -195,7 +195,8 @@ def load_torchvision(name: str, weights: str = "DEFAULT", *, input_size: int | N
         raise AttnvizError(f"{name} cannot run on {size}px inputs ({str(e).splitlines()[0]}); "
                            f"try another --input-size") from None
     head, pooled = _classifier(order, layers, n_classes)
+    tokens = _vit_grid(model)
     return Backbone(name=name, model=model, weights=described, pretrained=described != "none",
                     categories=categories, mean=mean, std=std, input_size=size,
                     default_layer=_default_layer(model, layers, n_classes), layers=layers,
-                    classifier=head, classifier_layer=pooled, device=device)
+                    classifier=head, classifier_layer=pooled, tokens=tokens, device=device)

@@ -10,6 +10,9 @@ import torch
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
 from attnviz.maps import to_grid
+from attnviz.probes.attention import WindowAttention
+from attnviz.probes.gates import Gate
+from attnviz.probes.locate import Inventory
 from attnviz.types import AttentionMap
 
 __all__ = ["Options", "Batch", "Kind", "register_kind", "KINDS", "get_kinds"]
@@ -22,6 +25,7 @@ class Options:
     tau: float = 0.1                            # temperature of derived self-attention
     query: tuple[float, float] | None = None    # (x, y) in image pixels; default: spatial peak
     texts: tuple[str, ...] = ()                 # cross-attention prompts
+    self_layer: str | None = None               # attention module for per-head maps (default: last)
 
 
 @dataclass
@@ -35,12 +39,23 @@ class Batch:
     sizes: list[tuple[int, int]]       # (width, height) of each original image
     options: Options = field(default_factory=Options)
     plans: dict[str, Any] = field(default_factory=dict)   # each kind's `prepare` result, by name
+    inventory: Inventory = field(default_factory=Inventory)   # the model's attention modules
+    gates: dict[str, torch.Tensor] = field(default_factory=dict)        # (B, C) or (B, H, W) per gate
+    gate_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # features a gate scales
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)    # (B, heads, Nq, Nk) per module
+    windows: dict[str, WindowAttention] = field(default_factory=dict)   # Swin window attention
     cache: dict[str, Any] = field(default_factory=dict)   # results one kind shares with another
 
     def features(self, layer: str | None = None) -> torch.Tensor:
         """A captured layer as a float32 feature map (B, C, H, W)."""
         layer = layer or self.layer
         return to_grid(self.outputs[layer], self.backbone.layer(layer).layout).float()
+
+
+    def native_gate(self, kind: str) -> Gate | None:
+        """The captured gate of `kind` nearest the chosen layer, if the model has one."""
+        gate = self.inventory.nearest_gate(kind, self.layer)
+        return gate if gate is not None and gate.name in self.gates else None
 
 
 class Kind:

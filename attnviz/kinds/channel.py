@@ -1,4 +1,4 @@
-"""Channel attention (Squeeze-and-Excitation), derived: s = σ(ẑ_C(mean_hw F)), M_c = Σ_c s_c F[c]."""
+"""Channel attention (SE): the model's own gate when it has one (native), else s = σ(ẑ_C(GAP F))."""
 from __future__ import annotations
 
 import torch
@@ -26,8 +26,18 @@ class Channel(Kind):
     order = 0
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
-        f = batch.features()                       # (B, C, H, W)
-        s = torch.sigmoid(channel_logits(f))       # (B, C)
-        m = channel_map(f, s)                      # (B, H, W)
-        return [[AttentionMap("channel", "channel", "derived", batch.layer, m[i].cpu().numpy(),
-                              weights=s[i].cpu().numpy())] for i in range(len(m))]
+        gate = batch.native_gate("channel")
+        if gate is not None and gate.name in batch.gate_inputs:
+            f, s = batch.gate_inputs[gate.name], batch.gates[gate.name]   # (B, C, H, W), (B, C)
+            layer, provenance, meta = gate.name, "native", {"gate": gate.type, "module": gate.activation}
+        else:
+            f = batch.features()                                           # (B, C, H, W)
+            s = torch.sigmoid(channel_logits(f))                           # (B, C)
+            layer, provenance, meta = batch.layer, "derived", {}
+        m = channel_map(f, s)                                              # (B, H, W)
+        all_gates = batch.inventory.gates_of("channel") if provenance == "native" else []
+        return [[AttentionMap("channel", "channel", provenance, layer, m[i].cpu().numpy(),
+                              weights=s[i].cpu().numpy(), meta=dict(meta),
+                              extras={f"gate:{g.name}": batch.gates[g.name][i].cpu().numpy()
+                                      for g in all_gates if g.name in batch.gates})]
+                for i in range(len(m))]

@@ -17,8 +17,17 @@ class MixedSerial(Kind):
     order = 2
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
-        f = batch.features()                                             # (B, C, H, W)
-        s = torch.sigmoid(channel_logits(f))                             # (B, C)
-        gate = torch.sigmoid(spatial_logits(f * s[:, :, None, None]))    # (B, H, W)
-        return [[AttentionMap("mixed-serial", "mixed-serial", "derived", batch.layer,
-                              g.cpu().numpy())] for g in gate]
+        gate = batch.native_gate("spatial")
+        gates = batch.inventory.gates
+        before = gates[gates.index(gate) - 1] if gate is not None and gates.index(gate) > 0 else None
+        if before is not None and before.kind == "channel" and before.grid == gate.grid:
+            # a serial CBAM block: the model's spatial gate already sees s ⊙ F
+            m, layer, provenance = batch.gates[gate.name], gate.name, "native"
+            meta = {"gate": gate.type, "after": before.name}
+        else:
+            f = batch.features()                                              # (B, C, H, W)
+            s = torch.sigmoid(channel_logits(f))                              # (B, C)
+            m = torch.sigmoid(spatial_logits(f * s[:, :, None, None]))        # (B, H, W)
+            layer, provenance, meta = batch.layer, "derived", {}
+        return [[AttentionMap("mixed-serial", "mixed-serial", provenance, layer, g.cpu().numpy(),
+                              meta=dict(meta))] for g in m]

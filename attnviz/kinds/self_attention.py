@@ -1,12 +1,13 @@
-"""Self-attention, derived for a feature map: A = softmax_row(cos(x_i, x_j) / τ) over positions."""
+"""Self-attention: a transformer's own attention (native), else softmax(cos(x_i, x_j)/τ) (derived)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from attnviz.kinds.base import Batch, Kind, register_kind
-from attnviz.kinds.spatial import spatial_logits
+from attnviz.kinds.spatial import peak_fraction, spatial_logits
 from attnviz.maps import cell_centre, query_cell
+from attnviz.probes.attention import cls_attention, query_attention, received_attention, rollout
 from attnviz.types import AttentionMap
 
 __all__ = ["self_attention", "SelfAttention"]
@@ -18,32 +19,99 @@ def self_attention(f: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
     return torch.softmax(x @ x.T / tau, dim=1)            # (N, N)
 
 
+def _queries(batch: Batch) -> tuple[list[tuple[float, float]], str]:
+    """Each image's query as (x, y) fractions of the image, and where it came from."""
+    if batch.options.query is not None:
+        x, y = batch.options.query
+        return [(x / w, y / h) for w, h in batch.sizes], "--query"
+    peaks = batch.cache.get("spatial_peak") or peak_fraction(spatial_logits(batch.features()))
+    return peaks, "spatial peak"
+
+
+def _query_meta(frac: tuple[float, float], size: tuple[int, int], grid: tuple[int, int], source: str) -> dict:
+    cell = query_cell(frac, (1, 1), grid)
+    return {"query": cell_centre(cell, size, grid), "query_cell": list(cell), "query_source": source}
+
+
 @register_kind
 class SelfAttention(Kind):
     name = "self"
     order = 4
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
+        modules = [a.name for a in batch.inventory.self_attention()
+                   if a.name in batch.attention or a.name in batch.windows]
+        if modules and modules[-1] in batch.windows:
+            return self._windows(batch, modules)
+        if modules and batch.backbone.tokens is not None:
+            return self._tokens(batch, modules)
+        return self._derived(batch)
+
+    def _derived(self, batch: Batch) -> list[list[AttentionMap]]:
         f = batch.features()                                              # (B, C, H, W)
         grid = tuple(f.shape[2:])
-        peaks = batch.cache.get("spatial")
-        if peaks is None and batch.options.query is None:
-            peaks = spatial_logits(f)                                     # same argmax as the gate
+        queries, source = _queries(batch)
+        tau = batch.options.tau
         out = []
         for i in range(f.shape[0]):
-            if batch.options.query is not None:
-                cell = query_cell(batch.options.query, batch.sizes[i], grid)
-            else:
-                cell = divmod(int(peaks[i].argmax()), grid[1])
-            a = self_attention(f[i], batch.options.tau)                   # (N, N)
-            q = cell[0] * grid[1] + cell[1]
-            meta = {"query": cell_centre(cell, batch.sizes[i], grid), "query_cell": list(cell),
-                    "query_source": "--query" if batch.options.query else "spatial peak",
-                    "tau": batch.options.tau}
+            meta = {**_query_meta(queries[i], batch.sizes[i], grid, source), "tau": tau}
+            row, col = meta["query_cell"]
+            a = self_attention(f[i], tau)                                 # (N, N)
             out.append([
                 AttentionMap("self", "self", "derived", batch.layer,
-                             a[q].reshape(grid).cpu().numpy(), meta=meta),
+                             a[row * grid[1] + col].reshape(grid).cpu().numpy(), meta=meta),
                 AttentionMap("self", "self-received", "derived", batch.layer,
-                             a.mean(dim=0).reshape(grid).cpu().numpy(), meta={"tau": batch.options.tau}),
+                             a.mean(dim=0).reshape(grid).cpu().numpy(), meta={"tau": tau}),
             ])
+        return out
+
+    def _tokens(self, batch: Batch, modules: list[str]) -> list[list[AttentionMap]]:
+        prefix, grid = batch.backbone.tokens
+        last = modules[-1]
+        head_layer = batch.options.self_layer or last
+        a = batch.attention[last]                                         # (B, heads, N, N)
+        heads = batch.attention[head_layer]
+        as_grid = lambda t: t.reshape(t.shape[0], *grid).cpu().numpy()   # noqa: E731  (B, N') -> (B, H, W)
+        rolled = rollout([batch.attention[m] for m in modules])           # (B, N, N)
+        queries, source = _queries(batch)
+        if prefix:
+            main, per_head = cls_attention(a, prefix), heads[:, :, 0, prefix:]   # class token row
+            roll, token = rolled[:, 0, prefix:], "class token"
+        else:   # no class token: the row of the query position
+            idx = [r * grid[1] + c for r, c in (query_cell(q, (1, 1), grid) for q in queries)]
+            main = torch.stack([query_attention(a[i:i + 1], j)[0] for i, j in enumerate(idx)])
+            per_head = torch.stack([heads[i, :, j] for i, j in enumerate(idx)])
+            roll, token = torch.stack([rolled[i, j] for i, j in enumerate(idx)]), "query position"
+        main, roll, received = as_grid(main), as_grid(roll), as_grid(received_attention(a, prefix))
+        per_head = per_head.reshape(per_head.shape[0], per_head.shape[1], *grid).cpu().numpy()
+        out = []
+        for i in range(a.shape[0]):
+            maps = [
+                AttentionMap("self", "self", "native", last, main[i],
+                             meta={"token": token, "heads_module": head_layer},
+                             extras={"heads": per_head[i]}),
+                AttentionMap("self", "self-rollout", "native", last, roll[i],
+                             meta={"token": token, "layers": len(modules)}),
+                AttentionMap("self", "self-received", "native", last, received[i]),
+            ]
+            if batch.options.query is not None:
+                meta = _query_meta(queries[i], batch.sizes[i], grid, source)
+                row, col = meta["query_cell"]
+                m = query_attention(a[i:i + 1], prefix + row * grid[1] + col, prefix)[0]
+                maps.append(AttentionMap("self", "self-query", "native", last,
+                                         m.reshape(grid).cpu().numpy(), meta=meta))
+            out.append(maps)
+        return out
+
+    def _windows(self, batch: Batch, modules: list[str]) -> list[list[AttentionMap]]:
+        name = batch.options.self_layer or modules[-1]
+        wa = batch.windows[name]
+        queries, source = _queries(batch)
+        out = []
+        for i in range(len(batch.sizes)):
+            meta = {**_query_meta(queries[i], batch.sizes[i], wa.grid, source), "window": list(wa.window)}
+            row, col = meta["query_cell"]
+            heads = wa.query_map(row, col)[i]                             # (heads, H, W)
+            out.append([AttentionMap("self", "self", "native", name, heads.mean(dim=0).numpy(),
+                                     meta=meta, extras={"heads": heads.numpy()})])
         return out

@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-__all__ = ["CHART_SIZE", "top_channels", "channel_figure", "channel_bars"]
+__all__ = ["CHART_SIZE", "top_channels", "channel_figure", "channel_bars", "channel_depth"]
 
 CHART_SIZE = (1000, 450)      # (width, height) in pixels of every channel_bars image
 _DPI = 100
@@ -108,3 +108,26 @@ def channel_figure(weights: np.ndarray, top_k: int = 20, title: str = "") -> Fig
 def channel_bars(weights: np.ndarray, top_k: int = 20, title: str = "") -> Image.Image:
     """A CHART_SIZE RGB chart: the top-k channels as labelled bars and all C weights sorted."""
     return _canvas_to_image(channel_figure(weights, top_k, title))
+
+
+def channel_depth(gates: list[tuple[str, np.ndarray]], title: str = "", bins: int = 40) -> Image.Image:
+    """Every channel gate's weight distribution, one row per gate from the first block to the last."""
+    if not gates:
+        raise ValueError("channel_depth needs at least one gate")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    hist = np.stack([np.histogram(np.clip(_weights(w), 0, 1), edges)[0] / max(len(w), 1)
+                     for _, w in gates])                                   # (gates, bins)
+    height = max(3.0, 0.28 * len(gates) + 1.6)
+    fig = Figure(figsize=(CHART_SIZE[0] / _DPI, height), dpi=_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(hist, aspect="auto", cmap="magma", extent=(0, 1, len(gates) - 0.5, -0.5),
+                   interpolation="nearest")
+    means = [float(np.mean(w)) for _, w in gates]
+    ax.plot(means, range(len(gates)), "o", color="#38b2ac", ms=4, label="mean weight")
+    ax.set_yticks(range(len(gates)), [f"{name}  (C={len(w)})" for name, w in gates], fontsize=7)
+    ax.set_xlabel("gate weight s (0 = channel suppressed, 1 = passed)")
+    ax.set_xlim(0, 1)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.colorbar(im, ax=ax, label="fraction of the gate's channels", pad=0.01)
+    fig.suptitle(title or "channel gates, first block (top) to last (bottom)")
+    return _canvas_to_image(fig)

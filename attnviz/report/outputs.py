@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from attnviz.maps import cell_centre
-from attnviz.render import GridCell, GridRow, channel_bars, grid, output_size, overlay
+from attnviz.render import GridCell, GridRow, channel_bars, channel_depth, grid, output_size, overlay
 from attnviz.report.atomic import save_npz, save_png
 from attnviz.types import AttentionMap, Result
 
@@ -36,7 +36,8 @@ def map_entry(m: AttentionMap, size: tuple[int, int]) -> dict[str, Any]:
             "min": float(finite.min()) if finite.size else None,
             "max": float(finite.max()) if finite.size else None,
             "mean": float(finite.mean()) if finite.size else None,
-            "peak": cell_centre((int(row), int(col)), size, d.shape), **_jsonable(m.meta)}
+            "peak": cell_centre((int(row), int(col)), size, d.shape),
+            "npz_extras": [f"{m.name}_{k}" for k in m.extras], **_jsonable(m.meta)}
 
 
 def image_entry(r: Result) -> dict[str, Any]:
@@ -64,9 +65,25 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style) -> Non
             arrays[f"{m.name}_weights"] = m.weights.astype(np.float32)
             title = f"{m.name} weights · {m.layer} · {m.provenance} · {len(m.weights)} channels"
             save_png(folder / f"{m.name}_weights.png", channel_bars(m.weights, style.top_k, title))
+        arrays.update({f"{m.name}_{k}": v.astype(np.float32) for k, v in m.extras.items()})
+        _write_extras(folder, m, image, style)
     save_png(folder / "grid.png", grid([GridRow(image, cells, label=r.source)],
                                        style.colormap, style.alpha))
     save_npz(folder / "maps.npz", arrays)
+
+
+def _write_extras(folder: Path, m: AttentionMap, image: Image.Image, style: Style) -> None:
+    """channel_depth.png from every gate's weights; <name>-heads.png with one map per head."""
+    gates = [(k.removeprefix("gate:"), v) for k, v in m.extras.items() if k.startswith("gate:")]
+    if gates:
+        title = f"native channel gates of the model, first (top) to last · {len(gates)} gates"
+        save_png(folder / "channel_depth.png", channel_depth(gates, title))
+    heads = m.extras.get("heads")
+    if heads is not None:
+        cells = [GridCell(f"head {h}", heads[h]) for h in range(len(heads))]
+        rows = [GridRow(image, cells[i:i + 6], label=f"{m.name} · {m.layer} · {m.provenance}"
+                        if i == 0 else "") for i in range(0, len(cells), 6)]
+        save_png(folder / f"{m.name}-heads.png", grid(rows, style.colormap, style.alpha, cell=160))
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
