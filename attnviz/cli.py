@@ -21,8 +21,9 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attention maps of vision models: channel, spatial, mixed, self and cross.")
-out_console = Console()
-err_console = Console(stderr=True)
+# piped output is read by people and grep alike: don't squeeze tables into 80 columns
+out_console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _version(value: bool) -> None:
@@ -69,6 +70,11 @@ def _guard(fn, debug: bool):
               EXIT_INTERNAL)
 
 
+def _backbone(backbone: str, model: Optional[str]) -> str:
+    """--model M:F stands in for --backbone."""
+    return f"model:{model}" if model else backbone
+
+
 def _split(values: Optional[List[str]]) -> Optional[List[str]]:
     if not values:
         return None
@@ -90,11 +96,13 @@ def run(
     paths: List[Path] = typer.Argument(..., help="Image files and/or folders (folders recurse)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; mirrors the input tree)."),
     backbone: str = typer.Option("resnet50", "--backbone", "-b", help="torchvision classifier name (see `attnviz backbones`)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Your own model instead: package.module:factory (a callable returning an nn.Module)."),
     weights: str = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a weights enum name (IMAGENET1K_V1), a state_dict FILE, or none (random init)."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer to read (default: the last feature stage; see `attnviz layers`)."),
     kinds: Optional[List[str]] = typer.Option(None, "--kinds", "-k", help="Kinds to compute, comma-separated or repeated (default: all): channel, spatial, mixed-serial, mixed-parallel, self, cross."),
     text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="Cross-attention prompt (repeatable); default: the top-1 class name."),
     query: Optional[str] = typer.Option(None, "--query", help="Self-attention query X,Y in image pixels (default: the spatial-map peak)."),
+    self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side (default: the weights' own, usually 224)."),
     size: int = typer.Option(512, "--size", min=16, help="Longest side of the written pictures."),
     colormap: str = typer.Option("jet", "--colormap", help="Matplotlib colormap name (jet, inferno, viridis ...)."),
@@ -126,12 +134,12 @@ def run(
     def go():
         try:
             return run_pipeline(
-                paths, out, backbone=backbone, kinds=_split(kinds), batch_size=batch_size,
+                paths, out, backbone=_backbone(backbone, model), kinds=_split(kinds), batch_size=batch_size,
                 style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k),
                 command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=on_start,
                 on_batch=lambda n: progress.advance(task, n), weights=weights, layer=layer,
                 texts=text or (), query=_query(query), input_size=input_size, device=device,
-                seed=seed, tau=tau)
+                seed=seed, tau=tau, self_layer=self_layer)
         finally:
             if task is not None:
                 progress.stop()
@@ -163,33 +171,69 @@ def _summary(report) -> None:
     err_console.print(table)
 
 
+def _load_quietly(backbone: str, input_size: Optional[int], debug: bool):
+    """Backbone and attention inventory with random weights (shapes need no download)."""
+    from attnviz.pipeline import inspect as inspect_model
+
+    def go():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return inspect_model(backbone, "DEFAULT" if backbone.startswith("model:") else "none",
+                                 input_size=input_size)
+    return _guard(go, debug)
+
+
 @app.command()
 def layers(
     backbone: str = typer.Argument("resnet50", help="Backbone name."),
+    model: Optional[str] = typer.Option(None, "--model", help="Your own model: package.module:factory."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """List the layer names --layer accepts, with their output shapes."""
-    from attnviz.backbones import load_backbone
-
-    def go():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # random init is fine for shapes
-            return load_backbone(backbone, "none", input_size=input_size)
-    bb = _guard(go, debug)
+    bb, _ = _load_quietly(_backbone(backbone, model), input_size, debug)
     table = Table(title=f"{bb.name} at {bb.input_size}px: layers --layer accepts")
-    for col in ("layer", "type", "output (C×H×W)", "layout", ""):
-        table.add_column(col)
+    table.add_column("layer", overflow="fold", min_width=28)
+    for col in ("type", "output (C×H×W)", "layout", ""):
+        table.add_column(col, no_wrap=True)
     for info in bb.layers.values():
         mark = []
         if info.name == bb.default_layer:
             mark.append("[bold green]default[/]")
         if info.name == bb.classifier_layer:
-            mark.append("classifier pools this (cross)")
+            mark.append("head pools it")
         table.add_row(info.name, info.type, f"{info.channels}×{info.grid[0]}×{info.grid[1]}",
                       info.layout.kind + (f" +{info.layout.prefix} tokens" if info.layout.prefix else ""),
                       ", ".join(mark))
     out_console.print(table)
+
+
+@app.command()
+def inspect(
+    backbone: str = typer.Argument("resnet50", help="Backbone name."),
+    model: Optional[str] = typer.Option(None, "--model", help="Your own model: package.module:factory."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """List every attention module one forward pass finds, and which kinds become native."""
+    bb, inv = _load_quietly(_backbone(backbone, model), input_size, debug)
+    table = Table(title=f"{bb.name}: attention modules ({len(inv.gates)} gates, {len(inv.attention)} attention)")
+    table.add_column("module", overflow="fold", min_width=28)
+    for col in ("type", "kind", "shape", "heads"):
+        table.add_column(col, no_wrap=True)
+    for g in inv.gates:
+        shape = f"{g.channels} ch, {g.grid[0]}×{g.grid[1]}" if g.kind == "channel" else f"1×{g.grid[0]}×{g.grid[1]}"
+        table.add_row(g.name, g.type, f"{g.kind} gate", shape, "")
+    for a in inv.attention:
+        table.add_row(a.name, a.type, a.kind, f"{a.queries}×{a.keys} tokens", str(a.heads))
+    out_console.print(table)
+    native = inv.native_kinds(bb.tokens is not None)
+    from attnviz.kinds import KINDS
+    for kind in KINDS:
+        where = f"native ({native[kind]})" if kind in native else "derived"
+        out_console.print(f"  {kind:15s} {where}", highlight=False)
+    for name in inv.unsupported:
+        out_console.print(f"  [yellow]cannot read[/] {name}: its attention stays derived", highlight=False)
 
 
 @app.command()

@@ -18,10 +18,10 @@ from attnviz.kinds import Batch, Options, get_kinds
 from attnviz.probes.attention import AttentionCapture
 from attnviz.probes.base import LayerTap
 from attnviz.probes.gates import GateTap
-from attnviz.probes.locate import locate
+from attnviz.probes.locate import Inventory, locate
 from attnviz.types import AttentionMap, Prediction, Result
 
-__all__ = ["Analyser", "analyse", "run", "RunReport"]
+__all__ = ["Analyser", "analyse", "run", "RunReport", "inspect"]
 
 
 class Analyser:
@@ -35,8 +35,7 @@ class Analyser:
         self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(
             backbone, weights, input_size=input_size, device=device, seed=seed)
         bb = self.backbone
-        s = bb.input_size
-        self.inventory = locate(bb.model, torch.zeros(1, 3, s, s, device=bb.device))
+        _, self.inventory = inspect(bb)
         self.layer = self._layer(layer or bb.default_layer)
         attention = [a.name for a in self.inventory.self_attention()]
         if self_layer is not None and self_layer not in attention:
@@ -111,6 +110,15 @@ class Analyser:
         top = probs.topk(min(self.top, len(probs)))
         cats = self.backbone.categories
         return [Prediction(int(i), cats[int(i)], round(float(p), 6)) for p, i in zip(*top)]
+
+
+def inspect(backbone: str | Backbone, weights: str = "none", *, input_size: int | None = None,
+            device: str = "cpu") -> tuple[Backbone, Inventory]:
+    """A backbone and every attention module one forward pass finds in it."""
+    bb = backbone if isinstance(backbone, Backbone) else load_backbone(
+        backbone, weights, input_size=input_size, device=device)
+    example = torch.zeros(1, 3, bb.input_size, bb.input_size, device=bb.device)
+    return bb, locate(bb.model, example)
 
 
 def _batches(sources: list[ImageSource], size: int) -> Iterator[list[ImageSource]]:

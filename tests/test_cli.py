@@ -138,3 +138,35 @@ def test_version_help_and_layers():
     assert proc.returncode == 0
     row = next(line for line in proc.stdout.splitlines() if " layer4 " in line)
     assert "512×7×7" in row and "default" in row
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_inspect_lists_the_16_se_blocks_of_efficientnet_b0():
+    proc = attnviz("inspect", "efficientnet_b0")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if "SqueezeExcitation" in line]
+    assert len(rows) == 16 and "features.1.0.block.1" in rows[0]
+    assert any(line.split() == ["channel", "native", "(features.7.0.block.2)"] for line in proc.stdout.splitlines())
+    assert any(line.split() == ["spatial", "derived"] for line in proc.stdout.splitlines())
+
+
+def test_user_cbam_model_runs_with_native_provenance(tmp_path):
+    photo(70, 50).save(tmp_path / "x.png")
+    proc = attnviz("run", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--model",
+                   "tests.models:cbam_net", "--size", "64", "-q", cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    prov = {m["name"]: m["provenance"] for m in man["images"][0]["maps"]}
+    assert prov["channel"] == prov["spatial"] == prov["mixed-serial"] == "native"
+    assert prov["mixed-parallel"] == prov["self"] == "derived"
+    assert man["backbone"]["native"] == {"channel": "stage2.se", "spatial": "stage2.spatial",
+                                         "mixed-serial": "stage2.spatial"}
+    assert (tmp_path / "out" / "x" / "channel_depth.png").exists()
+
+
+def test_bad_model_spec_exits_2(tmp_path):
+    photo(20, 20).save(tmp_path / "x.png")
+    proc = attnviz("run", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--model", "nosuch.module:f")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --model 'nosuch.module:f': cannot import")

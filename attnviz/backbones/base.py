@@ -8,7 +8,8 @@ from torch import nn
 
 from attnviz.maps import Layout
 
-__all__ = ["Backbone", "LayerInfo", "describe_layers", "POOLING"]
+__all__ = ["Backbone", "LayerInfo", "describe_layers", "find_classifier", "last_linear", "last_stage",
+           "POOLING"]
 
 POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
 
@@ -107,3 +108,38 @@ def describe_layers(model: nn.Module, input_size: int, device: torch.device,
         for h in handles:
             h.remove()
     return seen, order
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The last nn.Linear of the model by registration order, with its name."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return found[-1] if found else None
+
+
+def find_classifier(order: list[tuple[str, nn.Module]], layers: dict[str, LayerInfo], n_classes: int):
+    """The linear head over a pooled spatial layer: (Linear, layer) or (None, None) for MLP heads."""
+    linears = [i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)]
+    if not linears:
+        return None, None
+    last = linears[-1]
+    head = order[last][1]
+    if head.out_features != n_classes:
+        return None, None
+    for i in range(last - 1, -1, -1):
+        name, module = order[i]
+        if isinstance(module, nn.Linear):
+            return None, None      # another linear layer in between: an MLP head, not CAM-able
+        info = layers.get(name)
+        if info is not None and info.grid != (1, 1) and not isinstance(module, POOLING):
+            return (head, name) if info.channels == head.in_features else (None, None)
+    return None, None
+
+
+def last_stage(model: nn.Module, layers: dict[str, LayerInfo], n_classes: int) -> str:
+    """The last spatial feature map before the head (pools and conv classifiers skipped)."""
+    modules = dict(model.named_modules())
+    stages = [n for n, i in layers.items() if i.grid != (1, 1) and i.channels != n_classes
+              and not isinstance(modules[n], POOLING)]
+    if not stages:
+        raise ValueError("the model produces no spatial feature map")
+    return stages[-1]

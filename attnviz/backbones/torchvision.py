@@ -12,7 +12,8 @@ import torchvision.models as tvm
 from torch import nn
 
 from attnviz.backbones import register_family
-from attnviz.backbones.base import POOLING, Backbone, LayerInfo, describe_layers
+from attnviz.backbones.base import (Backbone, LayerInfo, describe_layers, find_classifier,
+                                    last_linear, last_stage)
 from attnviz.errors import AttnvizError
 
 __all__ = ["load_torchvision", "classification_models", "load_state_dict_file"]
@@ -97,7 +98,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 def _build_from_file(name: str, path: Path) -> nn.Module:
     sd = load_state_dict_file(path)
     model = tvm.get_model(name, weights=None)
-    head = _last_linear(model)
+    head = last_linear(model)
     if head is not None and f"{head[0]}.weight" in sd:
         k = sd[f"{head[0]}.weight"].shape[0]
         if k != head[1].out_features:  # a fine-tuned head: rebuild with its class count
@@ -110,11 +111,6 @@ def _build_from_file(name: str, path: Path) -> nn.Module:
     return model
 
 
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return found[-1] if found else None
-
-
 def _vit_grid(model: nn.Module) -> tuple[int, tuple[int, int]] | None:
     """(prefix tokens, patch grid) for a torchvision ViT, read from the model."""
     if isinstance(model, tvm.VisionTransformer):
@@ -123,33 +119,11 @@ def _vit_grid(model: nn.Module) -> tuple[int, tuple[int, int]] | None:
     return None
 
 
-def _classifier(order: list[tuple[str, nn.Module]], layers: dict[str, LayerInfo], n_classes: int):
-    """The linear head over a pooled spatial layer: (Linear, layer) or (None, None) for MLP heads."""
-    linears = [i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)]
-    if not linears:
-        return None, None
-    last = linears[-1]
-    head = order[last][1]
-    if head.out_features != n_classes:
-        return None, None
-    for i in range(last - 1, -1, -1):
-        name, module = order[i]
-        if isinstance(module, nn.Linear):
-            return None, None      # another linear layer in between: an MLP head, not CAM-able
-        info = layers.get(name)
-        if info is not None and info.grid != (1, 1) and not isinstance(module, POOLING):
-            return (head, name) if info.channels == head.in_features else (None, None)
-    return None, None
-
-
 def _default_layer(model: nn.Module, layers: dict[str, LayerInfo], n_classes: int) -> str:
     """The last feature stage (e.g. layer4, features); for a ViT its last encoder block."""
     if isinstance(model, tvm.VisionTransformer):
         return [n for n in layers if n.startswith("encoder.layers.") and n.count(".") == 2][-1]
-    modules = dict(model.named_modules())
-    stages = [n for n, i in layers.items() if i.grid != (1, 1) and i.channels != n_classes
-              and not isinstance(modules[n], POOLING)]   # skip pools and conv classifiers
-    return stages[-1]
+    return last_stage(model, layers, n_classes)
 
 
 @register_family("")
@@ -176,7 +150,7 @@ def load_torchvision(name: str, weights: str = "DEFAULT", *, input_size: int | N
     model.eval().to(device)
 
     categories: list[str] = list(meta_source.meta["categories"]) if meta_source else []
-    n_classes = _last_linear(model)[1].out_features if _last_linear(model) else len(categories)
+    n_classes = last_linear(model)[1].out_features if last_linear(model) else len(categories)
     if len(categories) != n_classes:
         categories = [f"class {i}" for i in range(n_classes)]
     tf = meta_source.transforms() if meta_source else None
@@ -194,7 +168,7 @@ def load_torchvision(name: str, weights: str = "DEFAULT", *, input_size: int | N
     except RuntimeError as e:
         raise AttnvizError(f"{name} cannot run on {size}px inputs ({str(e).splitlines()[0]}); "
                            f"try another --input-size") from None
-    head, pooled = _classifier(order, layers, n_classes)
+    head, pooled = find_classifier(order, layers, n_classes)
     tokens = _vit_grid(model)
     return Backbone(name=name, model=model, weights=described, pretrained=described != "none",
                     categories=categories, mean=mean, std=std, input_size=size,

@@ -18,9 +18,8 @@ class MixedSerial(Kind):
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
         gate = batch.native_gate("spatial")
-        gates = batch.inventory.gates
-        before = gates[gates.index(gate) - 1] if gate is not None and gates.index(gate) > 0 else None
-        if before is not None and before.kind == "channel" and before.grid == gate.grid:
+        before = batch.inventory.serial_channel_gate(gate) if gate is not None else None
+        if before is not None:
             # a serial CBAM block: the model's spatial gate already sees s ⊙ F
             m, layer, provenance = batch.gates[gate.name], gate.name, "native"
             meta = {"gate": gate.type, "after": before.name}

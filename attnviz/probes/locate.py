@@ -52,6 +52,29 @@ class Inventory:
         before = [g for g in gates if g.position <= pos]
         return before[-1] if before else gates[0]
 
+    def serial_channel_gate(self, spatial: Gate) -> Gate | None:
+        """The channel gate that directly precedes `spatial` on the same grid (a serial CBAM)."""
+        i = self.gates.index(spatial)
+        before = self.gates[i - 1] if i > 0 else None
+        return before if before is not None and before.kind == "channel" and before.grid == spatial.grid else None
+
+    def native_kinds(self, tokens_known: bool) -> dict[str, str]:
+        """attnviz kind -> the module that makes it native (kinds not listed are derived)."""
+        out: dict[str, str] = {}
+        for kind in ("channel", "spatial"):
+            if self.gates_of(kind):
+                out[kind] = self.gates_of(kind)[-1].name
+        serial = [g for g in self.gates_of("spatial") if self.serial_channel_gate(g)]
+        if serial:
+            out["mixed-serial"] = serial[-1].name
+        selfs = self.self_attention()
+        if selfs and (tokens_known or selfs[-1].kind == "window-attention"):
+            out["self"] = selfs[-1].name
+        cross = [a for a in self.attention if a.kind == "cross-attention"]
+        if cross:
+            out["cross"] = cross[-1].name
+        return out
+
     def self_attention(self) -> list[AttentionModule]:
         """Self-attention (and window-attention) modules, first layer to last."""
         return [a for a in self.attention if a.kind != "cross-attention"]
