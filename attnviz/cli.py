@@ -75,6 +75,20 @@ def _backbone(backbone: str, model: Optional[str]) -> str:
     return f"model:{model}" if model else backbone
 
 
+def _prompts(text: Optional[List[str]], text_file: Optional[Path]) -> list[str]:
+    """--text values, then --text-file lines (blank lines and '#' comments skipped)."""
+    prompts = list(text or [])
+    if text_file is not None:
+        try:
+            lines = text_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"--text-file {text_file}: cannot read it ({e})", EXIT_USAGE)
+        prompts += [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+        if not prompts:
+            _fail(f"--text-file {text_file}: no prompts in it", EXIT_USAGE)
+    return prompts
+
+
 def _split(values: Optional[List[str]]) -> Optional[List[str]]:
     if not values:
         return None
@@ -101,6 +115,11 @@ def run(
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer to read (default: the last feature stage; see `attnviz layers`)."),
     kinds: Optional[List[str]] = typer.Option(None, "--kinds", "-k", help="Kinds to compute, comma-separated or repeated (default: all): channel, spatial, mixed-serial, mixed-parallel, self, cross."),
     text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="Cross-attention prompt (repeatable); default: the top-1 class name."),
+    text_file: Optional[Path] = typer.Option(None, "--text-file", help="Prompts, one per line ('#' starts a comment)."),
+    per_word: bool = typer.Option(False, "--per-word", help="CLIP: also a map for each content word of each prompt."),
+    contrast: bool = typer.Option(False, "--contrast", help="CLIP: also each prompt's similarity minus the mean of the others'."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="CLIP: open_clip pretrained tag (default: the arch's usual one); same as --weights TAG."),
+    clip_variant: str = typer.Option("value", "--clip-variant", help="CLIP patch tokens: value (MaskCLIP value path, default) or plain (the last block's output)."),
     query: Optional[str] = typer.Option(None, "--query", help="Self-attention query X,Y in image pixels (default: the spatial-map peak)."),
     self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side (default: the weights' own, usually 224)."),
@@ -137,8 +156,9 @@ def run(
                 paths, out, backbone=_backbone(backbone, model), kinds=_split(kinds), batch_size=batch_size,
                 style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k),
                 command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=on_start,
-                on_batch=lambda n: progress.advance(task, n), weights=weights, layer=layer,
-                texts=text or (), query=_query(query), input_size=input_size, device=device,
+                on_batch=lambda n: progress.advance(task, n), weights=pretrained or weights, layer=layer,
+                texts=_prompts(text, text_file), query=_query(query), per_word=per_word,
+                contrast=contrast, variant=clip_variant, input_size=input_size, device=device,
                 seed=seed, tau=tau, self_layer=self_layer)
         finally:
             if task is not None:
@@ -165,6 +185,9 @@ def _summary(report) -> None:
         table.add_row("", f"… {len(report.failed) - 20} more in manifest.json")
     for note in report.notes:
         table.add_row("note", note)
+    for prompt, ranked in report.rankings.items():
+        best = ", ".join(f"{r['source']} ({r['score']:.3f})" for r in ranked[:3])
+        table.add_row(f"best for “{prompt}”", best)
     rate = len(report.results) / report.seconds if report.seconds else 0
     table.add_row("time", f"{report.seconds:.1f} s ({rate:.2f} img/s, {report.forwards} forward pass{'es' if report.forwards != 1 else ''})")
     table.add_row("outputs", f"{report.out}/ (manifest.json)")

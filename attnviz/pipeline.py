@@ -14,12 +14,12 @@ from PIL import Image
 from attnviz.backbones import Backbone, load_backbone
 from attnviz.errors import AttnvizError, ImageError
 from attnviz.images import ImageSource, discover, load_image
-from attnviz.kinds import Batch, Options, get_kinds
+from attnviz.kinds import Batch, get_kinds
 from attnviz.probes.attention import AttentionCapture
 from attnviz.probes.base import LayerTap
 from attnviz.probes.gates import GateTap
 from attnviz.probes.locate import Inventory, locate
-from attnviz.types import AttentionMap, Prediction, Result
+from attnviz.types import AttentionMap, Options, Prediction, Result
 
 __all__ = ["Analyser", "analyse", "run", "RunReport", "inspect"]
 
@@ -31,7 +31,8 @@ class Analyser:
                  weights: str = "DEFAULT", layer: str | None = None, texts: Sequence[str] = (),
                  query: tuple[float, float] | None = None, input_size: int | None = None,
                  device: str = "cpu", seed: int | None = None, tau: float = 0.1, top: int = 5,
-                 self_layer: str | None = None) -> None:
+                 self_layer: str | None = None, per_word: bool = False, contrast: bool = False,
+                 variant: str = "value") -> None:
         self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(
             backbone, weights, input_size=input_size, device=device, seed=seed)
         bb = self.backbone
@@ -42,11 +43,13 @@ class Analyser:
             close = difflib.get_close_matches(self_layer, attention, n=5, cutoff=0.5)
             raise AttnvizError(f"--self-layer {self_layer!r} is not an attention module of {bb.name}; "
                                + (f"close: {', '.join(close)}" if close else f"see `attnviz inspect {bb.name}`"))
-        self.options = Options(tau=tau, query=query, texts=tuple(texts), self_layer=self_layer)
+        self.options = Options(tau=tau, query=query, texts=tuple(texts), self_layer=self_layer,
+                               per_word=per_word, contrast=contrast, variant=variant)
+        bb.prepare(self.options)
         self.notes: list[str] = []
         self.kinds = []
         for kind in get_kinds(list(kinds) if kinds is not None else None):
-            reason = kind.unavailable(bb)
+            reason = kind.unavailable(bb, self.options)
             if reason and kinds is not None:
                 raise AttnvizError(f"kind {kind.name!r}: {reason}")
             if reason:
@@ -93,12 +96,12 @@ class Analyser:
             tap = probes.enter_context(LayerTap(bb.model, self.tapped))
             gates = probes.enter_context(GateTap(bb.model, self.gates))
             attn = probes.enter_context(AttentionCapture(bb.model, self.attention)) if self.attention else None
-            logits = bb.forward(x)
+            logits, extras = bb.forward(x)
         self.forwards += 1
         batch = Batch(bb, self.layer, tap.outputs, logits, [im.size for im in images],
                       self.options, self.plans, inventory=self.inventory, gates=gates.outputs,
                       gate_inputs=gates.inputs, attention=attn.maps if attn else {},
-                      windows=attn.windows if attn else {})
+                      windows=attn.windows if attn else {}, extras=extras)
         maps: list[list[AttentionMap]] = [[] for _ in images]
         for kind in self.kinds:
             for i, per_image in enumerate(kind.compute(batch)):
@@ -175,6 +178,7 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     forwards: int = 0
+    rankings: dict = field(default_factory=dict)   # prompt -> images best matching it first
 
     @property
     def failed(self) -> list[Result]:
@@ -217,6 +221,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str = "resnet
             on_batch(len(batch))
     report.seconds = time.perf_counter() - t0
     report.forwards = analyser.forwards
+    report.rankings = manifest.rankings()
+    report.notes += [n for n in analyser.backbone.notes if n not in report.notes]
     manifest.save(seconds=report.seconds)
     return report
 

@@ -57,3 +57,16 @@ class Result:
             if m.name == name:
                 return m
         raise KeyError(f"no map {name!r}; have {[m.name for m in self.maps]}")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings the kinds read (all optional)."""
+
+    tau: float = 0.1                            # temperature of derived self-attention
+    query: tuple[float, float] | None = None    # (x, y) in image pixels; default: spatial peak
+    texts: tuple[str, ...] = ()                 # cross-attention prompts
+    self_layer: str | None = None               # attention module for per-head maps (default: last)
+    per_word: bool = False                      # native cross: a map per content word of each prompt
+    contrast: bool = False                      # native cross: also each prompt minus the others' mean
+    variant: str = "value"                      # CLIP patch tokens: "value" path or "plain" output

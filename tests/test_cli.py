@@ -67,7 +67,8 @@ def test_manifest_records_every_image_and_map(nested_run):
     man = json.loads((out / "manifest.json").read_text())
     assert man["schema_version"] == 1 and man["backbone"]["name"] == "resnet18"
     assert man["backbone"]["layer"] == "layer4" and man["backbone"]["input_size"] == 64
-    assert man["summary"] == {"images": 5, "ok": 4, "errors": 1, "seconds": man["summary"]["seconds"]}
+    assert man["summary"] == {"images": 5, "ok": 4, "errors": 1, "seconds": man["summary"]["seconds"],
+                              "rankings": {}}
     by_source = {i["source"]: i for i in man["images"]}
     assert sorted(by_source) == ["a/cat.jpg", "a/cat.png", "b/c/strip.png", "b/notes.txt", "top.bmp"]
     bad = by_source["b/notes.txt"]
@@ -98,6 +99,9 @@ def test_single_file_with_text_exits_0(tmp_path):
     maps = man["images"][0]["maps"]
     assert [m["name"] for m in maps] == ["spatial", "cross-a-tabby-cat"]
     assert maps[1]["prompt"] == "a tabby cat" and maps[1]["classes"] == [{"index": 281, "label": "tabby"}]
+    ranked = man["summary"]["rankings"]["a tabby cat"]
+    assert ranked == [{"source": "cat.jpg", "output": "cat", "score": maps[1]["probability"],
+                       "peak": maps[1]["peak"], "file": "cross-a-tabby-cat.png"}]
     assert "images ok" in proc.stderr   # the rich summary
 
 

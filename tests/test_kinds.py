@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from attnviz.kinds.channel import channel_logits, channel_map
-from attnviz.kinds.cross import cross_map, match_classes, slug
+from attnviz.kinds.cross import cross_map, match_classes
+from attnviz.text import slug
 from attnviz.kinds.mixed_parallel import parallel_map
 from attnviz.kinds.self_attention import self_attention
 from attnviz.kinds.spatial import spatial_logits

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from attnviz.maps import Layout
+from attnviz.types import AttentionMap, Options
 
 __all__ = ["Backbone", "LayerInfo", "describe_layers", "find_classifier", "last_linear", "last_stage",
            "POOLING"]
@@ -46,9 +48,19 @@ class Backbone:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     notes: list[str] = field(default_factory=list)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, K) for a normalised batch (B, 3, S, S)."""
-        return self.model(x)
+    native_cross: bool = False            # True: `cross_maps` reads the model's own text→image attention
+    own_prompts: bool = False             # True: with no --text it finds prompts itself (top-1 class)
+
+    def prepare(self, options: Options) -> None:
+        """Read the run's options before any image (a text model encodes its prompts here)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Class logits (B, K) for a normalised batch (B, 3, S, S), and anything else it computed."""
+        return self.model(x), {}
+
+    def cross_maps(self, batch: Any) -> list[list[AttentionMap]]:
+        """Native cross-attention maps of a batch (only when `native_cross`)."""
+        raise NotImplementedError(f"{self.name} has no native cross-attention")
 
     def layer(self, name: str) -> LayerInfo:
         """The LayerInfo for `name`; unknown names raise KeyError."""

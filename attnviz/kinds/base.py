@@ -13,19 +13,9 @@ from attnviz.maps import to_grid
 from attnviz.probes.attention import WindowAttention
 from attnviz.probes.gates import Gate
 from attnviz.probes.locate import Inventory
-from attnviz.types import AttentionMap
+from attnviz.types import AttentionMap, Options
 
 __all__ = ["Options", "Batch", "Kind", "register_kind", "KINDS", "get_kinds"]
-
-
-@dataclass(frozen=True)
-class Options:
-    """Settings the kinds read (all optional)."""
-
-    tau: float = 0.1                            # temperature of derived self-attention
-    query: tuple[float, float] | None = None    # (x, y) in image pixels; default: spatial peak
-    texts: tuple[str, ...] = ()                 # cross-attention prompts
-    self_layer: str | None = None               # attention module for per-head maps (default: last)
 
 
 @dataclass
@@ -44,6 +34,7 @@ class Batch:
     gate_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # features a gate scales
     attention: dict[str, torch.Tensor] = field(default_factory=dict)    # (B, heads, Nq, Nk) per module
     windows: dict[str, WindowAttention] = field(default_factory=dict)   # Swin window attention
+    extras: dict[str, Any] = field(default_factory=dict)   # what the backbone's forward returned beside logits
     cache: dict[str, Any] = field(default_factory=dict)   # results one kind shares with another
 
     def features(self, layer: str | None = None) -> torch.Tensor:
@@ -64,8 +55,8 @@ class Kind:
     name: ClassVar[str]
     order: ClassVar[int]   # position in the default kind list and in the grid
 
-    def unavailable(self, backbone: Backbone) -> str | None:
-        """Why this kind cannot run on `backbone`, or None when it can."""
+    def unavailable(self, backbone: Backbone, options: Options) -> str | None:
+        """Why this kind cannot run on `backbone` with `options`, or None when it can."""
         return None
 
     def prepare(self, backbone: Backbone, options: Options) -> Any:

@@ -2,26 +2,16 @@
 from __future__ import annotations
 
 import difflib
-import re
 
 import torch
 
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
-from attnviz.kinds.base import Batch, Kind, Options, register_kind
-from attnviz.types import AttentionMap
+from attnviz.kinds.base import Batch, Kind, register_kind
+from attnviz.text import slug, unique, words
+from attnviz.types import AttentionMap, Options
 
-__all__ = ["words", "match_classes", "slug", "cross_map", "Cross"]
-
-
-def words(text: str) -> list[str]:
-    """Lower-case alphanumeric words ("Jack-o'-lantern" -> jack, o, lantern)."""
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def slug(text: str, limit: int = 60) -> str:
-    """A file-name-safe name for a prompt ("a tabby cat!" -> "a-tabby-cat")."""
-    return "-".join(words(text))[:limit].strip("-")
+__all__ = ["match_classes", "cross_map", "Cross"]
 
 
 def match_classes(prompt: str, categories: list[str]) -> list[int]:
@@ -66,14 +56,19 @@ class Cross(Kind):
     name = "cross"
     order = 5
 
-    def unavailable(self, backbone: Backbone) -> str | None:
+    def unavailable(self, backbone: Backbone, options: Options) -> str | None:
+        if backbone.native_cross:
+            return None if options.texts or backbone.own_prompts else \
+                f"{backbone.name} answers free text: give --text or --text-file prompts"
         if backbone.classifier is None:
             return (f"{backbone.name}'s head is not one linear layer over pooled features, "
                     f"so derived cross-attention is not defined for it")
         return None
 
     def prepare(self, backbone: Backbone, options: Options) -> dict[str, list[int]]:
-        plan = {}
+        plan: dict[str, list[int]] = {}
+        if backbone.native_cross:
+            return plan            # the backbone read and encoded the prompts itself
         for prompt in options.texts:
             if not words(prompt):
                 raise AttnvizError(f"--text {prompt!r}: the prompt has no words")
@@ -86,10 +81,14 @@ class Cross(Kind):
         return plan
 
     def layers(self, backbone: Backbone, layer: str) -> list[str]:
-        return [backbone.classifier_layer] if backbone.classifier_layer else []
+        if backbone.native_cross or not backbone.classifier_layer:
+            return []
+        return [backbone.classifier_layer]
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
         bb = batch.backbone
+        if bb.native_cross:
+            return bb.cross_maps(batch)
         f = batch.features(bb.classifier_layer)                    # (B, C, H, W)
         weight = bb.classifier.weight.detach().float().to(f.device)   # (K, C)
         probs = torch.softmax(batch.logits.float(), dim=1)
@@ -100,10 +99,10 @@ class Cross(Kind):
         for i, prompts in enumerate(per_image):
             maps, used = [], set()
             for j, (prompt, classes) in enumerate(prompts.items()):
-                name = _unique(f"cross-{slug(prompt) or f'prompt-{j + 1}'}", used)
+                name = unique(f"cross-{slug(prompt) or f'prompt-{j + 1}'}", used)
                 w = weight[classes].mean(dim=0)[None]                   # (1, C)
                 m = cross_map(f[i:i + 1], w)[0]
-                meta = {"prompt": prompt, "source": "--text" if plan else "top-1 class",
+                meta = {"prompt": prompt, "prompt_source": "--text" if plan else "top-1 class",
                         "classes": [{"index": c, "label": bb.categories[c]} for c in classes],
                         "probability": round(float(probs[i, classes].sum()), 6)}
                 maps.append(AttentionMap("cross", name, "derived", bb.classifier_layer,
@@ -111,10 +110,3 @@ class Cross(Kind):
             out.append(maps)
         return out
 
-
-def _unique(name: str, used: set[str]) -> str:
-    base, k = name, 2
-    while name in used:
-        name, k = f"{base}-{k}", k + 1
-    used.add(name)
-    return name

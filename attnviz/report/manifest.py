@@ -52,10 +52,24 @@ class Manifest:
         """Record one image (call after its files are written)."""
         self.images.append(image_entry(r))
 
+    def rankings(self) -> dict[str, list[dict[str, Any]]]:
+        """Per prompt, the images best matching it first ("which photos contain a dog, and where")."""
+        ranked: dict[str, list[dict[str, Any]]] = {}
+        for image in self.images:
+            for m in image["maps"]:
+                score = m.get("clip_score", m.get("probability"))
+                if m["kind"] == "cross" and "prompt" in m and "word" not in m and not m.get("contrast") \
+                        and score is not None and m.get("prompt_source") != "top-1 class":
+                    ranked.setdefault(m["prompt"], []).append(
+                        {"source": image["source"], "output": image["output"], "score": score,
+                         "peak": m["peak"], "file": m["file"]})
+        return {p: sorted(r, key=lambda e: -e["score"]) for p, r in ranked.items()}
+
     def save(self, seconds: float | None = None) -> None:
         """Write the manifest as it stands (atomically)."""
         ok = sum(1 for i in self.images if i["status"] == "ok")
-        summary = {"images": len(self.images), "ok": ok, "errors": len(self.images) - ok}
+        summary: dict[str, Any] = {"images": len(self.images), "ok": ok, "errors": len(self.images) - ok}
         if seconds is not None:
             summary["seconds"] = round(seconds, 3)
+        summary["rankings"] = self.rankings()
         save_json(self.path, {**self.head, "summary": summary, "images": self.images})
