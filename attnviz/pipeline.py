@@ -6,7 +6,7 @@ import difflib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -87,16 +87,19 @@ class Analyser:
         return ((x - mean) / std).to(self.backbone.device)
 
     @torch.no_grad()
-    def analyse_batch(self, images: Sequence[Image.Image]
+    def analyse_batch(self, images: Sequence[Image.Image], prompts: list[list[str]] | None = None
                       ) -> list[tuple[list[Prediction], list[AttentionMap]]]:
-        """Predictions and maps for a batch of RGB images, from one forward pass."""
+        """Predictions and maps for a batch of RGB images, from one forward pass.
+
+        `prompts`: one list per image, for text backbones that take per-image prompts (demo).
+        """
         bb = self.backbone
         x = self.preprocess(images)
         with contextlib.ExitStack() as probes:
             tap = probes.enter_context(LayerTap(bb.model, self.tapped))
             gates = probes.enter_context(GateTap(bb.model, self.gates))
             attn = probes.enter_context(AttentionCapture(bb.model, self.attention)) if self.attention else None
-            logits, extras = bb.forward(x)
+            logits, extras = bb.forward(x, prompts)
         self.forwards += 1
         batch = Batch(bb, self.layer, tap.outputs, logits, [im.size for im in images],
                       self.options, self.plans, inventory=self.inventory, gates=gates.outputs,
@@ -186,17 +189,23 @@ class RunReport:
         return [r for r in self.results if r.status != "ok"]
 
 
-def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str = "resnet50",
+def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbone = "resnet50",
         kinds: Sequence[str] | None = None, batch_size: int = 8, style=None,
         command: str = "", on_start: Callable[[int], None] | None = None,
-        on_batch: Callable[[int], None] | None = None, **options) -> RunReport:
-    """Analyse images and write every output plus OUT/manifest.json; see the README for the layout."""
+        on_batch: Callable[[int], None] | None = None,
+        prompts: Mapping[str, list[str]] | None = None,
+        boxes: Mapping[str, list[Sequence[float]]] | None = None, **options) -> RunReport:
+    """Analyse images and write every output plus OUT/manifest.json; see the README for the layout.
+
+    `prompts` and `boxes` are keyed by an image's `source`: per-image prompts for text backbones
+    that take them, and ground-truth boxes drawn on its grid.
+    """
     from attnviz.report.manifest import Manifest
     from attnviz.report.outputs import Style, write_outputs
 
     style = style or Style()
     out = Path(out)
-    sources = _check_out(out, discover(paths))
+    sources = _check_out(out, discover(paths), paths)
     analyser = Analyser(backbone, kinds, **options)
     manifest = Manifest(out, analyser, style, batch_size, command, options)
     report = RunReport(out, notes=list(analyser.notes))
@@ -206,10 +215,11 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str = "resnet
     for batch in _batches(sources, batch_size):
         loaded, good = _load(batch)
         if good:
-            for (r, image), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good])):
+            per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
+            for (r, image), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good], per_image)):
                 r.predictions, r.maps = preds, maps
                 try:
-                    write_outputs(out, r, image, style)
+                    write_outputs(out, r, image, style, (boxes or {}).get(r.source, ()))
                 except OSError as e:
                     r.status, r.error = "error", f"cannot write outputs: {e}"
         for r in loaded:
@@ -227,12 +237,17 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str = "resnet
     return report
 
 
-def _check_out(out: Path, sources: list[ImageSource]) -> list[ImageSource]:
-    """Refuse an OUT that is a file; never read our own outputs back as inputs."""
+def _check_out(out: Path, sources: list[ImageSource], paths: Sequence[str | Path]) -> list[ImageSource]:
+    """Refuse an OUT that is a file; never read our own outputs back as inputs.
+
+    Files inside OUT are skipped unless they were asked for by a path that itself lies in OUT.
+    """
     if out.exists() and not out.is_dir():
         raise AttnvizError(f"-o {out}: exists and is not a folder")
     resolved = out.resolve()
-    kept = [s for s in sources if not s.path.resolve().is_relative_to(resolved)]
+    inside = [Path(p).resolve() for p in paths if Path(p).resolve().is_relative_to(resolved)]
+    kept = [s for s in sources if not s.path.resolve().is_relative_to(resolved)
+            or any(s.path.resolve().is_relative_to(p) for p in inside)]
     if not kept:
         raise AttnvizError(f"no images found outside the output folder {out}")
     return kept

@@ -54,7 +54,7 @@ def test_maps_come_from_the_captured_layer(resnet18_small):
 def test_hooks_removed_when_the_forward_fails(resnet18_small):
     an = Analyser(resnet18_small, ["spatial"])
     with pytest.raises(RuntimeError):
-        an.backbone.forward = lambda x: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore
+        an.backbone.forward = lambda x, p=None: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore
         try:
             an.analyse_batch([photo(32, 32)])
         finally:

@@ -54,8 +54,12 @@ class Backbone:
     def prepare(self, options: Options) -> None:
         """Read the run's options before any image (a text model encodes its prompts here)."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Class logits (B, K) for a normalised batch (B, 3, S, S), and anything else it computed."""
+    def forward(self, x: torch.Tensor, prompts: list[list[str]] | None = None
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Class logits (B, K) for a normalised batch (B, 3, S, S), and anything else it computed.
+
+        `prompts` (one list per image) reaches text backbones only; classifiers ignore it.
+        """
         return self.model(x), {}
 
     def cross_maps(self, batch: Any) -> list[list[AttentionMap]]:

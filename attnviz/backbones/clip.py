@@ -45,7 +45,8 @@ class ClipBackbone(Backbone):
                 if not prompt_words(self.bundle, p):
                     raise AttnvizError(f"--per-word: prompt {p!r} has no content words")
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def forward(self, x: torch.Tensor, prompts: list[list[str]] | None = None
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
         """One pass through the image tower; logits rank the prompts (CLIP's own scale)."""
         tokens = encode_patches(self.bundle, x, self.options.variant)            # (B, N, E) patches
         if not self.categories:

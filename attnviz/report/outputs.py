@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -49,7 +49,8 @@ def image_entry(r: Result) -> dict[str, Any]:
             "maps": [map_entry(m, r.size) for m in r.maps] if r.size else []}
 
 
-def write_outputs(out: Path, r: Result, image: Image.Image, style: Style) -> None:
+def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
+                  boxes: Sequence[Sequence[float]] = ()) -> None:
     """Write every file of one image under OUT/<r.output>/ (each file atomically)."""
     folder = out / r.output
     w, h = output_size(*image.size, style.size)
@@ -67,8 +68,8 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style) -> Non
             save_png(folder / f"{m.name}_weights.png", channel_bars(m.weights, style.top_k, title))
         arrays.update({f"{m.name}_{k}": v.astype(np.float32) for k, v in m.extras.items()})
         _write_extras(folder, m, image, style)
-    save_png(folder / "grid.png", grid([GridRow(image, cells, label=r.source)],
-                                       style.colormap, style.alpha))
+    row = GridRow(image, cells, label=r.source, boxes=[tuple(b) for b in boxes])
+    save_png(folder / "grid.png", grid([row], style.colormap, style.alpha))
     save_npz(folder / "maps.npz", arrays)
 
 
