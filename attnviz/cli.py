@@ -1,6 +1,7 @@
 """The `attnviz` command: parses options, calls the Python API, prints. Exit codes in the README."""
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 import warnings
@@ -18,6 +19,8 @@ from attnviz import __version__
 from attnviz.errors import AttnvizError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+# click's UsageError, wherever this Typer version keeps click (bundled or not)
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attention maps of vision models: channel, spatial, mixed, self and cross.")
@@ -90,18 +93,25 @@ def _prompts(text: Optional[List[str]], text_file: Optional[Path]) -> list[str]:
 
 
 def _split(values: Optional[List[str]]) -> Optional[List[str]]:
+    """--kinds a,b --kinds c -> [a, b, c]; given but empty is a usage error."""
     if not values:
         return None
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+    names = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    if not names:
+        _fail("--kinds: name at least one kind (channel, spatial, mixed-serial, mixed-parallel, self, cross)", EXIT_USAGE)
+    return names
 
 
 def _query(value: Optional[str]) -> Optional[tuple[float, float]]:
+    """--query X,Y: two finite numbers (image pixels); a usage error (exit 2) otherwise."""
     if value is None:
         return None
     try:
         x, y = (float(v) for v in value.split(","))
     except ValueError:
         raise typer.BadParameter("expected X,Y in image pixels, e.g. 120,80") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise typer.BadParameter("X and Y must be finite numbers")
     return x, y
 
 
@@ -120,7 +130,7 @@ def run(
     contrast: bool = typer.Option(False, "--contrast", help="CLIP: also each prompt's similarity minus the mean of the others'."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="CLIP: open_clip pretrained tag (default: the arch's usual one); same as --weights TAG."),
     clip_variant: str = typer.Option("value", "--clip-variant", help="CLIP patch tokens: value (MaskCLIP value path, default) or plain (the last block's output)."),
-    query: Optional[str] = typer.Option(None, "--query", help="Self-attention query X,Y in image pixels (default: the spatial-map peak)."),
+    query: Optional[str] = typer.Option(None, "--query", callback=_query, help="Self-attention query X,Y in image pixels (default: the spatial-map peak)."),
     self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side (default: the weights' own, usually 224)."),
     size: int = typer.Option(512, "--size", min=16, help="Longest side of the written pictures."),
@@ -157,7 +167,7 @@ def run(
                 style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k),
                 command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=on_start,
                 on_batch=lambda n: progress.advance(task, n), weights=pretrained or weights, layer=layer,
-                texts=_prompts(text, text_file), query=_query(query), per_word=per_word,
+                texts=_prompts(text, text_file), query=query, per_word=per_word,
                 contrast=contrast, variant=clip_variant, input_size=input_size, device=device,
                 seed=seed, tau=tau, self_layer=self_layer)
         finally:
@@ -204,6 +214,70 @@ def _load_quietly(backbone: str, input_size: Optional[int], debug: bool):
             return inspect_model(backbone, "DEFAULT" if backbone.startswith("model:") else "none",
                                  input_size=input_size)
     return _guard(go, debug)
+
+
+def _pointing_table(ev, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for col in ("kind", "pointing game", "energy in box", "maps"):
+        table.add_column(col, justify="right" if col != "kind" else "left")
+    for kind, frac in ev.pointing_game.items():
+        table.add_row(kind, f"{frac:.1%}", f"{ev.energy_in_box[kind]:.1%}", str(ev.counts[kind]))
+    err_console.print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: scenes/, boxes.json and the usual outputs."),
+    scenes: int = typer.Option(24, "--scenes", min=1, help="How many scenes to generate."),
+    seed: int = typer.Option(7, "--seed", help="Scene seed (the model was trained on other seeds)."),
+    size: int = typer.Option(384, "--size", min=16, help="Longest side of the written pictures."),
+    colormap: str = typer.Option("jet", "--colormap", help="Matplotlib colormap name."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Scenes with known answers, the model trained in this repo, and how often each kind points right."""
+    from attnviz.demo.run import run_demo
+    from attnviz.report.outputs import Style
+
+    progress = Progress(TextColumn("[bold]attnviz demo[/]"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                        TimeRemainingColumn(), console=err_console, disable=quiet)
+    task = None
+
+    def on_start(n: int) -> None:
+        nonlocal task
+        progress.start()
+        task = progress.add_task("scenes", total=n)
+
+    def go():
+        try:
+            return run_demo(out, scenes, seed, style=Style(size=size, colormap=colormap),
+                            command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=on_start,
+                            on_batch=lambda n: progress.advance(task, n))
+        finally:
+            if task is not None:
+                progress.stop()
+
+    report, ev = _guard(go, debug)
+    if not quiet:
+        _summary(report)
+        _pointing_table(ev, f"pointing game on {len(report.results)} scenes (peak inside the right box)")
+    raise typer.Exit(EXIT_SOME_FAILED if report.failed else EXIT_OK)
+
+
+@app.command()
+def evaluate(
+    out: Path = typer.Argument(..., help="The output folder of an `attnviz run`."),
+    boxes: Path = typer.Option(..., "--boxes", help="Ground-truth boxes: {image: [[x0,y0,x1,y1] | {box, label}]} or COCO JSON."),
+    tolerance: float = typer.Option(0.0, "--tolerance", min=0.0, help="Pixels a peak may lie outside a box and still hit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Pointing game and energy-in-box of every kind of a run, against your boxes."""
+    from attnviz.report.evaluate import evaluate_run, load_boxes
+    ev = _guard(lambda: evaluate_run(out, load_boxes(boxes), tolerance), debug)
+    _pointing_table(ev, f"{out}: pointing game and energy in the boxes")
+    if ev.missing:
+        err_console.print(f"[yellow]{len(ev.missing)} images have no boxes[/] (e.g. {ev.missing[0]})", highlight=False)
+    out_console.print(f"written: {out / 'evaluation.json'} (and pointing_game in manifest.json)", highlight=False)
 
 
 @app.command()
@@ -269,8 +343,19 @@ def backbones() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors are one line too (exit 2)."""
+    try:
+        code = app(standalone_mode=False)
+    except _USAGE_ERROR as e:
+        if type(e).__name__ == "NoArgsIsHelpError":      # bare `attnviz` / `attnviz run`: the help
+            print(e.format_message())
+        else:
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+            err_console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False, soft_wrap=True)
+        code = EXIT_USAGE
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

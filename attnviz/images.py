@@ -12,7 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from attnviz.errors import AttnvizError, ImageError
 
-__all__ = ["ImageSource", "discover", "load_image"]
+__all__ = ["ImageSource", "discover", "load_image", "to_rgb"]
 
 # Documentation that travels with photo folders; skipped inside folders, never when named directly.
 _SIDECARS = {"readme", "credits", "license", "licence", "copying", "notice", "authors"}
@@ -27,6 +27,7 @@ class ImageSource:
     path: Path  # absolute path to read
     source: str  # posix path relative to its input root, shown to the user
     output: str  # posix output folder relative to OUT
+    error: str | None = None  # set when the entry could not even be listed (unreadable folder, broken link)
 
 
 def discover(paths: Sequence[str | Path]) -> list[ImageSource]:
@@ -34,7 +35,7 @@ def discover(paths: Sequence[str | Path]) -> list[ImageSource]:
     if not paths:
         raise AttnvizError("no input given: give image files or folders that contain them")
     single_folder = len(paths) == 1 and Path(paths[0]).is_dir()
-    found: list[tuple[Path, str]] = []
+    found: list[tuple[Path, str, str | None]] = []
     for given in paths:
         p = Path(given)
         if not p.exists():
@@ -42,28 +43,29 @@ def discover(paths: Sequence[str | Path]) -> list[ImageSource]:
         p = Path(os.path.abspath(p))
         if p.is_dir():
             prefix = "" if single_folder else (p.name or "root") + "/"
-            found += [(f, prefix + rel) for f, rel in _scan_folder(p)]
+            found += [(f, prefix + rel, err) for f, rel, err in _scan_folder(p)]
         elif p.is_file():
-            found.append((p, p.name))
+            found.append((p, p.name, None))
         else:
             raise AttnvizError(f"not a regular file or folder: {given}")
     seen: set[str] = set()
     unique = []
-    for f, source in found:
+    for f, source, err in found:
         real = os.path.realpath(f)
         if real not in seen:
             seen.add(real)
-            unique.append((f, source))
+            unique.append((f, source, err))
     if not unique:
         shown = ", ".join(str(p) for p in paths)
         raise AttnvizError(f"no images found in {shown}: give image files or folders that contain them")
-    outputs = _output_names([s for _, s in unique])
-    return [ImageSource(f, s, o) for (f, s), o in zip(unique, outputs)]
+    outputs = _output_names([s for _, s, _ in unique])
+    return [ImageSource(f, s, o, err) for (f, s, err), o in zip(unique, outputs)]
 
 
-def _scan_folder(root: Path) -> list[tuple[Path, str]]:
-    """Return (file, relative posix path) for every file under root, sorted; hidden and sidecar files skipped."""
-    found: list[tuple[Path, str]] = []
+def _scan_folder(root: Path) -> list[tuple[Path, str, str | None]]:
+    """(file, relative posix path, error) for every file under root, sorted; hidden and sidecar
+    files skipped. An unreadable folder or a broken link is an entry with an error, not an abort."""
+    found: list[tuple[Path, str, str | None]] = []
     visited: set[str] = set()
     links: list[tuple[str, Path]] = []  # symlinked folders, walked after the real tree
 
@@ -78,18 +80,28 @@ def _scan_folder(root: Path) -> list[tuple[Path, str]]:
             try:
                 entries = list(os.scandir(folder))
             except OSError as e:
-                raise AttnvizError(f"cannot read folder {folder}: {e.strerror or e}") from None
+                if folder == start and start == root:
+                    raise AttnvizError(f"cannot read folder {folder}: {e.strerror or e}") from None
+                found.append((Path(folder), rel.rstrip("/") or ".", f"cannot read folder ({e.strerror or e})"))
+                continue
             for entry in entries:
                 if entry.name.startswith(".") or _is_sidecar(entry.name):
                     continue
                 entry_rel = rel + entry.name
-                if entry.is_dir():  # follows symlinks
+                try:
+                    is_dir, is_file = entry.is_dir(), entry.is_file()   # both follow symlinks
+                except OSError as e:                                    # e.g. a symlink loop
+                    found.append((Path(entry.path), entry_rel, f"cannot follow it ({e.strerror or e})"))
+                    continue
+                if is_dir:
                     if entry.is_symlink():
                         links.append((entry_rel, Path(entry.path)))
                     else:
                         stack.append((Path(entry.path), entry_rel + "/"))
-                elif entry.is_file():
-                    found.append((Path(entry.path), entry_rel))
+                elif is_file:
+                    found.append((Path(entry.path), entry_rel, None))
+                elif entry.is_symlink():
+                    found.append((Path(entry.path), entry_rel, "broken symbolic link"))
 
     walk(root, "")
     while links:  # real folders win over links to them; links go in name order
@@ -104,10 +116,16 @@ def _is_sidecar(name: str) -> bool:
     return name.split(".", 1)[0].lower() in _SIDECARS
 
 
+def _safe(name: str) -> str:
+    """No output path part may be '', '.' or '..' (a file called '...jpg' must stay inside OUT)."""
+    parts = [p if p.strip(".") else p.replace(".", "_") or "_" for p in name.split("/")]
+    return "/".join(parts)
+
+
 def _output_names(sources: list[str]) -> list[str]:
     """Map sources to unique output folders: stem, then stem_ext, then a numeric suffix."""
     paths = [PurePosixPath(s) for s in sources]
-    names = [str(p.with_suffix("")) if p.suffix else s for p, s in zip(paths, sources)]
+    names = [_safe(str(p.with_suffix("")) if p.suffix else s) for p, s in zip(paths, sources)]
     exts: dict[str, set[str]] = defaultdict(set)
     for n, p in zip(names, paths):
         exts[n.casefold()].add(p.suffix.lower())
@@ -143,7 +161,7 @@ def load_image(path: Path) -> Image.Image:
                 im = ImageOps.exif_transpose(im)  # returns a copy detached from the file
             except Exception:  # unreadable EXIF: keep the image as stored
                 im = im.copy()
-        return _to_rgb(im)
+        return to_rgb(im)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -158,7 +176,7 @@ def load_image(path: Path) -> Image.Image:
         raise ImageError(_one_line(f"corrupt image: {e or type(e).__name__}")) from None
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB."""
     if im.mode.startswith("I;16"):
         gray = np.asarray(im).astype(np.float64) / 65535.0 * 255.0

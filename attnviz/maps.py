@@ -11,7 +11,7 @@ import torch.nn.functional as F
 EPS = 1e-6  # guards a zero standard deviation (spec: ẑ)
 
 __all__ = ["EPS", "Layout", "zscore", "normalise", "upsample", "gaussian_kernel", "to_grid", "logit",
-           "query_cell", "cell_centre"]
+           "query_cell", "inside", "cell_centre"]
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,18 @@ def upsample(m: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def query_cell(xy: tuple[float, float], size: tuple[int, int], grid: tuple[int, int]) -> tuple[int, int]:
-    """Image pixel (x, y) of an image of `size` (w, h) -> feature cell (row, col) of `grid` (H, W)."""
+    """Image pixel (x, y) of an image of `size` (w, h) -> feature cell (row, col) of `grid` (H, W).
+
+    A point outside the image goes to the nearest border cell (see `inside`)."""
     (x, y), (w, h), (gh, gw) = xy, size, grid
     col = min(max(int(x / w * gw), 0), gw - 1)
     row = min(max(int(y / h * gh), 0), gh - 1)
     return row, col
+
+
+def inside(xy: tuple[float, float], size: tuple[int, int]) -> bool:
+    """Is (x, y) within an image of `size` (w, h)?"""
+    return 0 <= xy[0] <= size[0] and 0 <= xy[1] <= size[1]
 
 
 def cell_centre(cell: tuple[int, int], size: tuple[int, int], grid: tuple[int, int]) -> list[float]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +13,9 @@ import torch
 from PIL import Image
 
 from attnviz.backbones import Backbone, load_backbone
+from attnviz.backbones.clip_core import VARIANTS
 from attnviz.errors import AttnvizError, ImageError
-from attnviz.images import ImageSource, discover, load_image
+from attnviz.images import ImageSource, discover, load_image, to_rgb
 from attnviz.kinds import Batch, get_kinds
 from attnviz.probes.attention import AttentionCapture
 from attnviz.probes.base import LayerTap
@@ -22,6 +24,8 @@ from attnviz.probes.locate import Inventory, locate
 from attnviz.types import AttentionMap, Options, Prediction, Result
 
 __all__ = ["Analyser", "analyse", "run", "RunReport", "inspect"]
+
+MANIFEST_EVERY_S = 5.0   # a long run rewrites manifest.json at most this often (and at the end)
 
 
 class Analyser:
@@ -43,6 +47,8 @@ class Analyser:
             close = difflib.get_close_matches(self_layer, attention, n=5, cutoff=0.5)
             raise AttnvizError(f"--self-layer {self_layer!r} is not an attention module of {bb.name}; "
                                + (f"close: {', '.join(close)}" if close else f"see `attnviz inspect {bb.name}`"))
+        if variant not in VARIANTS:
+            raise AttnvizError(f"--clip-variant {variant!r}: use one of {', '.join(VARIANTS)}")
         self.options = Options(tau=tau, query=query, texts=tuple(texts), self_layer=self_layer,
                                per_word=per_word, contrast=contrast, variant=variant)
         bb.prepare(self.options)
@@ -61,6 +67,7 @@ class Analyser:
         names = {k.name for k in self.kinds}
         self.gates = self.inventory.gates if names & {"channel", "spatial", "mixed-serial"} else []
         self.attention = list(dict.fromkeys(n.split("#")[0] for n in attention)) if "self" in names else []
+        self.heads = [self_layer or attention[-1]] if attention else []   # per-head maps: one layer
         self.top = top
         self.forwards = 0   # forward passes run so far (one per batch)
 
@@ -79,7 +86,7 @@ class Analyser:
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The whole image squashed to input_size², scaled to [0, 1], normalised: (B, 3, S, S)."""
         s = self.backbone.input_size
-        arrays = [torch.frombuffer(bytearray(im.resize((s, s), Image.Resampling.BILINEAR).tobytes()),
+        arrays = [torch.frombuffer(bytearray(to_rgb(im).resize((s, s), Image.Resampling.BILINEAR).tobytes()),
                                    dtype=torch.uint8).reshape(s, s, 3) for im in images]
         x = torch.stack(arrays).permute(0, 3, 1, 2).float() / 255.0
         mean = torch.tensor(self.backbone.mean)[None, :, None, None]
@@ -93,12 +100,15 @@ class Analyser:
 
         `prompts`: one list per image, for text backbones that take per-image prompts (demo).
         """
+        if not images:
+            return []
         bb = self.backbone
         x = self.preprocess(images)
         with contextlib.ExitStack() as probes:
             tap = probes.enter_context(LayerTap(bb.model, self.tapped))
             gates = probes.enter_context(GateTap(bb.model, self.gates))
-            attn = probes.enter_context(AttentionCapture(bb.model, self.attention)) if self.attention else None
+            attn = probes.enter_context(AttentionCapture(bb.model, self.attention, self.heads)) \
+                if self.attention else None
             logits, extras = bb.forward(x, prompts)
         self.forwards += 1
         batch = Batch(bb, self.layer, tap.outputs, logits, [im.size for im in images],
@@ -137,6 +147,10 @@ def _load(sources: list[ImageSource]) -> tuple[list[Result], list[tuple[Result, 
     results, good = [], []
     for src in sources:
         r = Result(source=src.source, path=src.path, output=src.output)
+        if src.error:
+            r.status, r.error = "error", src.error
+            results.append(r)
+            continue
         try:
             image = load_image(src.path)
             r.size = image.size
@@ -150,25 +164,28 @@ def _load(sources: list[ImageSource]) -> tuple[list[Result], list[tuple[Result, 
 def analyse(images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
             backbone: str | Backbone = "resnet50", kinds: Sequence[str] | None = None, *,
             batch_size: int = 8, **options) -> list[Result]:
-    """Maps and predictions for image files, folders or PIL images (no files are written)."""
+    """Maps and predictions for image files, folders or PIL images, in input order (no files written)."""
     items = [images] if isinstance(images, (str, Path, Image.Image)) else list(images)
     analyser = Analyser(backbone, kinds, **options)
+    units: list[ImageSource | Image.Image] = []      # PIL images, and every file each path holds
+    for item in items:
+        units += [item] if isinstance(item, Image.Image) else discover([item])
     results: list[Result] = []
-    pils = [im for im in items if isinstance(im, Image.Image)]
-    paths = [p for p in items if not isinstance(p, Image.Image)]
-    for k in range(0, len(pils), batch_size):
-        chunk = [im.convert("RGB") for im in pils[k:k + batch_size]]
-        for j, (preds, maps) in enumerate(analyser.analyse_batch(chunk)):
-            n = k + j
-            results.append(Result(f"<image {n}>", Path(f"<image {n}>"), f"image_{n}",
-                                  size=chunk[j].size, predictions=preds, maps=maps))
-    if paths:
-        for batch in _batches(discover(paths), batch_size):
-            loaded, good = _load(batch)
-            for (r, _), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good])
-                                             if good else []):
-                r.predictions, r.maps = preds, maps
-            results.extend(loaded)
+    for k in range(0, len(units), batch_size):
+        chunk = units[k:k + batch_size]
+        loaded, good = _load([u for u in chunk if isinstance(u, ImageSource)])
+        files = iter(loaded)
+        batch: list[Result] = []
+        for n, u in enumerate(chunk, start=k):
+            if isinstance(u, Image.Image):
+                r = Result(f"<image {n}>", Path(f"<image {n}>"), f"image_{n}", size=u.size)
+                good.append((r, to_rgb(u)))
+                batch.append(r)
+            else:
+                batch.append(next(files))
+        for (r, _), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good])):
+            r.predictions, r.maps = preds, maps
+        results += batch
     return results
 
 
@@ -201,7 +218,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     that take them, and ground-truth boxes drawn on its grid.
     """
     from attnviz.report.manifest import Manifest
-    from attnviz.report.outputs import Style, write_outputs
+    from attnviz.report.outputs import Style
 
     style = style or Style()
     out = Path(out)
@@ -212,29 +229,40 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     t0 = time.perf_counter()
     if on_start:
         on_start(len(sources))
-    for batch in _batches(sources, batch_size):
-        loaded, good = _load(batch)
-        if good:
-            per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
-            for (r, image), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good], per_image)):
-                r.predictions, r.maps = preds, maps
-                try:
-                    write_outputs(out, r, image, style, (boxes or {}).get(r.source, ()))
-                except OSError as e:
-                    r.status, r.error = "error", f"cannot write outputs: {e}"
-        for r in loaded:
-            manifest.add(r)
-            r.maps = []                      # written; keep memory flat on big folders
-        report.results.extend(loaded)
-        manifest.save()
-        if on_batch:
-            on_batch(len(batch))
+    try:
+        for batch in _batches(sources, batch_size):
+            loaded = _write_batch(analyser, batch, out, style, prompts or {}, boxes or {})
+            for r in loaded:
+                manifest.add(r)
+                r.maps = []                      # written; keep memory flat on big folders
+            report.results.extend(loaded)
+            manifest.save(every=MANIFEST_EVERY_S)
+            if on_batch:
+                on_batch(len(batch))
+    finally:   # also on Ctrl-C: the manifest lists every image written so far
+        manifest.save(seconds=time.perf_counter() - t0)
     report.seconds = time.perf_counter() - t0
     report.forwards = analyser.forwards
     report.rankings = manifest.rankings()
     report.notes += [n for n in analyser.backbone.notes if n not in report.notes]
-    manifest.save(seconds=report.seconds)
     return report
+
+
+def _write_batch(analyser: Analyser, batch: list[ImageSource], out: Path, style,
+                 prompts: Mapping[str, list[str]], boxes: Mapping[str, list]) -> list[Result]:
+    """Decode, analyse (one forward) and write one batch; failures become error Results."""
+    from attnviz.report.outputs import write_outputs
+    loaded, good = _load(batch)
+    if not good:
+        return loaded
+    per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
+    for (r, image), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good], per_image)):
+        r.predictions, r.maps = preds, maps
+        try:
+            write_outputs(out, r, image, style, boxes.get(r.source, ()))
+        except OSError as e:
+            r.status, r.error = "error", f"cannot write outputs: {e}"
+    return loaded
 
 
 def _check_out(out: Path, sources: list[ImageSource], paths: Sequence[str | Path]) -> list[ImageSource]:
@@ -244,10 +272,11 @@ def _check_out(out: Path, sources: list[ImageSource], paths: Sequence[str | Path
     """
     if out.exists() and not out.is_dir():
         raise AttnvizError(f"-o {out}: exists and is not a folder")
-    resolved = out.resolve()
-    inside = [Path(p).resolve() for p in paths if Path(p).resolve().is_relative_to(resolved)]
-    kept = [s for s in sources if not s.path.resolve().is_relative_to(resolved)
-            or any(s.path.resolve().is_relative_to(p) for p in inside)]
+    real = lambda p: Path(os.path.realpath(p))   # noqa: E731  (never raises, even on link loops)
+    resolved = real(out)
+    inside = [real(p) for p in paths if real(p).is_relative_to(resolved)]
+    kept = [s for s in sources if not real(s.path).is_relative_to(resolved)
+            or any(real(s.path).is_relative_to(p) for p in inside)]
     if not kept:
         raise AttnvizError(f"no images found outside the output folder {out}")
     return kept

@@ -59,6 +59,7 @@ def test_output_tree_mirrors_the_input(nested_run):
         assert im.size == (96, 64)          # longest side --size, the image's own aspect
     with Image.open(out / "b" / "c" / "strip" / "original.png") as im:
         assert im.size == (96, 1)
+    assert (out / "manifest.json").stat().st_mode & 0o044 == 0o044     # readable by others too
     assert not (out / "b" / "notes").exists()
 
 
@@ -111,6 +112,11 @@ def test_single_file_with_text_exits_0(tmp_path):
     (["--kinds", "spatail"], "unknown kind 'spatail'"),
     (["--text", "a flying saucer"], "names none of resnet18's classes; closest:"),
     (["--colormap", "nope"], "--colormap 'nope'"),
+    (["--query", "abc"], "Invalid value for '--query'"),
+    (["--query", "nan,1"], "finite"),
+    (["--kinds", ","], "name at least one kind"),
+    (["--alpha", "2"], "Invalid value for '--alpha'"),
+    (["--clip-variant", "bogus"], "--clip-variant 'bogus'"),
 ])
 def test_setup_errors_exit_2_with_one_line(tmp_path, args, message):
     photo(20, 20).save(tmp_path / "x.png")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, features
 
 from attnviz.errors import AttnvizError, ImageError
-from attnviz.images import ImageSource, _to_rgb, discover, load_image
+from attnviz.images import ImageSource, discover, load_image, to_rgb as _to_rgb
 
 
 def touch(root: Path, *names: str) -> None:
@@ -95,7 +95,30 @@ def test_symlinked_folders_followed_real_path_wins(tmp_path: Path) -> None:
     os.symlink(tmp_path / "root" / "real", tmp_path / "root" / "alias")  # sorts before "real"
     os.symlink(tmp_path / "outside", tmp_path / "root" / "ext")
     os.symlink(tmp_path / "nowhere.jpg", tmp_path / "root" / "broken.jpg")
-    assert pairs(discover([tmp_path / "root"])) == [("ext/z.jpg", "ext/z"), ("real/x.jpg", "real/x")]
+    found = discover([tmp_path / "root"])
+    assert pairs(found) == [("broken.jpg", "broken"), ("ext/z.jpg", "ext/z"), ("real/x.jpg", "real/x")]
+    assert [s.error for s in found] == ["broken symbolic link", None, None]
+
+
+def test_symlink_loops_and_unreadable_folders_are_entries_not_aborts(tmp_path: Path, monkeypatch) -> None:
+    touch(tmp_path, "root/a.jpg", "root/locked/b.jpg")
+    os.symlink("loop", tmp_path / "root" / "loop")                    # points at itself
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = {s.source: s.error for s in discover([tmp_path / "root"])}
+    assert found["a.jpg"] is None
+    assert found["locked"] == "cannot read folder (Permission denied)"
+    assert found["loop"].startswith("cannot follow it (Too many levels of symbolic links")
+
+
+def test_dot_names_never_escape_the_output_folder(tmp_path: Path) -> None:
+    touch(tmp_path, "...jpg", "d/..png")      # named directly (inside folders they are hidden files)
+    assert pairs(discover([tmp_path / "...jpg", tmp_path / "d" / "..png"])) == [("...jpg", "__"), ("..png", "_")]
 
 
 def test_missing_path_raises(tmp_path: Path) -> None:

@@ -134,3 +134,11 @@ def test_prompt_class_matching(prompt, expected):
 def test_slug():
     assert slug("A photo of a Tabby cat!") == "a-photo-of-a-tabby-cat"
     assert slug("🐱") == ""
+
+
+def test_chunked_row_and_received_equal_the_full_matrix(feats):
+    from attnviz.kinds.self_attention import row_and_received
+    a = self_attention(feats[1], tau=0.2)
+    row, received = row_and_received(feats[1], 17, tau=0.2, chunk=4)   # 35 positions, 9 chunks
+    np.testing.assert_allclose(row.numpy(), a[17].numpy(), atol=1e-6)
+    np.testing.assert_allclose(received.numpy(), a.mean(dim=0).numpy(), atol=1e-6)

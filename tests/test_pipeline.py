@@ -124,6 +124,19 @@ def test_vit_tokens_are_reshaped_to_the_model_grid():
     info = bb.layer(bb.default_layer)
     assert bb.default_layer == "encoder.layers.encoder_layer_11"
     assert (info.layout.kind, info.layout.prefix, info.grid) == ("NLC", 1, (14, 14))
-    an = Analyser(bb, ["channel", "cross"])
+    an = Analyser(bb, ["channel"])
     (_, maps), = an.analyse_batch([photo(224, 224)])
-    assert maps[0].shape == (14, 14) and maps[1].layer == "encoder"
+    assert maps[0].shape == (14, 14)
+    # the head reads the class token and pools no feature map: no derived cross for it
+    assert bb.classifier_layer is None and "cross skipped" in Analyser(bb).notes[0]
+
+
+def test_analyse_keeps_input_order_and_converts_modes(tmp_path, resnet18_small):
+    photo(30, 20, 1).save(tmp_path / "a.png")
+    rgba = photo(40, 40, 2).convert("RGBA")
+    results = analyse([tmp_path / "a.png", rgba, photo(20, 20, 3).convert("L")], resnet18_small,
+                      ["spatial"], batch_size=2)
+    assert [r.source for r in results] == ["a.png", "<image 1>", "<image 2>"]
+    assert [r.size for r in results] == [(30, 20), (40, 40), (20, 20)]
+    assert all(r.status == "ok" and r.maps for r in results)
+    assert Analyser(resnet18_small, ["spatial"]).analyse_batch([]) == []

@@ -71,10 +71,13 @@ class Backbone:
         return self.layers[name]
 
 
-def _layout_of(shape: torch.Size, vit: tuple[int, tuple[int, int]] | None) -> Layout | None:
-    """Infer the layout of one module output from its shape; None if it is not a map."""
+def _layout_of(shape: tuple[int, ...], vit: tuple[int, tuple[int, int]] | None,
+               other: tuple[int, ...] | None = None) -> Layout | None:
+    """The layout of one module output, from its shape (and its shape at another input size)."""
     if len(shape) == 4:
         _, a, b, c = shape
+        if a == b == c and other is not None and len(other) == 4:   # H == W == C: see what grew
+            return Layout("NHWC") if other[1] != a and other[3] == c else Layout("NCHW")
         if b == c:                       # inputs are square, so NCHW maps have H == W
             return Layout("NCHW")
         if a == b:
@@ -87,42 +90,58 @@ def _layout_of(shape: torch.Size, vit: tuple[int, tuple[int, int]] | None) -> La
     return None
 
 
-@torch.no_grad()
-def describe_layers(model: nn.Module, input_size: int, device: torch.device,
-                    vit: tuple[int, tuple[int, int]] | None = None
-                    ) -> tuple[dict[str, LayerInfo], list[tuple[str, nn.Module]]]:
-    """Run one dummy forward; return the spatial layers and the modules in completion order."""
-    seen: dict[str, LayerInfo] = {}
+def _trace(model: nn.Module, size: int, device: torch.device
+           ) -> tuple[dict[str, tuple[int, ...]], list[tuple[str, nn.Module]]]:
+    """Output shape of every module (at its last call) and the completion order, for one forward."""
+    shapes: dict[str, tuple[int, ...]] = {}
     order: list[tuple[str, nn.Module]] = []
     handles = []
 
     def hook(name: str):
         def fn(module: nn.Module, args, output) -> None:
             order.append((name, module))
-            if not isinstance(output, torch.Tensor):
-                return
-            layout = _layout_of(output.shape, vit)
-            if layout is None:
-                return
-            shape = tuple(output.shape[1:])
-            if layout.kind == "NCHW":
-                c, grid = shape[0], (shape[1], shape[2])
-            elif layout.kind == "NHWC":
-                c, grid = shape[2], (shape[0], shape[1])
-            else:
-                c, grid = shape[1], layout.grid
-            seen.pop(name, None)         # a module called twice counts at its last call
-            seen[name] = LayerInfo(name, type(module).__name__, shape, layout, c, grid)
+            if isinstance(output, torch.Tensor):
+                shapes.pop(name, None)          # a module called twice counts at its last call
+                shapes[name] = tuple(output.shape)
         return fn
 
     try:
         for name, module in model.named_modules():
             if name:
                 handles.append(module.register_forward_hook(hook(name)))
-        model(torch.zeros(1, 3, input_size, input_size, device=device))
+        model(torch.zeros(1, 3, size, size, device=device))
     finally:
         for h in handles:
             h.remove()
+    return shapes, order
+
+
+@torch.no_grad()
+def describe_layers(model: nn.Module, input_size: int, device: torch.device,
+                    vit: tuple[int, tuple[int, int]] | None = None
+                    ) -> tuple[dict[str, LayerInfo], list[tuple[str, nn.Module]]]:
+    """Run one dummy forward; return the spatial layers and the modules in completion order."""
+    shapes, order = _trace(model, input_size, device)
+    others: dict[str, tuple[int, ...]] = {}
+    if any(len(sh) == 4 and sh[1] == sh[2] == sh[3] for sh in shapes.values()):
+        try:   # C == H == W somewhere: a second size tells channels from space
+            others, _ = _trace(model, input_size + 32, device)
+        except RuntimeError:
+            pass
+    modules = dict(model.named_modules())
+    seen: dict[str, LayerInfo] = {}
+    for name, shape in shapes.items():
+        layout = _layout_of(shape, vit, others.get(name))
+        if layout is None:
+            continue
+        inner = shape[1:]
+        if layout.kind == "NCHW":
+            c, grid = inner[0], (inner[1], inner[2])
+        elif layout.kind == "NHWC":
+            c, grid = inner[2], (inner[0], inner[1])
+        else:
+            c, grid = inner[1], layout.grid
+        seen[name] = LayerInfo(name, type(modules[name]).__name__, inner, layout, c, grid)
     return seen, order
 
 
@@ -147,6 +166,8 @@ def find_classifier(order: list[tuple[str, nn.Module]], layers: dict[str, LayerI
             return None, None      # another linear layer in between: an MLP head, not CAM-able
         info = layers.get(name)
         if info is not None and info.grid != (1, 1) and not isinstance(module, POOLING):
+            if info.layout.kind == "NLC":
+                return None, None  # a token head reads the class token: it pools no feature map
             return (head, name) if info.channels == head.in_features else (None, None)
     return None, None
 

@@ -55,6 +55,7 @@ class ClipBundle:
     grid: tuple[int, int]               # (h, w) patch grid, from model.visual.grid_size
     context_length: int                 # text tokens the model reads (77 for CLIP)
     random_init: bool = False           # True: no trained weights were loaded
+    text_cache: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict, repr=False)  # prompt -> (E,), tokens
 
 
 @dataclass
@@ -308,16 +309,20 @@ def encode_prompts(bundle: ClipBundle, prompts: list[str]) -> tuple[torch.Tensor
         raise AttnvizError("give a list of one or more prompts")
     for p in prompts:
         _check_prompt(p)
-    ids = bundle.tokenizer(list(prompts))                                 # (P, context_length)
-    ctx = ids.shape[-1]
-    counts = [_n_tokens(bundle.tokenizer, ids[i], p) for i, p in enumerate(prompts)]
+    new = [p for p in dict.fromkeys(prompts) if p not in bundle.text_cache]   # each text encoded once
+    if new:
+        ids = bundle.tokenizer(new)                                       # (P', context_length)
+        device = bundle.model.logit_scale.device
+        with torch.no_grad():
+            text = bundle.model.encode_text(ids.to(device), normalize=True).float().cpu()   # (P', E)
+        for i, p in enumerate(new):
+            bundle.text_cache[p] = (text[i], _n_tokens(bundle.tokenizer, ids[i], p))
+    ctx = bundle.context_length
+    counts = [bundle.text_cache[p][1] for p in prompts]
     truncated = [n > ctx for n in counts]
     warnings = [f"prompt {i + 1} is {n} tokens long; CLIP reads only the first {ctx}, the rest was cut"
                 for i, n in enumerate(counts) if n > ctx]
-    device = bundle.model.logit_scale.device
-    with torch.no_grad():
-        text = bundle.model.encode_text(ids.to(device), normalize=True)    # (P, E)
-    return text.float().cpu(), truncated, warnings
+    return torch.stack([bundle.text_cache[p][0] for p in prompts]), truncated, warnings
 
 
 def prompt_words(bundle: ClipBundle, prompt: str) -> list[str]:

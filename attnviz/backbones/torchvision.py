@@ -49,7 +49,7 @@ def _resolve_weights(name: str, spec: str):
         short = spec.split(".")[-1]
         if short in enum.__members__:
             return enum[short], None
-        names = ", ".join(["DEFAULT", *enum.__members__, "none"])
+        names = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__, "none"]))
         raise AttnvizError(f"--weights {spec!r}: not a file and not one of {names}")
     raise AttnvizError(f"--weights {spec!r}: no such file, and {name} has no torchvision weights")
 
@@ -86,6 +86,8 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e):      # torch suggests weights_only=False: unsafe, never offer it
+            first = "it holds pickled objects, not only tensors; save model.state_dict() instead"
         raise AttnvizError(f"--weights {path}: not a loadable state_dict ({first})") from None
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):

@@ -6,17 +6,27 @@ import torch.nn.functional as F
 
 from attnviz.kinds.base import Batch, Kind, register_kind
 from attnviz.kinds.spatial import peak_fraction, spatial_logits
-from attnviz.maps import cell_centre, query_cell
+from attnviz.maps import cell_centre, inside, query_cell
 from attnviz.probes.attention import cls_attention, query_attention, received_attention, rollout
 from attnviz.types import AttentionMap
 
-__all__ = ["self_attention", "SelfAttention"]
+__all__ = ["self_attention", "row_and_received", "SelfAttention"]
 
 
 def self_attention(f: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
     """Row-stochastic attention between positions of one map: (C, H, W) -> (N, N), N = H·W."""
     x = F.normalize(f.flatten(1).T, dim=1)                # (N, C), row-major positions
     return torch.softmax(x @ x.T / tau, dim=1)            # (N, N)
+
+
+def row_and_received(f: torch.Tensor, row: int, tau: float = 0.1, chunk: int = 1024
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row `row` of `self_attention(f)` and its column mean, in O(chunk·N) memory: (N,), (N,)."""
+    x = F.normalize(f.flatten(1).T, dim=1)                # (N, C)
+    received = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        received += torch.softmax(x[start:start + chunk] @ x.T / tau, dim=1).sum(dim=0)
+    return torch.softmax(x[row] @ x.T / tau, dim=0), received / x.shape[0]
 
 
 def _queries(batch: Batch) -> tuple[list[tuple[float, float]], str]:
@@ -30,7 +40,10 @@ def _queries(batch: Batch) -> tuple[list[tuple[float, float]], str]:
 
 def _query_meta(frac: tuple[float, float], size: tuple[int, int], grid: tuple[int, int], source: str) -> dict:
     cell = query_cell(frac, (1, 1), grid)
-    return {"query": cell_centre(cell, size, grid), "query_cell": list(cell), "query_source": source}
+    meta = {"query": cell_centre(cell, size, grid), "query_cell": list(cell), "query_source": source}
+    if not inside(frac, (1, 1)):
+        meta["query_clamped"] = True     # --query lies outside this image: its nearest border cell
+    return meta
 
 
 @register_kind
@@ -56,12 +69,12 @@ class SelfAttention(Kind):
         for i in range(f.shape[0]):
             meta = {**_query_meta(queries[i], batch.sizes[i], grid, source), "tau": tau}
             row, col = meta["query_cell"]
-            a = self_attention(f[i], tau)                                 # (N, N)
+            a_row, received = row_and_received(f[i], row * grid[1] + col, tau)   # (N,), (N,)
             out.append([
                 AttentionMap("self", "self", "derived", batch.layer,
-                             a[row * grid[1] + col].reshape(grid).cpu().numpy(), meta=meta),
+                             a_row.reshape(grid).cpu().numpy(), meta=meta),
                 AttentionMap("self", "self-received", "derived", batch.layer,
-                             a.mean(dim=0).reshape(grid).cpu().numpy(), meta={"tau": tau}),
+                             received.reshape(grid).cpu().numpy(), meta={"tau": tau}),
             ])
         return out
 

@@ -181,9 +181,13 @@ def swin_window_weights(input: torch.Tensor, qkv_weight: torch.Tensor,
 class AttentionCapture:
     """Context manager recording every attention weight matrix that a forward pass computes."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str] | None = None,
+                 heads: Sequence[str] | None = None) -> None:
+        """`names`: capture only these modules; `heads`: keep per-head weights only for these
+        (the others are stored averaged over heads as (B, 1, Nq, Nk), a head-count less memory)."""
         self.model = model
         self.names = None if names is None else list(names)
+        self.heads = None if heads is None else set(heads)
         self.maps: dict[str, torch.Tensor] = {}          # name -> (B, heads, N_query, N_key) float32 CPU
         self.windows: dict[str, WindowAttention] = {}    # Swin window attention, by module name
         self.order: list[str] = []                        # every captured name, in execution order
@@ -291,7 +295,10 @@ class AttentionCapture:
         if isinstance(weights, WindowAttention):
             self.windows[key] = weights
         else:
-            self.maps[key] = weights.detach().float().cpu()
+            w = weights.detach().float()
+            if self.heads is not None and name not in self.heads:
+                w = w.mean(dim=1, keepdim=True)           # (B, 1, Nq, Nk)
+            self.maps[key] = w.cpu()
         self.order.append(key)
 
     def _mha_hook(self, name: str) -> Callable[..., None]:

@@ -8,9 +8,10 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
+from attnviz.images import to_rgb
 from attnviz.maps import normalise, upsample
 
-__all__ = ["output_size", "colormap_lut", "colorize", "to_rgb", "fit", "blend", "overlay"]
+__all__ = ["output_size", "colormap_lut", "colorize", "fit", "blend", "overlay"]
 
 _SUGGESTED = ("jet", "inferno", "viridis", "magma", "plasma", "turbo", "gray")
 
@@ -50,17 +51,6 @@ def colorize(m01: np.ndarray, colormap: str = "jet") -> np.ndarray:
     # matplotlib's float -> index rule: floor(x * N), with 1.0 mapped to the last entry
     idx = np.clip((np.clip(x, 0.0, 1.0) * len(lut)).astype(np.int64), 0, len(lut) - 1)
     return lut[idx]
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """The image as RGB; transparent pixels are composited over white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        back = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(back, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def fit(image: Image.Image, size: int = 512) -> Image.Image:

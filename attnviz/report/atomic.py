@@ -13,12 +13,16 @@ from PIL import Image
 
 __all__ = ["write_atomic", "save_png", "save_npz", "save_json"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write via a temporary file in the same folder, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)     # mkstemp makes 0600; outputs are ordinary files
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)

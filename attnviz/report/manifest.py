@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ class Manifest:
                  options: dict[str, Any]) -> None:
         bb = analyser.backbone
         self.path = out / "manifest.json"
+        self._saved = float("-inf")    # monotonic time of the last write
         self.images: list[dict[str, Any]] = []
         self.head = {
             "schema_version": SCHEMA_VERSION,
@@ -45,7 +47,8 @@ class Manifest:
                          "tau": analyser.options.tau, "size": style.size, "colormap": style.colormap,
                          "alpha": style.alpha, "top_k": style.top_k, "batch_size": batch_size,
                          "seed": options.get("seed")},
-            "notes": list(analyser.notes) + list(bb.notes),
+            "notes": list(analyser.notes) + list(bb.notes)
+            + ([] if bb.pretrained else ["random weights (--weights none): the maps mean nothing"]),
         }
 
     def add(self, r: Result) -> None:
@@ -65,8 +68,12 @@ class Manifest:
                          "peak": m["peak"], "file": m["file"]})
         return {p: sorted(r, key=lambda e: -e["score"]) for p, r in ranked.items()}
 
-    def save(self, seconds: float | None = None) -> None:
-        """Write the manifest as it stands (atomically)."""
+    def save(self, seconds: float | None = None, every: float = 0.0) -> None:
+        """Write the manifest as it stands (atomically); skip if written less than `every` s ago."""
+        now = time.monotonic()
+        if every and now - self._saved < every:
+            return
+        self._saved = now
         ok = sum(1 for i in self.images if i["status"] == "ok")
         summary: dict[str, Any] = {"images": len(self.images), "ok": ok, "errors": len(self.images) - ok}
         if seconds is not None:

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from attnviz.maps import cell_centre
-from attnviz.render import GridCell, GridRow, channel_bars, channel_depth, grid, output_size, overlay
+from attnviz.render import GridCell, GridRow, blend, channel_bars, channel_depth, fit, grid
 from attnviz.report.atomic import save_npz, save_png
 from attnviz.types import AttentionMap, Result
 
@@ -37,7 +37,8 @@ def map_entry(m: AttentionMap, size: tuple[int, int]) -> dict[str, Any]:
             "max": float(finite.max()) if finite.size else None,
             "mean": float(finite.mean()) if finite.size else None,
             "peak": cell_centre((int(row), int(col)), size, d.shape),
-            "npz_extras": [f"{m.name}_{k}" for k in m.extras], **_jsonable(m.meta)}
+            "npz_extras": [f"{m.name}_weights"] * (m.weights is not None) + [f"{m.name}_{k}" for k in m.extras],
+            **_jsonable(m.meta)}
 
 
 def image_entry(r: Result) -> dict[str, Any]:
@@ -53,15 +54,16 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
                   boxes: Sequence[Sequence[float]] = ()) -> None:
     """Write every file of one image under OUT/<r.output>/ (each file atomically)."""
     folder = out / r.output
-    w, h = output_size(*image.size, style.size)
-    save_png(folder / "original.png", image.resize((w, h), Image.Resampling.LANCZOS))
+    if not folder.resolve().is_relative_to(out.resolve()):   # image names never escape OUT
+        raise OSError(f"output folder {r.output!r} would lie outside {out}")
+    fitted = fit(image, style.size)                # resized once, shared by every overlay
+    save_png(folder / "original.png", fitted)
     arrays: dict[str, np.ndarray] = {}
     cells = [GridCell("original", None)]
     for m in r.maps:
-        save_png(folder / f"{m.name}.png", overlay(image, m.data, style.size, style.colormap, style.alpha))
+        save_png(folder / f"{m.name}.png", blend(fitted, m.data, style.colormap, style.alpha))
         arrays[m.name] = m.data.astype(np.float32)
-        label = m.meta.get("prompt", m.name) if m.kind == "cross" else m.name
-        cells.append(GridCell(f"{label}\n{m.provenance}", m.data))
+        cells.append(GridCell(f"{_title(m)}\n{m.provenance}", m.data))
         if m.weights is not None:
             arrays[f"{m.name}_weights"] = m.weights.astype(np.float32)
             title = f"{m.name} weights · {m.layer} · {m.provenance} · {len(m.weights)} channels"
@@ -71,6 +73,15 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     row = GridRow(image, cells, label=r.source, boxes=[tuple(b) for b in boxes])
     save_png(folder / "grid.png", grid([row], style.colormap, style.alpha))
     save_npz(folder / "maps.npz", arrays)
+
+
+def _title(m: AttentionMap) -> str:
+    """Grid title: the map name, or for cross maps the prompt (and which variant of it)."""
+    if m.kind != "cross":
+        return m.name
+    if "word" in m.meta:
+        return f"{m.meta['prompt']} · word: {m.meta['word']}"
+    return m.meta.get("prompt", m.name) + (" · contrast" if m.meta.get("contrast") else "")
 
 
 def _write_extras(folder: Path, m: AttentionMap, image: Image.Image, style: Style) -> None:
