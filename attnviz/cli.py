@@ -131,6 +131,9 @@ def run(
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="CLIP: open_clip pretrained tag (default: the arch's usual one); same as --weights TAG."),
     clip_variant: str = typer.Option("value", "--clip-variant", help="CLIP patch tokens: value (MaskCLIP value path, default) or plain (the last block's output)."),
     query: Optional[str] = typer.Option(None, "--query", callback=_query, help="Self-attention query X,Y in image pixels (default: the spatial-map peak)."),
+    faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score every map by deletion/insertion AUC (extra forward passes: slower)."),
+    sanity: bool = typer.Option(False, "--sanity", help="Also compare the first batch's maps with a fully randomised model's (rank correlation; ≥ 0.3 is flagged)."),
+    derived_only: bool = typer.Option(False, "--derived-only", help="Derive channel, spatial, mixed and self from --layer even where the model has its own attention modules (to compare with the native maps)."),
     self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side (default: the weights' own, usually 224)."),
     size: int = typer.Option(512, "--size", min=16, help="Longest side of the written pictures."),
@@ -169,7 +172,8 @@ def run(
                 on_batch=lambda n: progress.advance(task, n), weights=pretrained or weights, layer=layer,
                 texts=_prompts(text, text_file), query=query, per_word=per_word,
                 contrast=contrast, variant=clip_variant, input_size=input_size, device=device,
-                seed=seed, tau=tau, self_layer=self_layer)
+                seed=seed, tau=tau, self_layer=self_layer, native=not derived_only,
+                faithfulness=faithfulness, sanity=sanity)
         finally:
             if task is not None:
                 progress.stop()

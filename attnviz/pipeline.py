@@ -36,11 +36,12 @@ class Analyser:
                  query: tuple[float, float] | None = None, input_size: int | None = None,
                  device: str = "cpu", seed: int | None = None, tau: float = 0.1, top: int = 5,
                  self_layer: str | None = None, per_word: bool = False, contrast: bool = False,
-                 variant: str = "value") -> None:
+                 variant: str = "value", native: bool = True) -> None:
         self.backbone = backbone if isinstance(backbone, Backbone) else load_backbone(
             backbone, weights, input_size=input_size, device=device, seed=seed)
         bb = self.backbone
-        _, self.inventory = inspect(bb)
+        # native=False: derive every kind from --layer even where the model has attention modules
+        self.inventory = inspect(bb)[1] if native else Inventory()
         self.layer = self._layer(layer or bb.default_layer)
         attention = [a.name for a in self.inventory.self_attention()]
         if self_layer is not None and self_layer not in attention:
@@ -70,6 +71,9 @@ class Analyser:
         self.heads = [self_layer or attention[-1]] if attention else []   # per-head maps: one layer
         self.top = top
         self.forwards = 0   # forward passes run so far (one per batch)
+        self.settings = dict(layer=layer, texts=texts, query=query, tau=tau, top=top,
+                             self_layer=self_layer, per_word=per_word, contrast=contrast,
+                             variant=variant, native=native)   # to build a twin on another model
 
     def _layer(self, name: str) -> str:
         """Check --layer; a gate's sigmoid module stands for its gate block."""
@@ -211,11 +215,13 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         command: str = "", on_start: Callable[[int], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
         prompts: Mapping[str, list[str]] | None = None,
-        boxes: Mapping[str, list[Sequence[float]]] | None = None, **options) -> RunReport:
+        boxes: Mapping[str, list[Sequence[float]]] | None = None, faithfulness: bool = False,
+        sanity: bool = False, **options) -> RunReport:
     """Analyse images and write every output plus OUT/manifest.json; see the README for the layout.
 
     `prompts` and `boxes` are keyed by an image's `source`: per-image prompts for text backbones
-    that take them, and ground-truth boxes drawn on its grid.
+    that take them, and ground-truth boxes drawn on its grid. `faithfulness` adds deletion and
+    insertion AUCs to every map; `sanity` compares the first batch's maps with a randomised model's.
     """
     from attnviz.report.manifest import Manifest
     from attnviz.report.outputs import Style
@@ -230,8 +236,9 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     if on_start:
         on_start(len(sources))
     try:
-        for batch in _batches(sources, batch_size):
-            loaded = _write_batch(analyser, batch, out, style, prompts or {}, boxes or {})
+        for i, batch in enumerate(_batches(sources, batch_size)):
+            loaded = _write_batch(analyser, batch, out, style, prompts or {}, boxes or {}, faithfulness,
+                                  manifest if sanity and i == 0 else None)
             for r in loaded:
                 manifest.add(r)
                 r.maps = []                      # written; keep memory flat on big folders
@@ -249,15 +256,24 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
 
 
 def _write_batch(analyser: Analyser, batch: list[ImageSource], out: Path, style,
-                 prompts: Mapping[str, list[str]], boxes: Mapping[str, list]) -> list[Result]:
+                 prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool = False,
+                 sanity_to=None) -> list[Result]:
     """Decode, analyse (one forward) and write one batch; failures become error Results."""
+    from attnviz import checks
     from attnviz.report.outputs import write_outputs
     loaded, good = _load(batch)
     if not good:
         return loaded
+    images = [im for _, im in good]
     per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
-    for (r, image), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good], per_image)):
+    if sanity_to:
+        sanity_to.sanity = checks.sanity(analyser, images, per_image)
+    for (r, image), (preds, maps) in zip(good, analyser.analyse_batch(images, per_image)):
         r.predictions, r.maps = preds, maps
+        if faithful:
+            scores = checks.faithfulness(analyser, image, maps)
+            for m in maps:
+                m.meta["faithfulness"] = scores[m.name]
         try:
             write_outputs(out, r, image, style, boxes.get(r.source, ()))
         except OSError as e:

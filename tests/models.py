@@ -107,3 +107,27 @@ def tiny_vit() -> TinyViT:
     """Factory for --model tests.models:tiny_vit."""
     torch.manual_seed(0)
     return TinyViT().eval()
+
+
+class QuadrantNet(nn.Module):
+    """Class 0's logit is the brightness of the image's top-left quarter: the answer is known."""
+
+    categories = ["bright top-left", "other"]
+    input_size = 32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 3, 4, stride=4, bias=False)     # 8×8 block means per channel
+        with torch.no_grad():
+            self.features.weight.zero_()
+            for c in range(3):
+                self.features.weight[c, c] = 1 / 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.features(x)[:, :, :4, :4].mean(dim=(1, 2, 3))             # top-left quarter
+        return torch.stack([4 * s, torch.zeros_like(s)], dim=1)
+
+
+def quadrant_net() -> QuadrantNet:
+    """Factory for --model tests.models:quadrant_net."""
+    return QuadrantNet().eval()

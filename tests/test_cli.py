@@ -180,3 +180,17 @@ def test_bad_model_spec_exits_2(tmp_path):
     photo(20, 20).save(tmp_path / "x.png")
     proc = attnviz("run", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--model", "nosuch.module:f")
     assert proc.returncode == 2 and proc.stderr.startswith("error: --model 'nosuch.module:f': cannot import")
+
+
+def test_faithfulness_and_sanity_land_in_the_manifest(tmp_path):
+    photo(40, 40).save(tmp_path / "x.png")
+    proc = attnviz("run", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), *FAST,
+                   "--kinds", "spatial,self", "--faithfulness", "--sanity", "-q")
+    assert proc.returncode == 0, proc.stderr
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    san = man["sanity"]
+    assert set(san["rank_correlation"]) == {"spatial", "self", "self-received"} and san["limit"] == 0.3
+    assert san["flagged"] == sorted(k for k, v in san["rank_correlation"].items() if abs(v) >= 0.3)
+    for m in man["images"][0]["maps"]:
+        assert set(m["faithfulness"]) == {"deletion", "insertion"}
+        assert 0 <= m["faithfulness"]["deletion"] <= 1 and 0 <= m["faithfulness"]["insertion"] <= 1

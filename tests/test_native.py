@@ -168,3 +168,9 @@ def test_swin_self_attention_is_native_window_attention():
     assert m.extras["heads"].shape == (12, 14, 14)
     np.testing.assert_allclose(m.data.sum(), 1.0, atol=1e-5)          # one query's row over its window
     assert (m.data > 0).sum() == 49                                    # a 7×7 window
+
+
+def test_derived_only_ignores_the_models_own_modules():
+    an = Analyser("model:tests.models:cbam_net", ["channel", "spatial"], native=False)
+    (_, maps), = an.analyse_batch([photo(64, 64, 8)])
+    assert [(m.provenance, m.layer) for m in maps] == [("derived", "stage2"), ("derived", "stage2")]

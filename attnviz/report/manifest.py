@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from attnviz import __version__
+from attnviz.checks import SANITY_LIMIT
 from attnviz.report.atomic import save_json
 from attnviz.report.outputs import Style, image_entry
 from attnviz.types import Result
@@ -29,6 +30,7 @@ class Manifest:
         bb = analyser.backbone
         self.path = out / "manifest.json"
         self._saved = float("-inf")    # monotonic time of the last write
+        self.sanity: dict[str, float] | None = None   # kind -> rank correlation with a randomised model
         self.images: list[dict[str, Any]] = []
         self.head = {
             "schema_version": SCHEMA_VERSION,
@@ -79,4 +81,7 @@ class Manifest:
         if seconds is not None:
             summary["seconds"] = round(seconds, 3)
         summary["rankings"] = self.rankings()
-        save_json(self.path, {**self.head, "summary": summary, "images": self.images})
+        checks = {} if self.sanity is None else {"sanity": {
+            "rank_correlation": self.sanity, "limit": SANITY_LIMIT,
+            "flagged": sorted(k for k, v in self.sanity.items() if abs(v) >= SANITY_LIMIT)}}
+        save_json(self.path, {**self.head, "summary": summary, **checks, "images": self.images})

@@ -1,0 +1,92 @@
+"""Do the maps mean something? Deletion/insertion faithfulness and model-randomisation sanity."""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attnviz.maps import normalise, upsample
+from attnviz.types import AttentionMap
+
+__all__ = ["faithfulness", "randomised", "spearman", "sanity", "SANITY_LIMIT"]
+
+SANITY_LIMIT = 0.3   # |rank correlation| with the randomised model's map at or above this: flagged
+
+
+@torch.no_grad()
+def faithfulness(analyser, image: Image.Image, maps: Sequence[AttentionMap], steps: int = 10,
+                 chunk: int = 32) -> dict[str, dict[str, float]]:
+    """Per map: deletion and insertion AUC of the top-1 class probability (Petsiuk et al. 2018).
+
+    Deletion replaces the most attended pixels first with the mean colour (0 after
+    normalisation): a faithful map makes the probability fall fast (low AUC). Insertion starts
+    from the mean colour and restores them: a faithful map makes it rise fast (high AUC).
+    """
+    bb = analyser.backbone
+    x = analyser.preprocess([image])                                  # (1, 3, S, S)
+    s = x.shape[-1]
+    target = int(bb.forward(x)[0].argmax(dim=1))
+    fractions = torch.linspace(0, 1, steps + 1)
+    inputs = []
+    for m in maps:
+        rank = torch.from_numpy(upsample(normalise(m.data), s, s)).flatten().argsort(descending=True)
+        for f in fractions:
+            mask = torch.zeros(s * s, dtype=torch.bool)
+            mask[rank[:int(round(float(f) * s * s))]] = True
+            mask = mask.reshape(1, 1, s, s).to(x.device)
+            inputs += [x * ~mask, x * mask]                           # deletion, insertion
+    batch = torch.cat(inputs)
+    probs = torch.cat([torch.softmax(bb.forward(batch[i:i + chunk])[0].float(), dim=1)[:, target]
+                       for i in range(0, len(batch), chunk)]).cpu().numpy()
+    curves = probs.reshape(len(maps), steps + 1, 2)
+    auc = lambda c: float(((c[1:] + c[:-1]) / 2).mean())            # noqa: E731  trapezoid on [0, 1]
+    return {m.name: {"deletion": round(auc(curves[i, :, 0]), 4), "insertion": round(auc(curves[i, :, 1]), 4)}
+            for i, m in enumerate(maps)}
+
+
+def randomised(backbone, seed: int = 0):
+    """A copy of the backbone whose model has every parameter re-initialised (full randomisation)."""
+    rand = copy.deepcopy(backbone)
+    torch.manual_seed(seed)
+    for module in rand.model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        else:     # class tokens, position embeddings, projections held as bare parameters
+            for p in module.parameters(recurse=False):
+                torch.nn.init.normal_(p, std=0.02)
+    return rand
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (as Spearman's rho needs)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return (first + (counts - 1) / 2)[inverse]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (0 when either is constant)."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def sanity(analyser, images: Sequence[Image.Image], prompts: list[list[str]] | None = None,
+           seed: int = 0) -> dict[str, float]:
+    """Mean rank correlation of each map with the same map from a randomised model (Adebayo et al.)."""
+    from attnviz.pipeline import Analyser
+    trained = analyser.analyse_batch(images, prompts)
+    other = Analyser(randomised(analyser.backbone, seed), [k.name for k in analyser.kinds],
+                     **analyser.settings).analyse_batch(images, prompts)
+    rhos: dict[str, list[float]] = {}
+    for (_, maps_a), (_, maps_b) in zip(trained, other):
+        by_b = {m.name: m for m in maps_b}
+        for m in maps_a:
+            if m.name in by_b and m.data.shape == by_b[m.name].data.shape:
+                key = "cross" if m.kind == "cross" else m.name
+                rhos.setdefault(key, []).append(spearman(m.data, by_b[m.name].data))
+    return {k: round(float(np.mean(v)), 4) for k, v in rhos.items()}
