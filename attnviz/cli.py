@@ -199,9 +199,11 @@ def _summary(report) -> None:
         table.add_row("", f"… {len(report.failed) - 20} more in manifest.json")
     for note in report.notes:
         table.add_row("note", note)
-    for prompt, ranked in report.rankings.items():
+    for prompt, ranked in list(report.rankings.items())[:5]:
         best = ", ".join(f"{r['source']} ({r['score']:.3f})" for r in ranked[:3])
         table.add_row(f"best for “{prompt}”", best)
+    if len(report.rankings) > 5:
+        table.add_row("", f"… {len(report.rankings) - 5} more prompts ranked in manifest.json")
     rate = len(report.results) / report.seconds if report.seconds else 0
     table.add_row("time", f"{report.seconds:.1f} s ({rate:.2f} img/s, {report.forwards} forward pass{'es' if report.forwards != 1 else ''})")
     table.add_row("outputs", f"{report.out}/ (manifest.json)")
@@ -236,6 +238,8 @@ def demo(
     seed: int = typer.Option(7, "--seed", help="Scene seed (the model was trained on other seeds)."),
     size: int = typer.Option(384, "--size", min=16, help="Longest side of the written pictures."),
     colormap: str = typer.Option("jet", "--colormap", help="Matplotlib colormap name."),
+    faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score every map by deletion/insertion AUC."),
+    sanity: bool = typer.Option(False, "--sanity", help="Also compare the maps with a fully randomised model's."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -255,6 +259,7 @@ def demo(
     def go():
         try:
             return run_demo(out, scenes, seed, style=Style(size=size, colormap=colormap),
+                            faithfulness=faithfulness, sanity=sanity,
                             command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=on_start,
                             on_batch=lambda n: progress.advance(task, n))
         finally:

@@ -40,7 +40,7 @@ def resolve_device(device: str) -> torch.device:
 def load_backbone(name: str, weights: str = "DEFAULT", *, input_size: int | None = None,
                   device: str = "cpu", seed: int | None = None) -> Backbone:
     """Build and load the backbone `name`; setup problems raise AttnvizError (one line)."""
-    from attnviz.backbones import clip, torchvision, user  # noqa: F401  (registers the families)
+    from attnviz.backbones import clip, demo, torchvision, user  # noqa: F401  (registers the families)
 
     dev = resolve_device(device)
     if seed is not None:

@@ -1,0 +1,108 @@
+"""The demo model (`--backbone demo`): every attention kind native, trained in this repo."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnviz.backbones import register_family
+from attnviz.backbones.base import Backbone, describe_layers
+from attnviz.errors import AttnvizError
+from attnviz.probes.attention import AttentionCapture
+from attnviz.text import slug, unique
+from attnviz.types import AttentionMap, Options
+
+__all__ = ["DemoBackbone", "load_demo_backbone"]
+
+
+@dataclass
+class DemoBackbone(Backbone):
+    """DemoNet: presence classes as categories; captions ("the blue ring") as prompts."""
+
+    native_cross: bool = True
+    own_prompts: bool = True           # no --text: each image's top-1 class as its caption
+    texts: tuple[str, ...] = field(default_factory=tuple)
+
+    def prepare(self, options: Options) -> None:
+        """Check that every prompt uses the caption vocabulary."""
+        for prompt in options.texts:
+            self._ids([prompt])
+        self.texts = tuple(options.texts)
+
+    def _ids(self, prompts: list[str]) -> torch.Tensor:
+        from attnviz.demo.model import tokenize
+        try:
+            return tokenize(prompts)
+        except ValueError as e:
+            raise AttnvizError(f"--text: {e}") from None
+
+    def forward(self, x: torch.Tensor, prompts: list[list[str]] | None = None
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Presence logits, and the caption-match logits and cross-attention of each image's prompts.
+
+        Each image's prompts: its own (`prompts[i]`), else --text, else its top-1 class's caption.
+        """
+        from attnviz.demo.world import caption
+        model = self.model
+        feats = model.gated_features(x)                                  # (B, C, 24, 24)
+        logits = model.presence_from(feats)                              # (B, K)
+        chosen, source = [], []
+        for i, top in enumerate(logits.argmax(dim=1).tolist()):
+            own = list(prompts[i]) if prompts and prompts[i] else list(self.texts)
+            chosen.append(own or [caption(*self.categories[top].split())])
+            source.append("--text" if own else "top-1 class")
+        ids = torch.zeros(len(x), max(map(len, chosen)), model.context_len, dtype=torch.long)
+        for i, p in enumerate(chosen):
+            ids[i, :len(p)] = self._ids(p)                               # all-zero rows: padding
+        with AttentionCapture(model, [model.cross_attn]) as cap:
+            match = model.match_from(feats, ids.to(x.device))            # (B, k)
+        cross = cap.maps[model.cross_attn][:, 0]                         # (B, k, 576), one head
+        return logits, {"demo_prompts": chosen, "demo_source": source, "demo_match": match,
+                        "demo_cross": cross}
+
+    def cross_maps(self, batch: Any) -> list[list[AttentionMap]]:
+        """One map per prompt: the caption query's attention over the 24×24 CBAM tokens."""
+        grid = self.model.gate_grid
+        out = []
+        for i, prompts in enumerate(batch.extras["demo_prompts"]):
+            used: set[str] = set()
+            maps = []
+            for j, prompt in enumerate(prompts):
+                data = batch.extras["demo_cross"][i, j].reshape(grid).cpu().numpy()
+                meta = {"prompt": prompt, "prompt_source": batch.extras["demo_source"][i],
+                        "probability": round(float(torch.sigmoid(batch.extras["demo_match"][i, j])), 6)}
+                maps.append(AttentionMap("cross", unique(f"cross-{slug(prompt)}", used), "native",
+                                         self.model.cross_attn, data, meta=meta))
+            out.append(maps)
+        return out
+
+
+@register_family("demo")
+def load_demo_backbone(name: str, weights: str = "DEFAULT", *, input_size: int | None = None,
+                       device: torch.device = torch.device("cpu")) -> DemoBackbone:
+    """`demo` with --weights DEFAULT (the committed weights), a FILE, or none (random init)."""
+    from attnviz.demo.model import DemoNet, load_demo_model
+    if weights.lower() == "none":
+        warnings.warn("demo: random weights (--weights none): the maps mean nothing", stacklevel=2)
+        model, desc = DemoNet().eval(), "none"
+    else:
+        path = None if weights.upper() == "DEFAULT" else Path(weights).expanduser()
+        if path is not None and not path.is_file():
+            raise AttnvizError(f"--weights {weights!r}: no such file (demo takes DEFAULT, a FILE or none)")
+        try:
+            model = load_demo_model(path)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise AttnvizError(f"demo weights: {str(e).splitlines()[0]}") from None
+        desc = str(path) if path else "attnviz/demo/weights.pt"
+    if input_size not in (None, model.input_size):
+        raise AttnvizError(f"demo takes {model.input_size}px inputs only; drop --input-size")
+    model.to(device)
+    tokens = (model.self_prefix, model.self_grid)
+    layers, _ = describe_layers(model, model.input_size, device, tokens)
+    return DemoBackbone(name="demo", model=model, weights=desc, pretrained=desc != "none",
+                        categories=list(model.categories), mean=tuple(model.mean), std=tuple(model.std),
+                        input_size=model.input_size, default_layer="cbam", layers=layers,
+                        tokens=tokens, device=device)
