@@ -13,7 +13,7 @@ from attnviz.report.evaluate import Box, pointing_hit
 from tests.test_cli import attnviz
 
 HELD_OUT = 20_240_601          # the model card's held-out seed (training used other seeds)
-N = 120
+N = 200
 
 
 @pytest.fixture(scope="module")
