@@ -46,6 +46,37 @@ class _Rate(ProgressColumn):
         return Text(f"{task.speed:.2f} img/s" if task.speed else "– img/s", style="cyan")
 
 
+class _Bar:
+    """A rich progress bar that appears only once the work starts, so setup errors print alone."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.progress = Progress(TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(),
+                                 _Rate(), TimeRemainingColumn(), console=err_console, disable=quiet)
+        self.task = None
+
+    def start(self, total: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("images", total=total)
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+def _colormap(name: str) -> str:
+    """--colormap: any matplotlib colormap name."""
+    import matplotlib
+    if name not in matplotlib.colormaps:
+        raise typer.BadParameter(f"{name!r} is not a matplotlib colormap (e.g. jet, inferno, viridis, turbo)")
+    return name
+
+
 def _fail(message: str, code: int) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -137,7 +168,7 @@ def run(
     self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side (default: the weights' own, usually 224)."),
     size: int = typer.Option(512, "--size", min=16, help="Longest side of the written pictures."),
-    colormap: str = typer.Option("jet", "--colormap", help="Matplotlib colormap name (jet, inferno, viridis ...)."),
+    colormap: str = typer.Option("jet", "--colormap", callback=_colormap, help="Matplotlib colormap name (jet, inferno, viridis ...)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Heatmap opacity over the image."),
     top_k: int = typer.Option(20, "--top-k", min=1, help="Channels shown as bars in channel_weights.png."),
     tau: float = typer.Option(0.1, "--tau", min=1e-4, help="Temperature of derived self-attention."),
@@ -150,33 +181,18 @@ def run(
     """Write heatmaps, bar charts, grids, raw maps and a manifest for every image."""
     from attnviz.pipeline import run as run_pipeline
     from attnviz.report.outputs import Style
-    import matplotlib
-    if colormap not in matplotlib.colormaps:
-        _fail(f"--colormap {colormap!r}: not a matplotlib colormap (e.g. jet, inferno, viridis, turbo)", EXIT_USAGE)
-
-    progress = Progress(TextColumn("[bold]attnviz[/]"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                        TimeRemainingColumn(), console=err_console, disable=quiet, transient=False)
-    task = None
-
-    def on_start(n: int) -> None:
-        nonlocal task
-        progress.start()   # only now: setup errors print alone, with no empty bar before them
-        task = progress.add_task("images", total=n)
 
     def go():
-        try:
+        with _Bar("attnviz", quiet) as bar:
             return run_pipeline(
                 paths, out, backbone=_backbone(backbone, model), kinds=_split(kinds), batch_size=batch_size,
                 style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k),
-                command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=on_start,
-                on_batch=lambda n: progress.advance(task, n), weights=pretrained or weights, layer=layer,
+                command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=bar.start,
+                on_batch=bar.advance, weights=pretrained or weights, layer=layer,
                 texts=_prompts(text, text_file), query=query, per_word=per_word,
                 contrast=contrast, variant=clip_variant, input_size=input_size, device=device,
                 seed=seed, tau=tau, self_layer=self_layer, native=not derived_only,
                 faithfulness=faithfulness, sanity=sanity)
-        finally:
-            if task is not None:
-                progress.stop()
 
     report = _guard(go, debug)
     failed = report.failed
@@ -210,6 +226,22 @@ def _summary(report) -> None:
     err_console.print(table)
 
 
+# options shared by the commands that describe a model
+_BACKBONE = typer.Argument("resnet50", help="Backbone name.")
+_MODEL = typer.Option(None, "--model", help="Your own model: package.module:factory.")
+_INPUT_SIZE = typer.Option(None, "--input-size", min=16, help="Model input side.")
+_DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table whose first column (module names) folds and whose others never wrap."""
+    table = Table(title=title)
+    table.add_column(columns[0], overflow="fold", min_width=28)
+    for col in columns[1:]:
+        table.add_column(col, no_wrap=True)
+    return table
+
+
 def _load_quietly(backbone: str, input_size: Optional[int], debug: bool):
     """Backbone and attention inventory with random weights (shapes need no download)."""
     from attnviz.pipeline import inspect as inspect_model
@@ -237,7 +269,7 @@ def demo(
     scenes: int = typer.Option(24, "--scenes", min=1, help="How many scenes to generate."),
     seed: int = typer.Option(7, "--seed", help="Scene seed (the model was trained on other seeds)."),
     size: int = typer.Option(384, "--size", min=16, help="Longest side of the written pictures."),
-    colormap: str = typer.Option("jet", "--colormap", help="Matplotlib colormap name."),
+    colormap: str = typer.Option("jet", "--colormap", callback=_colormap, help="Matplotlib colormap name."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score every map by deletion/insertion AUC."),
     sanity: bool = typer.Option(False, "--sanity", help="Also compare the maps with a fully randomised model's."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
@@ -247,24 +279,12 @@ def demo(
     from attnviz.demo.run import run_demo
     from attnviz.report.outputs import Style
 
-    progress = Progress(TextColumn("[bold]attnviz demo[/]"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                        TimeRemainingColumn(), console=err_console, disable=quiet)
-    task = None
-
-    def on_start(n: int) -> None:
-        nonlocal task
-        progress.start()
-        task = progress.add_task("scenes", total=n)
-
     def go():
-        try:
+        with _Bar("attnviz demo", quiet) as bar:
             return run_demo(out, scenes, seed, style=Style(size=size, colormap=colormap),
                             faithfulness=faithfulness, sanity=sanity,
-                            command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=on_start,
-                            on_batch=lambda n: progress.advance(task, n))
-        finally:
-            if task is not None:
-                progress.stop()
+                            command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=bar.start,
+                            on_batch=bar.advance)
 
     report, ev = _guard(go, debug)
     if not quiet:
@@ -291,17 +311,13 @@ def evaluate(
 
 @app.command()
 def layers(
-    backbone: str = typer.Argument("resnet50", help="Backbone name."),
-    model: Optional[str] = typer.Option(None, "--model", help="Your own model: package.module:factory."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    backbone: str = _BACKBONE, model: Optional[str] = _MODEL, input_size: Optional[int] = _INPUT_SIZE,
+    debug: bool = _DEBUG,
 ) -> None:
     """List the layer names --layer accepts, with their output shapes."""
     bb, _ = _load_quietly(_backbone(backbone, model), input_size, debug)
-    table = Table(title=f"{bb.name} at {bb.input_size}px: layers --layer accepts")
-    table.add_column("layer", overflow="fold", min_width=28)
-    for col in ("type", "output (C×H×W)", "layout", ""):
-        table.add_column(col, no_wrap=True)
+    table = _table(f"{bb.name} at {bb.input_size}px: layers --layer accepts",
+                   ("layer", "type", "output (C×H×W)", "layout", ""))
     for info in bb.layers.values():
         mark = []
         if info.name == bb.default_layer:
@@ -316,17 +332,13 @@ def layers(
 
 @app.command()
 def inspect(
-    backbone: str = typer.Argument("resnet50", help="Backbone name."),
-    model: Optional[str] = typer.Option(None, "--model", help="Your own model: package.module:factory."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    backbone: str = _BACKBONE, model: Optional[str] = _MODEL, input_size: Optional[int] = _INPUT_SIZE,
+    debug: bool = _DEBUG,
 ) -> None:
     """List every attention module one forward pass finds, and which kinds become native."""
     bb, inv = _load_quietly(_backbone(backbone, model), input_size, debug)
-    table = Table(title=f"{bb.name}: attention modules ({len(inv.gates)} gates, {len(inv.attention)} attention)")
-    table.add_column("module", overflow="fold", min_width=28)
-    for col in ("type", "kind", "shape", "heads"):
-        table.add_column(col, no_wrap=True)
+    table = _table(f"{bb.name}: attention modules ({len(inv.gates)} gates, {len(inv.attention)} attention)",
+                   ("module", "type", "kind", "shape", "heads"))
     for g in inv.gates:
         shape = f"{g.channels} ch, {g.grid[0]}×{g.grid[1]}" if g.kind == "channel" else f"1×{g.grid[0]}×{g.grid[1]}"
         table.add_row(g.name, g.type, f"{g.kind} gate", shape, "")

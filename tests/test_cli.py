@@ -111,7 +111,7 @@ def test_single_file_with_text_exits_0(tmp_path):
     (["--layer", "layer9"], "--layer 'layer9' is not a feature map of resnet18"),
     (["--kinds", "spatail"], "unknown kind 'spatail'"),
     (["--text", "a flying saucer"], "names none of resnet18's classes; closest:"),
-    (["--colormap", "nope"], "--colormap 'nope'"),
+    (["--colormap", "nope"], "Invalid value for '--colormap': 'nope' is not a matplotlib colormap"),
     (["--query", "abc"], "Invalid value for '--query'"),
     (["--query", "nan,1"], "finite"),
     (["--kinds", ","], "name at least one kind"),
