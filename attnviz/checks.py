@@ -52,8 +52,10 @@ def randomised(backbone, seed: int = 0):
     rand = copy.deepcopy(backbone)
     torch.manual_seed(seed)
     for module in rand.model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        # nn.MultiheadAttention keeps its own initialisation in a private `_reset_parameters`
+        reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+        if reset is not None:
+            reset()
         else:     # class tokens, position embeddings, projections held as bare parameters
             for p in module.parameters(recurse=False):
                 torch.nn.init.normal_(p, std=0.02)

@@ -1,20 +1,27 @@
-"""The committed DemoNet: loads safely, its own attention points at the right objects on held-out
-scenes, a wrong (transposed) map fails the same check, and the hooks leave nothing behind.
-Nothing is trained here."""
+"""The committed DemoNet: loads safely, the pipeline reads its own attention exactly and leaves
+nothing behind, the maps point at the right objects on held-out scenes, a wrong (transposed) map
+fails the same check. Nothing is trained here."""
 from __future__ import annotations
+
+import copy
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from attnviz.demo.model import (CROSS_ATTN, SE_GATE, SE_MODULE, SELF_ATTN, SPATIAL_GATE,
                                 WEIGHTS_PATH, DemoNet, caption_ids, load_demo_model, preprocess,
                                 tokenize)
-from attnviz.demo.pointing import (HELDOUT_SEED, TARGETS, AttentionRecorder, argmax_cell,
-                                   cell_centre, energy_in_box, evaluate_model, mha_weights,
-                                   native_maps, pointing_hit, pointing_hit_any, spearman)
+from attnviz.demo.pointing import (HELDOUT_SEED, KINDS, TARGETS, chance_rate, demo_backbone,
+                                   energy_in_box, evaluate_model, randomised_demo, scene_maps, score)
 from attnviz.demo.world import CATEGORIES, make_scenes
+from attnviz.pipeline import Analyser
+from attnviz.report.evaluate import Box
+from attnviz.text import slug
+from attnviz.types import AttentionMap
 
 N_HELDOUT = 200
 
@@ -28,6 +35,11 @@ def model() -> DemoNet:
 @pytest.fixture(scope="module")
 def report(model):
     return evaluate_model(model, n=N_HELDOUT, seed=HELDOUT_SEED, sanity=True)
+
+
+@pytest.fixture(scope="module")
+def analyser(model) -> Analyser:
+    return Analyser(demo_backbone(model), list(KINDS))
 
 
 @pytest.fixture(scope="module")
@@ -91,54 +103,63 @@ def test_load_missing_file_names_the_training_command(tmp_path):
 
 # ----------------------------------------------------------------- reading attention natively
 
-def test_hooks_capture_what_the_modules_compute_and_leave_no_residue(model, batch):
-    _, x = batch
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_pipeline_maps_are_what_the_modules_compute_and_leave_no_residue(model, analyser, batch):
+    scenes, x = batch
     ids = caption_ids()
-
-    def hook_count():
-        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-    before = hook_count()
+    before = _hook_count(model)
     with torch.no_grad():
         ref_p, ref_m = model.forward_all(x, ids)
-    with AttentionRecorder(model) as rec, torch.no_grad():
-        assert hook_count() == before + 5
+    maps = scene_maps(analyser, scenes)
+    assert _hook_count(model) == before
+    with torch.no_grad():                   # observing changes nothing
         p, m = model.forward_all(x, ids)
-    assert hook_count() == before
-    assert torch.equal(p, ref_p) and torch.equal(m, ref_m)           # observing changes nothing
-    r = rec.records
-    assert r["se"].shape == (8, 32) and r["spatial"].shape == (8, 24, 24)
-    assert r["self"].shape == (8, 4, 145, 145) and r["cross"].shape == (8, 1, 24, 576)
-    assert r["features"].shape == (8, 32, 24, 24)
-    assert 0 < float(r["spatial"].min()) and float(r["spatial"].max()) < 1
-    # the recorded weights equal what the module returns with need_weights=True
-    with torch.no_grad():
+        assert torch.equal(p, ref_p) and torch.equal(m, ref_m)
+        # every map again, straight from the modules
+        f = model.stem(x)                                                  # SE input F
+        se = model.cbam.se
+        s = se.scale_activation(se.fc2(se.activation(se.fc1(se.avgpool(f)))))[:, :, 0, 0]
+        g = se(f)                                                          # s ⊙ F
+        spatial = model.cbam.spatial.gate(model.cbam.spatial.conv(
+            torch.cat([g.mean(1, keepdim=True), g.amax(1, keepdim=True)], 1)))[:, 0]
+        channel = (s[:, :, None, None] * f).sum(1)
         feats = model.gated_features(x)
+        tok = model.down(feats).flatten(2).transpose(1, 2)
+        tok = torch.cat([model.cls_token.expand(len(x), -1, -1), tok], 1) + model.pos_embed
+        h = model.encoder.norm1(tok)
+        _, w = model.encoder.attn(h, h, h, need_weights=True)             # mean over heads
+        self_cls = w[:, 0, 1:].reshape(-1, 12, 12)
         keys = model.key_norm(feats.flatten(2).transpose(1, 2))
-        q = model.encode_text(ids).unsqueeze(0).expand(8, -1, -1)
-        _, w = model.cross(q, keys, keys, need_weights=True, average_attn_weights=False)
-    assert torch.allclose(w, r["cross"], atol=1e-5)
-    assert torch.allclose(mha_weights(model.cross, q, keys), w, atol=1e-5)
-    mha = model.get_submodule(SELF_ATTN)
-    tok = torch.randn(2, 145, mha.embed_dim)
-    with torch.no_grad():
-        _, w = mha(tok, tok, tok, need_weights=True, average_attn_weights=False)
-        assert torch.allclose(mha_weights(mha, tok, tok), w, atol=1e-5)
-    # after the recorder, the model still predicts exactly as before
-    with torch.no_grad():
-        assert torch.equal(model.forward_all(x, ids)[0], ref_p)
+    close = lambda a, b: np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-5)  # noqa: E731
+    assert 0 < float(spatial.min()) and float(spatial.max()) < 1
+    for b, scene in enumerate(scenes):
+        got = maps[b]
+        assert all(got[k].provenance == "native" for k in KINDS if k != "cross")
+        close(got["channel"].data, channel[b])
+        close(got["spatial"].data, spatial[b])
+        close(got["mixed-serial"].data, spatial[b])       # serial CBAM: the spatial gate itself
+        close(got["self"].data, self_cls[b])
+        for o in scene.objects:
+            with torch.no_grad():
+                q = model.encode_text(ids[o.label])[None, None]
+                _, wc = model.cross(q, keys[b:b + 1], keys[b:b + 1], need_weights=True)
+            cross = got[f"cross-{slug(o.caption)}"]
+            assert cross.provenance == "native" and cross.data.shape == (24, 24)
+            close(cross.data, wc[0, 0].reshape(24, 24))
 
 
-def test_maps_are_oriented_like_the_image(model):
+def test_maps_are_oriented_like_the_image(analyser):
     """The cross map of a lone object peaks at the object: rows are y, columns are x."""
     scenes = [s for s in make_scenes(60, seed=HELDOUT_SEED + 2) if len(s.objects) == 1][:10]
-    x = preprocess([s.image for s in scenes])
-    maps = native_maps(model, x)
+    maps = scene_maps(analyser, scenes)
     ok = 0
     for b, s in enumerate(scenes):
         o = s.objects[0]
-        i, j = argmax_cell(maps["cross"][b, o.label])
-        cx, cy = cell_centre(i, j, (24, 24), 96)
+        i, j = np.unravel_index(int(maps[b][f"cross-{slug(o.caption)}"].data.argmax()), (24, 24))
+        cx, cy = (j + 0.5) * 4, (i + 0.5) * 4
         ok += o.box[0] - 4 <= cx <= o.box[2] + 4 and o.box[1] - 4 <= cy <= o.box[3] + 4
     assert ok >= 9
 
@@ -160,18 +181,29 @@ def test_feature_grids_are_centred():
 
 # ----------------------------------------------------------------- pointing game
 
-def test_geometry_helpers():
+def test_scoring_conventions():
     m = np.zeros((24, 24), np.float32)
-    m[2, 20] = 1.0                          # row 2 (y), column 20 (x)
-    assert argmax_cell(m) == (2, 20)
-    assert cell_centre(2, 20, (24, 24), 96) == (82.0, 10.0)
-    assert pointing_hit(m, (80, 8, 90, 12), 96)
-    assert not pointing_hit(m.T, (80, 8, 90, 12), 96)
-    assert pointing_hit_any(m, [(0, 0, 5, 5), (80, 8, 90, 12)], 96)
-    assert energy_in_box(m, (72, 0, 96, 24), 96) > 0.9
-    assert spearman(m, m) == pytest.approx(1.0)
-    assert spearman(m, -m) == pytest.approx(-1.0)
-    assert spearman(m, np.ones_like(m)) == 0.0
+    m[2, 20] = 1.0                          # row 2 (y), column 20 (x): cell centre (82, 10)
+    am = AttentionMap("spatial", "spatial", "native", "test", m)
+    size = (96, 96)
+    assert score(am, [Box(80, 8, 90, 12)], size)[0]
+    assert not score(dataclasses.replace(am, data=m.T), [Box(80, 8, 90, 12)], size)[0]
+    assert not score(am, [Box(83, 8, 90, 12)], size)[0]
+    assert score(am, [Box(83, 8, 90, 12)], size, tolerance=1.0)[0]
+    assert score(am, [Box(0, 0, 5, 5), Box(80, 8, 90, 12)], size)[0]          # any box
+    assert score(am, [Box(72, 0, 96, 24)], size)[1] > 0.9
+    # chance: the share of cell centres ((j + 0.5)·4 px) inside the closed box
+    assert chance_rate((24, 24), size, (Box(0, 0, 6, 6),)) == 4 / 576           # 6 on the edge counts
+    assert chance_rate((24, 24), size, (Box(0, 0, 5.9, 5.9),)) == 1 / 576
+    # energy: the map upsampled, THEN shifted by its minimum (the card's definition; an inner
+    # minimum rises when upsampled, so shifting the coarse map first gives another figure)
+    coarse = np.ones((12, 12), np.float32)
+    coarse[6, 6], coarse[2, 3] = 0.0, 3.0
+    up = F.interpolate(torch.from_numpy(coarse)[None, None], size=(96, 96), mode="bilinear",
+                       align_corners=False)[0, 0].numpy()
+    up -= up.min()
+    assert energy_in_box(coarse, size, [Box(16, 8, 40, 40)]) == pytest.approx(
+        up[8:40, 16:40].sum() / up.sum(), rel=1e-5)
 
 
 def test_pointing_targets_on_heldout_scenes(report):
@@ -187,6 +219,33 @@ def test_pointing_targets_on_heldout_scenes(report):
 def test_maps_differ_from_a_randomised_model(report):
     for kind, rho in report.sanity.items():
         assert abs(rho) < 0.3, (kind, rho)
+
+
+def test_random_copies_are_calibrated_and_leave_the_model_alone(model, batch):
+    scenes, x = batch
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rnd = randomised_demo(model, x, seed=0)
+    assert rnd.model is not model and not rnd.model.training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        f = rnd.model.stem(x)
+    assert 0.9 < float(f.std()) < 1.1       # BatchNorm statistics of these very images
+    maps = scene_maps(Analyser(rnd, ["spatial"]), scenes)
+    assert min(float(m["spatial"].data.std()) for m in maps) > 0.01   # not a constant gate
+
+
+def test_evaluating_leaves_the_model_and_torch_rng_as_they_were(model):
+    """train.py evaluates mid-training: the model's mode and statistics, and torch's random
+    stream (so the committed weights stay reproducible), must come back untouched."""
+    net = copy.deepcopy(model).train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    hooks = _hook_count(net)
+    evaluate_model(net, n=4, sanity=False)
+    assert torch.equal(torch.get_rng_state(), rng)
+    evaluate_model(net, n=4, sanity_seeds=(0,))
+    assert net.training and _hook_count(net) == hooks
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
 
 
 def test_a_transposed_map_fails_the_target(model):
