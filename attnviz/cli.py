@@ -361,6 +361,15 @@ def backbones() -> None:
     names = classification_models()
     out_console.print(f"torchvision classifiers ({len(names)}):")
     out_console.print(", ".join(names), highlight=False)
+    out_console.print("\ndemo: the model trained in this repository (see `attnviz demo`)", highlight=False)
+    from attnviz.backbones.clip_core import supported_archs
+    try:
+        archs = supported_archs()
+        out_console.print(f"open_clip ViTs ({len(archs)}): " + ", ".join(f"clip:{a}" for a in archs),
+                          highlight=False)
+    except AttnvizError as e:       # the clip extra is not installed
+        out_console.print(f"clip:ARCH — {e}", highlight=False)
+    out_console.print("your own model: --model package.module:factory", highlight=False)
 
 
 def main() -> None:

@@ -144,6 +144,8 @@ def test_version_help_and_layers():
     for opt in ("--backbone", "--weights", "--layer", "--kinds", "--text", "--query", "--input-size",
                 "--size", "--colormap", "--alpha", "--top-k", "--batch-size", "--device", "--seed", "--quiet"):
         assert opt in help_text
+    listing = attnviz("backbones").stdout
+    assert "resnet50" in listing and "demo:" in listing and "--model package.module:factory" in listing
     proc = attnviz("layers", "resnet18")
     assert proc.returncode == 0
     row = next(line for line in proc.stdout.splitlines() if " layer4 " in line)

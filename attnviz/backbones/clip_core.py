@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from attnviz.errors import AttnvizError
 
-__all__ = ["ClipBundle", "PatchTokens", "CrossOut", "load_clip", "default_pretrained", "encode_patches",
+__all__ = ["supported_archs", "ClipBundle", "PatchTokens", "CrossOut", "load_clip", "default_pretrained", "encode_patches",
            "encode_prompts", "clip_cross", "per_word", "prompt_words", "contrast", "RANDOM", "VARIANTS",
            "WORD_TEMPLATE", "STOP_WORDS"]
 
@@ -153,6 +153,19 @@ def _cached_weights(arch: str, tag: str, cache_dir: str | None) -> str:
         f"or set HF_HOME (or the cache folder) to a folder that has them")
 
 
+def _tower_kind(oc: Any, arch: str) -> str:
+    """'' for open_clip's own ViT image tower, else what the arch uses instead."""
+    vcfg = (oc.get_model_config(arch) or {}).get("vision_cfg", {})
+    return ("a timm image model" if "timm_model_name" in vcfg else "a ResNet" if not isinstance(
+        vcfg.get("layers", 0), int) else "an attentional pooler" if vcfg.get("attentional_pool") else "")
+
+
+def supported_archs() -> list[str]:
+    """The open_clip architectures whose image tower attnviz can read (open_clip's own ViTs)."""
+    oc = _open_clip()
+    return [a for a in oc.list_models() if not _tower_kind(oc, a)]
+
+
 def _check_arch(arch: str) -> None:
     """Raise AttnvizError for an unknown arch (naming close ones) or one without a ViT image tower."""
     oc = _open_clip()
@@ -162,9 +175,7 @@ def _check_arch(arch: str) -> None:
         close = difflib.get_close_matches(arch.lower(), list(lower), n=5, cutoff=0.6)
         hint = ", ".join(lower[c] for c in close) if close else "see open_clip.list_models()"
         raise AttnvizError(f"unknown CLIP architecture {arch!r}; close names: {hint}")
-    vcfg = (oc.get_model_config(arch) or {}).get("vision_cfg", {})
-    kind = ("a timm image model" if "timm_model_name" in vcfg else "a ResNet" if not isinstance(
-        vcfg.get("layers", 0), int) else "an attentional pooler" if vcfg.get("attentional_pool") else "")
+    kind = _tower_kind(oc, arch)
     if kind:
         raise AttnvizError(f"CLIP {arch}: cross maps need open_clip's own ViT image tower with a class "
                            f"token, but {arch} uses {kind}; try ViT-B-16")
