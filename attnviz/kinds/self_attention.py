@@ -86,7 +86,8 @@ class SelfAttention(Kind):
         heads = batch.attention[head_layer]
         as_grid = lambda t: t.reshape(t.shape[0], *grid).cpu().numpy()   # noqa: E731  (B, N') -> (B, H, W)
         rolled = rollout([batch.attention[m] for m in modules])           # (B, N, N)
-        queries, source = _queries(batch)
+        # a query is only needed without a class token or for --query (the spatial peak costs work)
+        queries, source = _queries(batch) if not prefix or batch.options.query is not None else ([], "")
         if prefix:
             main, per_head = cls_attention(a, prefix), heads[:, :, 0, prefix:]   # class token row
             roll, token = rolled[:, 0, prefix:], "class token"
