@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from attnviz.errors import AttnvizError, ImageError
+from attnviz.errors import AttnvizError, ImageError, one_line
 
 __all__ = ["ImageSource", "discover", "load_image", "to_rgb"]
 
@@ -167,13 +167,13 @@ def load_image(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError("not an image (cannot identify image file)") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(_one_line(f"image too large (decompression bomb check): {e}")) from None
+        raise ImageError(one_line(f"image too large (decompression bomb check): {e}", 200)) from None
     except MemoryError:
         raise ImageError("image too large to decode (out of memory)") from None
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        raise ImageError(_one_line(f"cannot read file: {e.strerror or e}")) from None
+        raise ImageError(one_line(f"cannot read file: {e.strerror or e}", 200)) from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ...
-        raise ImageError(_one_line(f"corrupt image: {e or type(e).__name__}")) from None
+        raise ImageError(one_line(f"corrupt image: {e or type(e).__name__}", 200)) from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -205,9 +205,3 @@ def _stretch(values: np.ndarray) -> np.ndarray:
     else:  # constant image: keep the value if it already fits 0..255
         scaled = np.full(values.shape, np.clip(lo, 0, 255))
     return np.round(np.where(finite, scaled, 0)).astype(np.uint8)
-
-
-def _one_line(text: str) -> str:
-    """Collapse whitespace so the message fits on one line, and cap its length."""
-    text = " ".join(text.split())
-    return text if len(text) <= 200 else text[:197] + "..."

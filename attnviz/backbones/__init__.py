@@ -1,29 +1,16 @@
 """Backbone registry: a family per file, chosen by the name's prefix ("clip:", "demo", else torchvision)."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
+from attnviz.backbones import clip, demo, torchvision, user  # noqa: F401  (each registers its family)
 from attnviz.backbones.base import Backbone, LayerInfo, describe_layers
+from attnviz.backbones.registry import Family, register_family, registered
+from attnviz.backbones.weights import WeightsSpec
 from attnviz.errors import AttnvizError
 
-__all__ = ["Backbone", "LayerInfo", "describe_layers", "register_family", "load_backbone",
-           "resolve_device"]
-
-Loader = Callable[..., Backbone]
-_FAMILIES: dict[str, Loader] = {}
-
-
-def register_family(prefix: str) -> Callable[[Loader], Loader]:
-    """Register a loader for backbone names starting with `prefix` ("" is the fallback)."""
-    def wrap(fn: Loader) -> Loader:
-        if prefix in _FAMILIES:
-            raise ValueError(f"backbone family {prefix!r} is already registered")
-        _FAMILIES[prefix] = fn
-        return fn
-    return wrap
-
+__all__ = ["Backbone", "LayerInfo", "Family", "WeightsSpec", "describe_layers", "register_family",
+           "families", "load_backbone", "resolve_device"]
 
 def resolve_device(device: str) -> torch.device:
     """'cpu', 'cuda' or 'auto' (CUDA when available) as a torch.device."""
@@ -32,20 +19,23 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise AttnvizError("--device cuda: no CUDA device is available here; use --device cpu or auto")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as e:
         raise AttnvizError(f"--device {device!r}: {e}; use cpu, cuda or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise AttnvizError(f"--device {device!r}: attnviz runs on cpu, cuda or auto")
+    return dev
 
 
-def load_backbone(name: str, weights: str = "DEFAULT", *, input_size: int | None = None,
+def load_backbone(name: str, weights: str | WeightsSpec = "DEFAULT", *, input_size: int | None = None,
                   device: str = "cpu", seed: int | None = None) -> Backbone:
     """Build and load the backbone `name`; setup problems raise AttnvizError (one line)."""
-    from attnviz.backbones import clip, demo, torchvision, user  # noqa: F401  (registers the families)
-
     dev = resolve_device(device)
+    spec = WeightsSpec.parse(weights)
     if seed is not None:
+        if not -2**63 <= seed < 2**64:
+            raise AttnvizError(f"--seed {seed}: use a whole number between 0 and 2^64 - 1")
         torch.manual_seed(seed)
-    for prefix, loader in sorted(_FAMILIES.items(), key=lambda kv: -len(kv[0])):
-        if prefix and (name == prefix or name.startswith(prefix + ":")):
-            return loader(name, weights, input_size=input_size, device=dev)
-    return _FAMILIES[""](name, weights, input_size=input_size, device=dev)
+    fams = sorted(registered(), key=lambda f: -len(f.prefix))     # the fallback "" comes last
+    fam = next(f for f in fams if not f.prefix or name == f.prefix or name.startswith(f.prefix + ":"))
+    return fam.loader(name, spec, input_size=input_size, device=dev)

@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnviz.backbones import register_family
+from attnviz.backbones.registry import register_family
+from attnviz.backbones.weights import WeightsSpec, check_input_size, warn_random
 from attnviz.backbones.base import Backbone, describe_layers
 from attnviz.backbones.clip_core import (RANDOM, WORD_TEMPLATE, ClipBundle, CrossOut, clip_cross, contrast,
+                                         supported_archs,
                                          encode_patches, encode_prompts, load_clip, per_word, prompt_words)
 from attnviz.errors import AttnvizError
 from attnviz.text import slug, unique
@@ -100,21 +100,21 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-@register_family("clip")
-def load_clip_backbone(name: str, weights: str = "DEFAULT", *, input_size: int | None = None,
+@register_family("clip", summary="an open_clip ViT: free-text prompts, native cross maps (the clip extra)",
+                 syntax="clip:ARCH", names=lambda: [f"clip:{a}" for a in supported_archs()])
+def load_clip_backbone(name: str, weights: WeightsSpec, *, input_size: int | None = None,
                        device: torch.device = torch.device("cpu")) -> ClipBackbone:
     """`clip:ARCH` with --weights DEFAULT (the arch's default tag), a TAG, a FILE, or none."""
     arch = name.removeprefix("clip:")
     with _quiet_root_logger():
-        if weights.lower() == "none":
-            warnings.warn(f"{name}: random weights (--weights none): the maps mean nothing", stacklevel=2)
+        if weights.kind == "none":
+            warn_random(name)
             bundle = load_clip(arch, RANDOM, device=str(device))
-        elif Path(weights).expanduser().is_file():
-            bundle = load_clip(arch, weights_file=str(Path(weights).expanduser()), device=str(device))
+        elif weights.kind == "file":
+            bundle = load_clip(arch, weights_file=str(weights.path), device=str(device))
         else:
-            bundle = load_clip(arch, None if weights.upper() == "DEFAULT" else weights, device=str(device))
-    if input_size not in (None, bundle.image_size):
-        raise AttnvizError(f"{name} takes {bundle.image_size}px inputs only; drop --input-size")
+            bundle = load_clip(arch, weights.value or None, device=str(device))
+    check_input_size(name, input_size, bundle.image_size)
     visual = bundle.model.visual.to(device)
     tokens = (1, bundle.grid)
     layers, _ = describe_layers(visual, bundle.image_size, device, tokens)

@@ -1,14 +1,13 @@
 """The demo model (`--backbone demo`): every attention kind native, trained in this repo."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnviz.backbones import register_family
+from attnviz.backbones.registry import register_family
+from attnviz.backbones.weights import WeightsSpec, check_input_size, warn_random
 from attnviz.backbones.base import Backbone, describe_layers
 from attnviz.errors import AttnvizError
 from attnviz.probes.attention import AttentionCapture
@@ -80,25 +79,20 @@ class DemoBackbone(Backbone):
         return out
 
 
-@register_family("demo")
-def load_demo_backbone(name: str, weights: str = "DEFAULT", *, input_size: int | None = None,
+@register_family("demo", summary="the model trained in this repository (see `attnviz demo`)", syntax="demo")
+def load_demo_backbone(name: str, weights: WeightsSpec, *, input_size: int | None = None,
                        device: torch.device = torch.device("cpu")) -> DemoBackbone:
     """`demo` with --weights DEFAULT (the committed weights), a FILE, or none (random init)."""
     from attnviz.demo.model import DemoNet, load_demo_model
-    if weights.lower() == "none":
-        warnings.warn("demo: random weights (--weights none): the maps mean nothing", stacklevel=2)
+    weights.no_tags("demo")
+    if weights.kind == "none":
+        warn_random("demo")
         model, desc = DemoNet().eval(), "none"
     else:
-        path = None if weights.upper() == "DEFAULT" else Path(weights).expanduser()
-        if path is not None and not path.is_file():
-            raise AttnvizError(f"--weights {weights!r}: no such file (demo takes DEFAULT, a FILE or none)")
-        try:
-            model = load_demo_model(path)
-        except (FileNotFoundError, RuntimeError) as e:
-            raise AttnvizError(f"demo weights: {str(e).splitlines()[0]}") from None
-        desc = str(path) if path else "attnviz/demo/weights.pt"
-    if input_size not in (None, model.input_size):
-        raise AttnvizError(f"demo takes {model.input_size}px inputs only; drop --input-size")
+        path = weights.path if weights.kind == "file" else None
+        model = load_demo_model(path)
+        desc = str(path) if path else "attnviz/zoo/demo_weights.pt"
+    check_input_size("demo", input_size, model.input_size)
     model.to(device)
     tokens = (model.self_prefix, model.self_grid)
     layers, _ = describe_layers(model, model.input_size, device, tokens)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import difflib
 import socket
-import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -11,12 +10,13 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from attnviz.backbones import register_family
+from attnviz.backbones.registry import register_family
 from attnviz.backbones.base import (Backbone, LayerInfo, describe_layers, find_classifier,
                                     last_linear, last_stage)
-from attnviz.errors import AttnvizError
+from attnviz.backbones.weights import WeightsSpec, check_input_size, load_state_dict_file, warn_random
+from attnviz.errors import AttnvizError, one_line
 
-__all__ = ["load_torchvision", "classification_models", "load_state_dict_file"]
+__all__ = ["load_torchvision", "classification_models"]
 
 DOWNLOAD_TIMEOUT_S = 30
 
@@ -33,25 +33,22 @@ def _weights_enum(name: str):
         return None
 
 
-def _resolve_weights(name: str, spec: str):
-    """--weights DEFAULT|ENUM_NAME|none|FILE -> (enum entry or None, file path or None)."""
+def _resolve_weights(name: str, spec: WeightsSpec):
+    """DEFAULT|ENUM_NAME|none|FILE -> the weights enum entry, or None (random init or a file)."""
     enum = _weights_enum(name)
-    if spec.lower() == "none":
-        return None, None
-    if spec.upper() == "DEFAULT":
+    if spec.kind in ("none", "file"):
+        return None
+    if spec.kind == "default":
         if enum is None:
             raise AttnvizError(f"{name} has no pretrained weights in torchvision; pass --weights FILE or none")
-        return enum.DEFAULT, None
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return None, path
+        return enum.DEFAULT
     if enum is not None:
-        short = spec.split(".")[-1]
+        short = spec.value.split(".")[-1]
         if short in enum.__members__:
-            return enum[short], None
+            return enum[short]
         names = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__, "none"]))
-        raise AttnvizError(f"--weights {spec!r}: not a file and not one of {names}")
-    raise AttnvizError(f"--weights {spec!r}: no such file, and {name} has no torchvision weights")
+        raise AttnvizError(f"--weights {spec.value!r}: not a file and not one of {names}")
+    raise AttnvizError(f"--weights {spec.value!r}: no such file, and {name} has no torchvision weights")
 
 
 def _cache_file(weights) -> Path:
@@ -66,7 +63,7 @@ def _build_pretrained(name: str, weights) -> nn.Module:
     try:
         return tvm.get_model(name, weights=weights)
     except Exception as e:  # urllib, hash and I/O errors all mean the same to the user
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = one_line(str(e).splitlines()[0] if str(e).strip() else e)
         raise AttnvizError(
             f"cannot get {weights} ({reason}); it is not in the hub cache at {cached}. "
             f"Remedies: run once with network access, copy the file there (or set TORCH_HOME "
@@ -74,27 +71,6 @@ def _build_pretrained(name: str, weights) -> nn.Module:
         ) from None
     finally:
         socket.setdefaulttimeout(old)
-
-
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state_dict from FILE, never executing pickled code (weights_only=True)."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e):      # torch suggests weights_only=False: unsafe, never offer it
-            first = "it holds pickled objects, not only tensors; save model.state_dict() instead"
-        raise AttnvizError(f"--weights {path}: not a loadable state_dict ({first})") from None
-    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise AttnvizError(f"--weights {path}: expected a state_dict (a dict of tensors)")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
 def _build_from_file(name: str, path: Path) -> nn.Module:
@@ -108,8 +84,7 @@ def _build_from_file(name: str, path: Path) -> nn.Module:
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise AttnvizError(f"--weights {path} does not fit {name}: {detail}") from None
+        raise AttnvizError(f"--weights {path} does not fit {name}: {one_line(e)}") from None
     return model
 
 
@@ -128,8 +103,9 @@ def _default_layer(model: nn.Module, layers: dict[str, LayerInfo], n_classes: in
     return last_stage(model, layers, n_classes)
 
 
-@register_family("")
-def load_torchvision(name: str, weights: str = "DEFAULT", *, input_size: int | None = None,
+@register_family("", summary="any torchvision classifier, with torchvision's weights enums",
+                 syntax="NAME", names=lambda: classification_models())
+def load_torchvision(name: str, weights: WeightsSpec, *, input_size: int | None = None,
                      device: torch.device = torch.device("cpu")) -> Backbone:
     """A torchvision classifier with its weights enum's categories, mean/std and input size."""
     known = classification_models()
@@ -137,7 +113,8 @@ def load_torchvision(name: str, weights: str = "DEFAULT", *, input_size: int | N
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else "see `attnviz backbones`"
         raise AttnvizError(f"unknown backbone {name!r}: {hint}")
-    enum_entry, file = _resolve_weights(name, weights)
+    enum_entry = _resolve_weights(name, weights)
+    file = weights.path if weights.kind == "file" else None
     meta_source = enum_entry or (_weights_enum(name).DEFAULT if _weights_enum(name) else None)
     if enum_entry is not None:
         model = _build_pretrained(name, enum_entry)
@@ -146,7 +123,7 @@ def load_torchvision(name: str, weights: str = "DEFAULT", *, input_size: int | N
         model = _build_from_file(name, file)
         described = str(file)
     else:
-        warnings.warn(f"{name}: random weights (--weights none): the maps mean nothing", stacklevel=2)
+        warn_random(name)
         model = tvm.get_model(name, weights=None)
         described = "none"
     model.eval().to(device)
@@ -160,9 +137,7 @@ def load_torchvision(name: str, weights: str = "DEFAULT", *, input_size: int | N
     std = tuple(tf.std) if tf else (0.229, 0.224, 0.225)
     native_size = int(tf.crop_size[0]) if tf else 224
     if isinstance(model, tvm.VisionTransformer):
-        if input_size not in (None, model.image_size):
-            raise AttnvizError(f"{name} takes {model.image_size}px inputs only; drop --input-size")
-        input_size = model.image_size
+        input_size = check_input_size(name, input_size, model.image_size)
     size = input_size or native_size
 
     try:

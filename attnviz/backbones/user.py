@@ -4,14 +4,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from attnviz.backbones import register_family
+from attnviz.backbones.registry import register_family
 from attnviz.backbones.base import Backbone, describe_layers, find_classifier, last_linear, last_stage
-from attnviz.backbones.torchvision import load_state_dict_file
+from attnviz.backbones.weights import WeightsSpec, load_into
 from attnviz.errors import AttnvizError
 
 __all__ = ["load_user_model", "build_from_factory"]
@@ -39,22 +38,18 @@ def build_from_factory(spec: str) -> nn.Module:
     return model
 
 
-@register_family("model")
-def load_user_model(name: str, weights: str = "DEFAULT", *, input_size: int | None = None,
+@register_family("model", summary="your own model: a factory returning an nn.Module",
+                 syntax="--model package.module:factory")
+def load_user_model(name: str, weights: WeightsSpec, *, input_size: int | None = None,
                     device: torch.device = torch.device("cpu")) -> Backbone:
     """A user model; optional attributes `categories`, `mean`, `std`, `input_size`, `tokens`."""
     spec = name.removeprefix("model:")
     model = build_from_factory(spec)
     described = "factory"
-    if weights.lower() not in ("default", "none"):
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise AttnvizError(f"--weights {weights!r}: no such file (a --model takes DEFAULT or a FILE)")
-        try:
-            model.load_state_dict(load_state_dict_file(path), strict=True)
-        except RuntimeError as e:
-            raise AttnvizError(f"--weights {path} does not fit {spec}: {' '.join(str(e).split())[:300]}") from None
-        described = str(path)
+    weights.no_tags("a --model")
+    if weights.kind == "file":
+        load_into(model, weights.path, spec)
+        described = str(weights.path)
     model.eval().to(device)
     size = input_size or int(getattr(model, "input_size", 224))
     tokens = getattr(model, "tokens", None)
@@ -70,7 +65,7 @@ def load_user_model(name: str, weights: str = "DEFAULT", *, input_size: int | No
         default = getattr(model, "default_layer", None) or last_stage(model, layers, len(categories))
     except ValueError:
         raise AttnvizError(f"{spec} produces no spatial feature map to read") from None
-    return Backbone(name=spec, model=model, weights=described, pretrained=weights.lower() != "none",
+    return Backbone(name=spec, model=model, weights=described, pretrained=weights.pretrained,
                     categories=categories, mean=tuple(getattr(model, "mean", IMAGENET_MEAN)),
                     std=tuple(getattr(model, "std", IMAGENET_STD)), input_size=size,
                     default_layer=default, layers=layers, classifier=classifier,
