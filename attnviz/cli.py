@@ -244,12 +244,12 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
 
 def _load_quietly(backbone: str, input_size: Optional[int], debug: bool):
     """Backbone and attention inventory with random weights (shapes need no download)."""
-    from attnviz.pipeline import inspect as inspect_model
+    from attnviz.pipeline import find_attention
 
     def go():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return inspect_model(backbone, "DEFAULT" if backbone.startswith("model:") else "none",
+            return find_attention(backbone, "DEFAULT" if backbone.startswith("model:") else "none",
                                  input_size=input_size)
     return _guard(go, debug)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 EPS = 1e-6  # guards a zero standard deviation (spec: ẑ)
 
-__all__ = ["EPS", "Layout", "zscore", "normalise", "upsample", "gaussian_kernel", "to_grid", "logit",
+__all__ = ["EPS", "Layout", "zscore", "normalise", "upsample", "gaussian_kernel", "to_grid",
            "query_cell", "inside", "cell_centre"]
 
 
@@ -28,12 +28,6 @@ def zscore(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     mean = x.mean(dim=dims, keepdim=True)
     std = x.std(dim=dims, keepdim=True, unbiased=False)
     return (x - mean) / (std + EPS)
-
-
-def logit(p: torch.Tensor) -> torch.Tensor:
-    """Inverse sigmoid, clamped so that gates of exactly 0 or 1 stay finite."""
-    p = p.clamp(EPS, 1 - EPS)
-    return torch.log(p) - torch.log1p(-p)
 
 
 def gaussian_kernel(size: int = 7, sigma: float = 1.5) -> torch.Tensor:

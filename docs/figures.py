@@ -39,7 +39,7 @@ def clip_value_vs_plain(arch: str = "ViT-B-16", prompts: tuple[str, ...] = ("a c
 
 def native_vs_derived(n: int = 3, seed: int = 7) -> Path:
     """Demo scenes: each native map of the trained demo model beside its derived counterpart."""
-    from attnviz.demo.world import make_scenes
+    from attnviz.zoo.world import make_scenes
     from attnviz.pipeline import Analyser
     scenes = make_scenes(n, seed)
     images = [Image.fromarray(s.image) for s in scenes]

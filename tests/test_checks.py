@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from attnviz.checks import faithfulness, randomised, sanity, spearman
+from attnviz.metrics import spearman
+from attnviz.pipeline.checks import faithfulness, randomised, sanity
 from attnviz.pipeline import Analyser
-from attnviz.types import AttentionMap
+from attnviz.results import AttentionMap
 
 
 def _ref_spearman(a, b):

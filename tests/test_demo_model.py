@@ -12,16 +12,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnviz.demo.model import (CROSS_ATTN, SE_GATE, SE_MODULE, SELF_ATTN, SPATIAL_GATE,
+from attnviz.zoo.model import (CROSS_ATTN, SE_GATE, SE_MODULE, SELF_ATTN, SPATIAL_GATE,
                                 WEIGHTS_PATH, DemoNet, caption_ids, load_demo_model, preprocess,
                                 tokenize)
-from attnviz.demo.pointing import (HELDOUT_SEED, KINDS, TARGETS, chance_rate, demo_backbone,
+from attnviz.demo.pointing import (HELDOUT_SEED, SCORED, TARGETS, demo_backbone,
                                    energy_in_box, evaluate_model, randomised_demo, scene_maps, score)
-from attnviz.demo.world import CATEGORIES, make_scenes
+from attnviz.zoo.world import CATEGORIES, make_scenes
 from attnviz.pipeline import Analyser
-from attnviz.report.evaluate import Box
+from attnviz.metrics import Box, chance_rate
 from attnviz.text import slug
-from attnviz.types import AttentionMap
+from attnviz.results import AttentionMap
 
 N_HELDOUT = 200
 
@@ -39,7 +39,7 @@ def report(model):
 
 @pytest.fixture(scope="module")
 def analyser(model) -> Analyser:
-    return Analyser(demo_backbone(model), list(KINDS))
+    return Analyser(demo_backbone(model), list(SCORED))
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_pipeline_maps_are_what_the_modules_compute_and_leave_no_residue(model, 
     assert 0 < float(spatial.min()) and float(spatial.max()) < 1
     for b, scene in enumerate(scenes):
         got = maps[b]
-        assert all(got[k].provenance == "native" for k in KINDS if k != "cross")
+        assert all(got[k].provenance == "native" for k in SCORED if k != "cross")
         close(got["channel"].data, channel[b])
         close(got["spatial"].data, spatial[b])
         close(got["mixed-serial"].data, spatial[b])       # serial CBAM: the spatial gate itself

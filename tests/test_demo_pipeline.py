@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnviz.maps import cell_centre
 from attnviz.pipeline import Analyser
-from attnviz.report.evaluate import Box, pointing_hit
+from attnviz.metrics import Box, peak, pointing_hit
 from tests.test_cli import attnviz
 
 HELD_OUT = 20_240_601          # the model card's held-out seed (training used other seeds)
@@ -18,7 +17,7 @@ N = 200
 
 @pytest.fixture(scope="module")
 def demo_maps():
-    from attnviz.demo.world import make_scenes
+    from attnviz.zoo.world import make_scenes
     scenes = make_scenes(N, HELD_OUT)
     an = Analyser("demo")
     results = []
@@ -36,9 +35,7 @@ def _rate(results, name_of, transpose=False):
         size = (scene.image.shape[1], scene.image.shape[0])
         for target, name in name_of(scene):
             data = maps[name].data.T if transpose else maps[name].data
-            row, col = np.unravel_index(int(data.argmax()), data.shape)
-            hits.append(pointing_hit(cell_centre((int(row), int(col)), size, data.shape),
-                                     [Box(*o.box) for o in target]))
+            hits.append(pointing_hit(peak(data, size), [Box(*o.box) for o in target]))
     return float(np.mean(hits))
 
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from attnviz.demo.world import (CATEGORIES, COLOUR_RGB, COLOURS, SHAPES, caption,
+from attnviz.zoo.world import (CATEGORIES, COLOUR_RGB, COLOURS, SHAPES, caption,
                                 captions, category_index, hard_negative_captions, make_scene,
                                 make_scenes, negative_captions, parse_caption)
 

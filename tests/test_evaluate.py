@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from attnviz.errors import AttnvizError
-from attnviz.report.evaluate import Box, energy_in_boxes, evaluate_run, load_boxes, pointing_hit
+from attnviz.metrics import Box, energy_in_boxes, pointing_hit
+from attnviz.report.evaluate import evaluate_run, load_boxes
 
 
 def _run(tmp_path, maps: dict[str, np.ndarray], prompt_of: dict[str, str] | None = None):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from attnviz.maps import Layout
-from attnviz.types import AttentionMap, Options
+from attnviz.results import AttentionMap, Options
 
 __all__ = ["Backbone", "LayerInfo", "describe_layers", "find_classifier", "last_linear", "last_stage",
            "POOLING"]

@@ -16,7 +16,7 @@ from attnviz.backbones.clip_core import (RANDOM, WORD_TEMPLATE, ClipBundle, Cros
                                          encode_patches, encode_prompts, load_clip, per_word, prompt_words)
 from attnviz.errors import AttnvizError
 from attnviz.text import slug, unique
-from attnviz.types import AttentionMap, Options
+from attnviz.results import AttentionMap, Options
 
 __all__ = ["ClipBackbone", "load_clip_backbone"]
 
@@ -57,8 +57,8 @@ class ClipBackbone(Backbone):
 
     def cross_maps(self, batch: Any) -> list[list[AttentionMap]]:
         """A map per prompt (and per word, and contrast, on request) for every image."""
-        out: CrossOut = batch.extras["clip_cross"]
-        tokens = batch.extras["clip_tokens"]
+        out: CrossOut = batch.aux["clip_cross"]
+        tokens = batch.aux["clip_tokens"]
         layer = f"transformer.resblocks.{len(self.bundle.model.visual.transformer.resblocks) - 1}"
         extra = [("contrast", contrast(out.sims))] if self.options.contrast else []
         words = {p: per_word(self.bundle, tokens, p, out.variant) for p in out.prompts} \

@@ -7,12 +7,14 @@ from typing import Any
 import torch
 
 from attnviz.backbones.registry import register_family
-from attnviz.backbones.weights import WeightsSpec, check_input_size, warn_random
+from attnviz.backbones.weights import WeightsSpec, check_input_size, load_into, warn_random
 from attnviz.backbones.base import Backbone, describe_layers
 from attnviz.errors import AttnvizError
 from attnviz.probes.attention import AttentionCapture
 from attnviz.text import slug, unique
-from attnviz.types import AttentionMap, Options
+from attnviz.zoo.model import DemoNet, load_demo_model, tokenize
+from attnviz.zoo.world import caption
+from attnviz.results import AttentionMap, Options
 
 __all__ = ["DemoBackbone", "load_demo_backbone"]
 
@@ -32,7 +34,6 @@ class DemoBackbone(Backbone):
         self.texts = tuple(options.texts)
 
     def _ids(self, prompts: list[str]) -> torch.Tensor:
-        from attnviz.demo.model import tokenize
         try:
             return tokenize(prompts)
         except ValueError as e:
@@ -44,7 +45,6 @@ class DemoBackbone(Backbone):
 
         Each image's prompts: its own (`prompts[i]`), else --text, else its top-1 class's caption.
         """
-        from attnviz.demo.world import caption
         model = self.model
         feats = model.gated_features(x)                                  # (B, C, 24, 24)
         logits = model.presence_from(feats)                              # (B, K)
@@ -66,13 +66,13 @@ class DemoBackbone(Backbone):
         """One map per prompt: the caption query's attention over the 24×24 CBAM tokens."""
         grid = self.model.gate_grid
         out = []
-        for i, prompts in enumerate(batch.extras["demo_prompts"]):
+        for i, prompts in enumerate(batch.aux["demo_prompts"]):
             used: set[str] = set()
             maps = []
             for j, prompt in enumerate(prompts):
-                data = batch.extras["demo_cross"][i, j].reshape(grid).cpu().numpy()
-                meta = {"prompt": prompt, "prompt_source": batch.extras["demo_source"][i],
-                        "probability": round(float(torch.sigmoid(batch.extras["demo_match"][i, j])), 6)}
+                data = batch.aux["demo_cross"][i, j].reshape(grid).cpu().numpy()
+                meta = {"prompt": prompt, "prompt_source": batch.aux["demo_source"][i],
+                        "probability": round(float(torch.sigmoid(batch.aux["demo_match"][i, j])), 6)}
                 maps.append(AttentionMap("cross", unique(f"cross-{slug(prompt)}", used), "native",
                                          self.model.cross_attn, data, meta=meta))
             out.append(maps)
@@ -83,15 +83,16 @@ class DemoBackbone(Backbone):
 def load_demo_backbone(name: str, weights: WeightsSpec, *, input_size: int | None = None,
                        device: torch.device = torch.device("cpu")) -> DemoBackbone:
     """`demo` with --weights DEFAULT (the committed weights), a FILE, or none (random init)."""
-    from attnviz.demo.model import DemoNet, load_demo_model
     weights.no_tags("demo")
     if weights.kind == "none":
         warn_random("demo")
         model, desc = DemoNet().eval(), "none"
+    elif weights.kind == "file":
+        model, desc = DemoNet(), str(weights.path)
+        load_into(model, weights.path, "demo")
+        model.eval()
     else:
-        path = weights.path if weights.kind == "file" else None
-        model = load_demo_model(path)
-        desc = str(path) if path else "attnviz/zoo/demo_weights.pt"
+        model, desc = load_demo_model(), "attnviz/zoo/weights.pt"
     check_input_size("demo", input_size, model.input_size)
     model.to(device)
     tokens = (model.self_prefix, model.self_grid)

@@ -27,26 +27,24 @@ import torch.nn as nn
 from PIL import Image
 
 from attnviz.backbones.demo import DemoBackbone, load_demo_backbone
-from attnviz.checks import spearman
-from attnviz.maps import cell_centre, upsample
+from attnviz.maps import upsample
 from attnviz.pipeline import Analyser
-from attnviz.report.evaluate import Box, energy_in_boxes, pointing_hit
-from attnviz.report.outputs import map_entry
+from attnviz.metrics import SANITY_LIMIT, Box, chance_rate, energy_in_boxes, peak, pointing_hit, spearman
 from attnviz.text import slug
-from attnviz.types import AttentionMap
+from attnviz.results import AttentionMap
 
-from .model import DemoNet, caption_ids, preprocess
-from .world import Scene, category_index, hard_negative_captions, make_scenes, parse_caption
+from attnviz.zoo.model import DemoNet, caption_ids, preprocess
+from attnviz.zoo.world import Scene, category_index, hard_negative_captions, make_scenes, parse_caption
 
 __all__ = [
-    "HELDOUT_SEED", "KINDS", "TARGETS", "demo_backbone", "randomised_demo", "scene_maps",
-    "energy_in_box", "chance_rate", "score", "PointingReport", "evaluate_model",
+    "HELDOUT_SEED", "SCORED", "TARGETS", "demo_backbone", "randomised_demo", "scene_maps",
+    "energy_in_box", "score", "PointingReport", "evaluate_model",
 ]
 
 #: Seed of the held-out scenes (never used in training; training draws from seed [s, 1]).
 HELDOUT_SEED = 20_240_601
 #: Kinds evaluated, and what the map must point at.
-KINDS = {
+SCORED = {
     "cross": "the named object",
     "spatial": "any object",
     "mixed-serial": "any object",
@@ -131,19 +129,14 @@ def energy_in_box(m: np.ndarray, size: tuple[int, int], boxes: Sequence[Box]) ->
     return energy_in_boxes(upsample(m, size[1], size[0]), size, boxes)
 
 
-@functools.lru_cache(maxsize=4096)
-def chance_rate(shape: tuple[int, int], size: tuple[int, int], boxes: tuple[Box, ...],
-                tolerance: float = 0.0) -> float:
-    """Hit rate of a uniformly random cell: the share of cell centres inside any box (cached)."""
-    return float(np.mean([pointing_hit(cell_centre((i, j), size, shape), boxes, tolerance)
-                          for i in range(shape[0]) for j in range(shape[1])]))
-
-
 def score(m: AttentionMap, boxes: Sequence[Box], size: tuple[int, int],
           tolerance: float = 0.0) -> tuple[bool, float, float]:
     """Pointing hit (the manifest's peak), energy in the boxes, and chance rate of one map."""
-    hit = pointing_hit(map_entry(m, size)["peak"], boxes, tolerance)
-    return hit, energy_in_box(m.data, size, boxes), chance_rate(m.shape, size, tuple(boxes), tolerance)
+    hit = pointing_hit(peak(m.data, size), boxes, tolerance)
+    return hit, energy_in_box(m.data, size, boxes), _chance(m.shape, size, tuple(boxes), tolerance)
+
+
+_chance = functools.lru_cache(maxsize=4096)(chance_rate)   # scenes repeat shapes and boxes
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -166,13 +159,13 @@ class PointingReport:
 
     def passed(self) -> bool:
         ok = all(self.pointing[k] >= t for k, t in TARGETS.items())
-        return ok and all(abs(v) < 0.3 for v in self.sanity.values())
+        return ok and all(abs(v) < SANITY_LIMIT for v in self.sanity.values())
 
     def table(self) -> str:
         lines = ["| kind | points at | pointing game | energy in box | chance | trials | "
                  "rank corr. vs random model: mean abs (per copy) |",
                  "|---|---|---|---|---|---|---|"]
-        for k, what in KINDS.items():
+        for k, what in SCORED.items():
             san = (f"{self.sanity[k]:.3f} ({', '.join(f'{v:+.2f}' for v in self.sanity_per_seed[k])})"
                    if k in self.sanity else "—")
             tgt = f" (target ≥ {TARGETS[k]:.2f})" if k in TARGETS else ""
@@ -198,19 +191,19 @@ def evaluate_model(model: DemoNet, n: int = 200, seed: int = HELDOUT_SEED, batch
     model.eval()
     scenes = make_scenes(n, seed, size=model.input_size)
     ids = caption_ids()
-    hits = {k: 0 for k in KINDS}
-    trials = {k: 0 for k in KINDS}
-    energy = {k: 0.0 for k in KINDS}
-    chance = {k: 0.0 for k in KINDS}
-    corr: dict[tuple[str, int], list[float]] = {(k, rs): [] for k in KINDS for rs in sanity_seeds}
+    hits = {k: 0 for k in SCORED}
+    trials = {k: 0 for k in SCORED}
+    energy = {k: 0.0 for k in SCORED}
+    chance = {k: 0.0 for k in SCORED}
+    corr: dict[tuple[str, int], list[float]] = {(k, rs): [] for k in SCORED for rs in sanity_seeds}
     exact = label_ok = label_n = cap_ok = cap_n = 0
     try:
         bb = demo_backbone(model)
-        analyser = Analyser(bb, list(KINDS))
+        analyser = Analyser(bb, list(SCORED))
         rnds: dict[int, Analyser] = {}
         if sanity:
             calib = preprocess([s.image for s in scenes[:64]])
-            rnds = {rs: Analyser(randomised_demo(model, calib, rs), list(KINDS)) for rs in sanity_seeds}
+            rnds = {rs: Analyser(randomised_demo(model, calib, rs), list(SCORED)) for rs in sanity_seeds}
         for start in range(0, n, batch):
             group = scenes[start:start + batch]
             with torch.no_grad():
@@ -232,7 +225,7 @@ def evaluate_model(model: DemoNet, n: int = 200, seed: int = HELDOUT_SEED, batch
                 size = (scene.image.shape[1], scene.image.shape[0])
                 every = [Box(*o.box) for o in scene.objects]
                 named = [(f"cross-{slug(o.caption)}", [Box(*o.box)]) for o in scene.objects]
-                for kind in KINDS:
+                for kind in SCORED:
                     for name, boxes in (named if kind == "cross" else [(kind, every)]):
                         m = maps[b][name]
                         if transpose:
@@ -249,12 +242,12 @@ def evaluate_model(model: DemoNet, n: int = 200, seed: int = HELDOUT_SEED, batch
         model.train(was_training)
     return PointingReport(
         n_scenes=n, seed=seed,
-        pointing={k: hits[k] / trials[k] for k in KINDS},
-        energy={k: energy[k] / trials[k] for k in KINDS},
-        chance={k: chance[k] / trials[k] for k in KINDS},
+        pointing={k: hits[k] / trials[k] for k in SCORED},
+        energy={k: energy[k] / trials[k] for k in SCORED},
+        chance={k: chance[k] / trials[k] for k in SCORED},
         n_trials=dict(trials),
         presence_exact=exact / n, presence_label_acc=label_ok / label_n,
         caption_acc=cap_ok / cap_n,
-        sanity={k: float(np.mean([abs(np.mean(corr[k, rs])) for rs in rnds])) for k in KINDS} if rnds else {},
-        sanity_per_seed={k: [float(np.mean(corr[k, rs])) for rs in rnds] for k in KINDS} if rnds else {},
+        sanity={k: float(np.mean([abs(np.mean(corr[k, rs])) for rs in rnds])) for k in SCORED} if rnds else {},
+        sanity_per_seed={k: [float(np.mean(corr[k, rs])) for rs in rnds] for k in SCORED} if rnds else {},
     )

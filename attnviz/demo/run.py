@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from attnviz.demo.world import make_scenes
+from attnviz.zoo.world import make_scenes
 from attnviz.pipeline import RunReport, run
 from attnviz.report.atomic import save_json, save_png
 from attnviz.report.evaluate import Evaluation, evaluate_run, load_boxes

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import WEIGHTS_PATH, DemoNet, count_parameters, preprocess, tokenize
-from .pointing import HELDOUT_SEED, TARGETS, evaluate_model
-from .world import Scene, make_scene, negative_captions
+from attnviz.zoo.model import WEIGHTS_PATH, DemoNet, count_parameters, preprocess, tokenize
+from attnviz.demo.pointing import HELDOUT_SEED, TARGETS, evaluate_model
+from attnviz.zoo.world import Scene, make_scene, negative_captions
 
 VAL_SEED = 777_001
 N_POS, N_NEG = 2, 2
@@ -96,7 +96,7 @@ def write_card(path: Path, info: dict) -> None:
 A compact CNN + CBAM + transformer + text cross-attention model, trained in this repository
 on generated scenes so that every attention map has a known right answer.
 
-- **Data**: `attnviz.demo.world` scenes, {info['size']}×{info['size']} RGB, 1–3 objects from
+- **Data**: `attnviz.zoo.world` scenes, {info['size']}×{info['size']} RGB, 1–3 objects from
   6 shapes × 4 colours = 24 categories on textured, cluttered backgrounds (grey blotches,
   stripes, bars, blobs, plus thin saturated strokes and specks, some in the objects' colours);
   distractors share a colour or a shape with the target. Generated on the fly, never repeated:
@@ -145,7 +145,7 @@ Attention modules (dotted names): SE gate `cbam.se.scale_activation` (B, 32, 1, 
 gate `cbam.spatial.gate` (B, 1, 24, 24); self-attention `encoder.attn` (class token + 12×12
 tokens); cross-attention `cross` (caption query over 24×24 CBAM tokens). mixed-serial is the
 spatial gate itself (serial CBAM: it gates the SE-scaled features); channel = Σ_c s_c F_c.
-Reproduce the table with `python -c "from attnviz.demo.model import load_demo_model;
+Reproduce the table with `python -c "from attnviz.zoo.model import load_demo_model;
 from attnviz.demo.pointing import evaluate_model; print(evaluate_model(load_demo_model()).table())"`.
 """
     path.write_text(text)

@@ -1,6 +1,6 @@
 """Attention kinds, one module each, registered by name (importing this package registers them)."""
 from attnviz.kinds.base import KINDS, Batch, Kind, get_kinds, register_kind
-from attnviz.types import Options
+from attnviz.results import Options
 from attnviz.kinds import channel, spatial, mixed_serial, mixed_parallel, self_attention, cross  # noqa: F401,E501  (registration)
 
 __all__ = ["KINDS", "Batch", "Kind", "Options", "get_kinds", "register_kind"]

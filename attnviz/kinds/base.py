@@ -13,7 +13,7 @@ from attnviz.maps import to_grid
 from attnviz.probes.attention import WindowAttention
 from attnviz.probes.gates import Gate
 from attnviz.probes.locate import Inventory
-from attnviz.types import AttentionMap, Options
+from attnviz.results import AttentionMap, Options
 
 __all__ = ["Options", "Batch", "Kind", "register_kind", "KINDS", "get_kinds"]
 
@@ -34,7 +34,7 @@ class Batch:
     gate_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # features a gate scales
     attention: dict[str, torch.Tensor] = field(default_factory=dict)    # (B, heads, Nq, Nk) per module
     windows: dict[str, WindowAttention] = field(default_factory=dict)   # Swin window attention
-    extras: dict[str, Any] = field(default_factory=dict)   # what the backbone's forward returned beside logits
+    aux: dict[str, Any] = field(default_factory=dict)      # what the backbone's forward returned beside logits
     cache: dict[str, Any] = field(default_factory=dict)   # results one kind shares with another
 
     def features(self, layer: str | None = None) -> torch.Tensor:

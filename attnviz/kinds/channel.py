@@ -5,7 +5,7 @@ import torch
 
 from attnviz.kinds.base import Batch, Kind, register_kind
 from attnviz.maps import zscore
-from attnviz.types import AttentionMap
+from attnviz.results import AttentionMap
 
 __all__ = ["channel_logits", "channel_map", "Channel"]
 

@@ -9,7 +9,7 @@ from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
 from attnviz.kinds.base import Batch, Kind, register_kind
 from attnviz.text import slug, unique, words
-from attnviz.types import AttentionMap, Options
+from attnviz.results import AttentionMap, Options
 
 __all__ = ["match_classes", "cross_map", "Cross"]
 

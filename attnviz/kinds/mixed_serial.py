@@ -6,7 +6,7 @@ import torch
 from attnviz.kinds.base import Batch, Kind, register_kind
 from attnviz.kinds.channel import channel_logits
 from attnviz.kinds.spatial import spatial_logits
-from attnviz.types import AttentionMap
+from attnviz.results import AttentionMap
 
 __all__ = ["MixedSerial"]
 

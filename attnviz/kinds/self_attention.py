@@ -8,7 +8,7 @@ from attnviz.kinds.base import Batch, Kind, register_kind
 from attnviz.kinds.spatial import peak_fraction, spatial_logits
 from attnviz.maps import cell_centre, inside, query_cell
 from attnviz.probes.attention import cls_attention, query_attention, received_attention, rollout
-from attnviz.types import AttentionMap
+from attnviz.results import AttentionMap
 
 __all__ = ["self_attention", "row_and_received", "SelfAttention"]
 

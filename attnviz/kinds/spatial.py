@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from attnviz.kinds.base import Batch, Kind, register_kind
 from attnviz.maps import gaussian_kernel, zscore
-from attnviz.types import AttentionMap
+from attnviz.results import AttentionMap
 
 __all__ = ["spatial_logits", "peak_fraction", "Spatial"]
 

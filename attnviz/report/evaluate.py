@@ -9,22 +9,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from attnviz.errors import AttnvizError
-from attnviz.maps import normalise, upsample
+from attnviz.metrics import Box, energy_in_boxes, pointing_hit
 from attnviz.report.atomic import save_json
 from attnviz.text import words
 
-__all__ = ["Box", "load_boxes", "pointing_hit", "energy_in_boxes", "evaluate_run", "Evaluation"]
-
-
-@dataclass(frozen=True)
-class Box:
-    """A ground-truth box (x0, y0, x1, y1) in image pixels, with an optional label ("the blue ring")."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    label: str | None = None
+__all__ = ["load_boxes", "evaluate_run", "Evaluation"]
 
 
 def _box(item: Any) -> Box:
@@ -54,24 +43,6 @@ def load_boxes(path: str | Path) -> dict[str, list[Box]]:
     if not isinstance(data, Mapping):
         raise AttnvizError(f"--boxes {path}: expected a mapping of image -> boxes, or COCO")
     return {str(k): [_box(b) for b in v] for k, v in data.items()}
-
-
-def pointing_hit(peak: Sequence[float], boxes: Sequence[Box], tolerance: float = 0.0) -> bool:
-    """Is the peak (x, y) inside any box, within `tolerance` pixels?"""
-    x, y = peak
-    return any(b.x0 - tolerance <= x <= b.x1 + tolerance and b.y0 - tolerance <= y <= b.y1 + tolerance
-               for b in boxes)
-
-
-def energy_in_boxes(m: np.ndarray, size: tuple[int, int], boxes: Sequence[Box]) -> float:
-    """Share of the display-normalised map, upsampled to the image, that falls inside the boxes."""
-    w, h = size
-    up = upsample(normalise(m), h, w)
-    inside = np.zeros((h, w), dtype=bool)
-    for b in boxes:
-        inside[max(int(b.y0), 0):int(np.ceil(b.y1)), max(int(b.x0), 0):int(np.ceil(b.x1))] = True
-    total = float(up.sum())
-    return float(up[inside].sum() / total) if total > 0 else 0.0
 
 
 def _targets(m: dict[str, Any], boxes: list[Box]) -> list[Box] | None:

@@ -12,10 +12,11 @@ import torch
 import torchvision
 
 from attnviz import __version__
-from attnviz.checks import SANITY_LIMIT
+from attnviz.metrics import SANITY_LIMIT
+from attnviz.backbones.weights import RANDOM_NOTE
 from attnviz.report.atomic import save_json
 from attnviz.report.outputs import Style, image_entry
-from attnviz.types import Result
+from attnviz.results import Result
 
 __all__ = ["Manifest", "SCHEMA_VERSION"]
 
@@ -25,8 +26,7 @@ SCHEMA_VERSION = 1
 class Manifest:
     """Collects image records and rewrites the manifest atomically after every batch."""
 
-    def __init__(self, out: Path, analyser, style: Style, batch_size: int, command: str,
-                 options: dict[str, Any]) -> None:
+    def __init__(self, out: Path, analyser: Any, style: Style, batch_size: int, command: str) -> None:
         bb = analyser.backbone
         self.path = out / "manifest.json"
         self._saved = float("-inf")    # monotonic time of the last write
@@ -48,9 +48,9 @@ class Manifest:
                          "query": list(analyser.options.query) if analyser.options.query else None,
                          "tau": analyser.options.tau, "size": style.size, "colormap": style.colormap,
                          "alpha": style.alpha, "top_k": style.top_k, "batch_size": batch_size,
-                         "seed": options.get("seed")},
+                         "seed": analyser.config.seed},
             "notes": list(analyser.notes) + list(bb.notes)
-            + ([] if bb.pretrained else ["random weights (--weights none): the maps mean nothing"]),
+            + ([] if bb.pretrained else [RANDOM_NOTE]),
         }
 
     def add(self, r: Result) -> None:

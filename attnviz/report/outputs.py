@@ -11,7 +11,7 @@ from PIL import Image
 from attnviz.maps import cell_centre
 from attnviz.render import GridCell, GridRow, blend, channel_bars, channel_depth, fit, grid
 from attnviz.report.atomic import save_npz, save_png
-from attnviz.types import AttentionMap, Result
+from attnviz.results import AttentionMap, Result
 
 __all__ = ["Style", "write_outputs", "image_entry", "map_entry"]
 

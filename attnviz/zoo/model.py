@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import SqueezeExcitation
 
-from .world import CATEGORIES, COLOURS, DEFAULT_SIZE, SHAPES, WORDS, caption
+from attnviz.zoo.world import CATEGORIES, COLOURS, DEFAULT_SIZE, SHAPES, WORDS, caption
 
 __all__ = [
     "VOCAB", "CONTEXT_LEN", "WEIGHTS_PATH", "SE_MODULE", "SE_GATE", "SPATIAL_MODULE",

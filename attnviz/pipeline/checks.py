@@ -9,15 +9,15 @@ import torch
 from PIL import Image
 
 from attnviz.maps import normalise, upsample
-from attnviz.types import AttentionMap
+from attnviz.metrics import spearman
+from attnviz.pipeline.analyser import Analyser
+from attnviz.results import AttentionMap
 
-__all__ = ["faithfulness", "randomised", "spearman", "sanity", "SANITY_LIMIT"]
-
-SANITY_LIMIT = 0.3   # |rank correlation| with the randomised model's map at or above this: flagged
+__all__ = ["faithfulness", "randomised", "sanity"]
 
 
 @torch.no_grad()
-def faithfulness(analyser, image: Image.Image, maps: Sequence[AttentionMap], steps: int = 10,
+def faithfulness(analyser: Analyser, image: Image.Image, maps: Sequence[AttentionMap], steps: int = 10,
                  chunk: int = 32) -> dict[str, dict[str, float]]:
     """Per map: deletion and insertion AUC of the top-1 class probability (Petsiuk et al. 2018).
 
@@ -62,28 +62,11 @@ def randomised(backbone, seed: int = 0):
     return rand
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged (as Spearman's rho needs)."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return (first + (counts - 1) / 2)[inverse]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (0 when either is constant)."""
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
-
-
-def sanity(analyser, images: Sequence[Image.Image], prompts: list[list[str]] | None = None,
+def sanity(analyser: Analyser, images: Sequence[Image.Image], prompts: list[list[str]] | None = None,
            seed: int = 0) -> dict[str, float]:
     """Mean rank correlation of each map with the same map from a randomised model (Adebayo et al.)."""
-    from attnviz.pipeline import Analyser
     trained = analyser.analyse_batch(images, prompts)
-    other = Analyser(randomised(analyser.backbone, seed), [k.name for k in analyser.kinds],
-                     **analyser.settings).analyse_batch(images, prompts)
+    other = analyser.twin(randomised(analyser.backbone, seed)).analyse_batch(images, prompts)
     rhos: dict[str, list[float]] = {}
     for (_, maps_a), (_, maps_b) in zip(trained, other):
         by_b = {m.name: m for m in maps_b}

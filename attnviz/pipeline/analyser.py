@@ -1,0 +1,213 @@
+"""The engine: a backbone and the chosen kinds, every kind of a batch from ONE forward pass."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from attnviz.backbones import Backbone, WeightsSpec, load_backbone
+from attnviz.backbones.clip_core import VARIANTS
+from attnviz.errors import AttnvizError, ImageError
+from attnviz.images import ImageSource, load_image, to_rgb
+from attnviz.kinds import Batch, get_kinds
+from attnviz.probes.attention import AttentionCapture
+from attnviz.probes.base import LayerTap
+from attnviz.probes.gates import GateTap
+from attnviz.probes.locate import Inventory, locate
+from attnviz.results import AttentionMap, Options, Prediction, Result
+
+__all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode"]
+
+
+@dataclass(frozen=True)
+class AnalyserConfig:
+    """Every setting of an Analyser; each field is the CLI option of the same name."""
+
+    weights: str = "DEFAULT"                      # DEFAULT | an enum name or tag | FILE | none
+    layer: str | None = None                      # default: the backbone's last feature stage
+    texts: tuple[str, ...] = ()                   # cross-attention prompts
+    query: tuple[float, float] | None = None      # self-attention query (x, y) in image pixels
+    input_size: int | None = None
+    device: str = "cpu"
+    seed: int | None = None                       # seed for random-init weights
+    tau: float = 0.1                              # temperature of derived self-attention
+    top: int = 5                                  # predictions kept per image
+    self_layer: str | None = None                 # attention module of the per-head maps
+    per_word: bool = False
+    contrast: bool = False
+    variant: str = "value"                        # CLIP patch tokens
+    native: bool = True                           # False: derive every kind from `layer`
+
+    def __post_init__(self) -> None:
+        """Check what can be checked before any model is loaded (one-line AttnvizErrors)."""
+        if isinstance(self.texts, str):
+            object.__setattr__(self, "texts", (self.texts,))
+        object.__setattr__(self, "texts", tuple(self.texts))
+        if self.query is not None:
+            q = tuple(self.query)
+            if len(q) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in q):
+                raise AttnvizError(f"query {self.query!r}: expected two finite numbers (x, y) in image pixels")
+            object.__setattr__(self, "query", (float(q[0]), float(q[1])))
+        if self.variant not in VARIANTS:
+            raise AttnvizError(f"--clip-variant {self.variant!r}: use one of {', '.join(VARIANTS)}")
+        if not (isinstance(self.tau, (int, float)) and self.tau > 0 and math.isfinite(self.tau)):
+            raise AttnvizError(f"--tau {self.tau!r}: use a positive number")
+        if not isinstance(self.top, int) or self.top < 1:
+            raise AttnvizError(f"top {self.top!r}: use a whole number ≥ 1")
+        if self.input_size is not None and not (isinstance(self.input_size, int) and 16 <= self.input_size):
+            raise AttnvizError(f"--input-size {self.input_size!r}: use a whole number ≥ 16")
+
+    @classmethod
+    def of(cls, config: AnalyserConfig | None = None, **options: Any) -> AnalyserConfig:
+        """`config` updated with keyword options; an unknown keyword is one line naming the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise AttnvizError(f"unknown option {unknown[0]!r}; options: {', '.join(sorted(known))}")
+        return dataclasses.replace(config or cls(), **options)
+
+    @property
+    def options(self) -> Options:
+        """The settings the kinds read."""
+        return Options(tau=self.tau, query=self.query, texts=self.texts, self_layer=self.self_layer,
+                       per_word=self.per_word, contrast=self.contrast, variant=self.variant)
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-ready form (the manifest's record of what was asked)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+class Analyser:
+    """A backbone and the chosen kinds: every kind of a batch from ONE forward pass."""
+
+    def __init__(self, backbone: str | Backbone = "resnet50", kinds: Sequence[str] | None = None,
+                 config: AnalyserConfig | None = None, **options: Any) -> None:
+        config = AnalyserConfig.of(config, **options)
+        if isinstance(kinds, str):
+            kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+        chosen = get_kinds(list(kinds) if kinds is not None else None)   # unknown names fail before loading
+        self.config = config
+        self.backbone = bb = backbone if isinstance(backbone, Backbone) else load_backbone(
+            backbone, WeightsSpec.parse(config.weights), input_size=config.input_size,
+            device=config.device, seed=config.seed)
+        # native=False: derive every kind from --layer even where the model has attention modules
+        self.inventory = find_attention(bb)[1] if config.native else Inventory()
+        self.layer = self._layer(config.layer or bb.default_layer)
+        attention = [a.name for a in self.inventory.self_attention()]
+        if config.self_layer is not None and config.self_layer not in attention:
+            close = difflib.get_close_matches(config.self_layer, attention, n=5, cutoff=0.5)
+            raise AttnvizError(f"--self-layer {config.self_layer!r} is not an attention module of {bb.name}; "
+                               + (f"close: {', '.join(close)}" if close else f"see `attnviz inspect {bb.name}`"))
+        self.options = config.options
+        bb.prepare(self.options)
+        self.notes: list[str] = []
+        self.kinds = []
+        for kind in chosen:
+            reason = kind.unavailable(bb, self.options)
+            if reason and kinds is not None:
+                raise AttnvizError(f"kind {kind.name!r}: {reason}")
+            if reason:
+                self.notes.append(f"{kind.name} skipped: {reason}")
+                continue
+            self.kinds.append(kind)
+        self.plans = {k.name: k.prepare(bb, self.options) for k in self.kinds}
+        self.tapped = list(dict.fromkeys(n for k in self.kinds for n in k.layers(bb, self.layer)))
+        names = {k.name for k in self.kinds}
+        self.gates = self.inventory.gates if names & {"channel", "spatial", "mixed-serial"} else []
+        self.attention = list(dict.fromkeys(n.split("#")[0] for n in attention)) if "self" in names else []
+        self.heads = [config.self_layer or attention[-1]] if attention else []   # per-head maps: one layer
+        self.forwards = 0   # forward passes run so far (one per batch)
+
+    def twin(self, backbone: Backbone) -> Analyser:
+        """The same kinds and settings on another backbone (the sanity check's randomised model)."""
+        return Analyser(backbone, [k.name for k in self.kinds], self.config)
+
+    def _layer(self, name: str) -> str:
+        """Check --layer; a gate's sigmoid module stands for its gate block."""
+        bb = self.backbone
+        for g in self.inventory.gates:
+            if name == g.activation:
+                name = g.name
+        if name not in bb.layers or bb.layers[name].grid == (1, 1):
+            close = difflib.get_close_matches(name, bb.layers, n=5, cutoff=0.5)
+            hint = f"close: {', '.join(close)}" if close else f"see `attnviz layers {bb.name}`"
+            raise AttnvizError(f"--layer {name!r} is not a feature map of {bb.name}; {hint}")
+        return name
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The whole image squashed to input_size², scaled to [0, 1], normalised: (B, 3, S, S)."""
+        s = self.backbone.input_size
+        arrays = [torch.frombuffer(bytearray(to_rgb(im).resize((s, s), Image.Resampling.BILINEAR).tobytes()),
+                                   dtype=torch.uint8).reshape(s, s, 3) for im in images]
+        x = torch.stack(arrays).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(self.backbone.mean)[None, :, None, None]
+        std = torch.tensor(self.backbone.std)[None, :, None, None]
+        return ((x - mean) / std).to(self.backbone.device)
+
+    @torch.no_grad()
+    def analyse_batch(self, images: Sequence[Image.Image], prompts: list[list[str]] | None = None
+                      ) -> list[tuple[list[Prediction], list[AttentionMap]]]:
+        """Predictions and maps for a batch of RGB images, from one forward pass.
+
+        `prompts`: one list per image, for text backbones that take per-image prompts (demo).
+        """
+        if not images:
+            return []
+        bb = self.backbone
+        x = self.preprocess(images)
+        with contextlib.ExitStack() as probes:
+            tap = probes.enter_context(LayerTap(bb.model, self.tapped))
+            gates = probes.enter_context(GateTap(bb.model, self.gates))
+            attn = probes.enter_context(AttentionCapture(bb.model, self.attention, self.heads)) \
+                if self.attention else None
+            logits, aux = bb.forward(x, prompts)
+        self.forwards += 1
+        batch = Batch(bb, self.layer, tap.outputs, logits, [im.size for im in images],
+                      self.options, self.plans, inventory=self.inventory, gates=gates.outputs,
+                      gate_inputs=gates.inputs, attention=attn.maps if attn else {},
+                      windows=attn.windows if attn else {}, aux=aux)
+        maps: list[list[AttentionMap]] = [[] for _ in images]
+        for kind in self.kinds:
+            for i, per_image in enumerate(kind.compute(batch)):
+                maps[i].extend(per_image)
+        return [(self._predictions(row), m) for row, m in zip(logits, maps)]
+
+    def _predictions(self, logits: torch.Tensor) -> list[Prediction]:
+        probs = torch.softmax(logits.float(), dim=0)
+        top = probs.topk(min(self.config.top, len(probs)))
+        cats = self.backbone.categories
+        return [Prediction(int(i), cats[int(i)], round(float(p), 6)) for p, i in zip(*top)]
+
+
+def find_attention(backbone: str | Backbone, weights: str = "none", *, input_size: int | None = None,
+                   device: str = "cpu") -> tuple[Backbone, Inventory]:
+    """A backbone and every attention module one forward pass finds in it."""
+    bb = backbone if isinstance(backbone, Backbone) else load_backbone(
+        backbone, weights, input_size=input_size, device=device)
+    example = torch.zeros(1, 3, bb.input_size, bb.input_size, device=bb.device)
+    return bb, locate(bb.model, example)
+
+
+def decode(sources: list[ImageSource]) -> tuple[list[Result], list[tuple[Result, Image.Image]]]:
+    """Decode a batch; unusable files become error Results, the rest go on."""
+    results, good = [], []
+    for src in sources:
+        r = Result(source=src.source, path=src.path, output=src.output)
+        if src.error:
+            r.status, r.error = "error", src.error
+            results.append(r)
+            continue
+        try:
+            image = load_image(src.path)
+            r.size = image.size
+            good.append((r, image))
+        except ImageError as e:
+            r.status, r.error = "error", str(e)
+        results.append(r)
+    return results, good

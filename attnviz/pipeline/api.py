@@ -1,0 +1,70 @@
+"""`analyse`: maps and predictions for files, folders or PIL images, in memory (no files written)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from attnviz.backbones import Backbone
+from attnviz.errors import AttnvizError
+from attnviz.images import ImageSource, discover, to_rgb
+from attnviz.pipeline.analyser import Analyser, decode
+from attnviz.results import Result
+
+__all__ = ["analyse", "check_batch_size"]
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """A batch size is a whole number ≥ 1 (one line otherwise)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AttnvizError(f"batch_size {batch_size!r}: use a whole number ≥ 1")
+    return batch_size
+
+
+def _pil_result(n: int, image: Image.Image) -> tuple[Result, Image.Image | None]:
+    """A Result for the n-th input given as a PIL image; an unusable one is an error Result."""
+    r = Result(f"<image {n}>", Path(f"<image {n}>"), f"image_{n}")
+    try:
+        rgb = to_rgb(image)
+        rgb.load()
+        if rgb.width < 1 or rgb.height < 1:
+            raise ValueError("it has no pixels (0×0)")
+    except Exception as e:  # noqa: BLE001  (closed, truncated, odd modes: one error Result each)
+        r.status, r.error = "error", f"unusable image: {' '.join(str(e).split()) or type(e).__name__}"
+        return r, None
+    r.size = rgb.size
+    return r, rgb
+
+
+def analyse(images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+            backbone: str | Backbone = "resnet50", kinds: Sequence[str] | None = None, *,
+            batch_size: int = 8, **options: Any) -> list[Result]:
+    """Maps and predictions for image files, folders or PIL images, in input order (no files written)."""
+    check_batch_size(batch_size)
+    items = [images] if isinstance(images, (str, Path, Image.Image)) else list(images)
+    for item in items:
+        if not isinstance(item, (str, Path, Image.Image)):
+            raise AttnvizError(f"images: expected paths or PIL images, got {type(item).__name__}")
+    analyser = Analyser(backbone, kinds, **options)
+    units: list[ImageSource | Image.Image] = []      # PIL images, and every file each path holds
+    for item in items:
+        units += [item] if isinstance(item, Image.Image) else discover([item])
+    results: list[Result] = []
+    for k in range(0, len(units), batch_size):
+        chunk = units[k:k + batch_size]
+        loaded, good = decode([u for u in chunk if isinstance(u, ImageSource)])
+        files = iter(loaded)
+        batch: list[Result] = []
+        for n, u in enumerate(chunk, start=k):
+            if isinstance(u, Image.Image):
+                r, rgb = _pil_result(n, u)
+                if rgb is not None:
+                    good.append((r, rgb))
+                batch.append(r)
+            else:
+                batch.append(next(files))
+        for (r, _), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good])):
+            r.predictions, r.maps = preds, maps
+        results += batch
+    return results
