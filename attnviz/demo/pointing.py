@@ -51,7 +51,7 @@ SCORED = {
     "self": "any object",
     "channel": "any object",
 }
-#: Pointing-game targets from the issue (the others are reported only).
+#: Pointing-game targets of the demo (the others are reported only).
 TARGETS = {"cross": 0.9, "spatial": 0.9}
 
 

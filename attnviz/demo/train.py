@@ -26,10 +26,24 @@ import torch.nn.functional as F
 
 from attnviz.zoo.model import WEIGHTS_PATH, DemoNet, count_parameters, preprocess, tokenize
 from attnviz.demo.pointing import HELDOUT_SEED, TARGETS, evaluate_model
-from attnviz.zoo.world import Scene, make_scene, negative_captions
+from attnviz.zoo.world import COLOURS, SHAPES, Scene, caption, hard_negative_captions, make_scene
 
 VAL_SEED = 777_001
 N_POS, N_NEG = 2, 2
+
+
+def negative_captions(scene: Scene, rng: np.random.Generator, k: int = 1,
+                      hard: float = 0.8) -> list[str]:
+    """``k`` captions of absent objects for training; each is a hard negative (sharing colour
+    or shape with a present object) with probability ``hard``, otherwise any absent caption."""
+    present = {(o.colour, o.shape) for o in scene.objects}
+    hard_pool = hard_negative_captions(scene)
+    any_pool = [caption(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+    out = []
+    for _ in range(k):
+        pool = hard_pool if (hard_pool and rng.random() < hard) else any_pool
+        out.append(pool[int(rng.integers(len(pool)))])
+    return out
 
 
 def make_batch(rng: np.random.Generator, n: int, size: int):

@@ -1,4 +1,7 @@
-"""Channel attention (SE): the model's own gate when it has one (native), else s = σ(ẑ_C(GAP F))."""
+"""Channel attention (SE): the model's own gate when it has one (native), else s = σ(ẑ_C(GAP F)).
+
+Definition: docs/attention.md §1.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,7 @@
-"""Text-to-image cross-attention, derived for a classifier: A = softmax_N(w_c · x_i / √d) (CAM)."""
+"""Text-to-image cross-attention, derived for a classifier: A = softmax_N(w_c · x_i / √d) (CAM).
+
+Definition: docs/attention.md §5.
+"""
 from __future__ import annotations
 
 import difflib

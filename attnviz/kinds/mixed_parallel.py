@@ -1,4 +1,7 @@
-"""Mixed attention, parallel (BAM style): A = σ(logit s + logit M_s), map = mean_c(A ⊙ F)."""
+"""Mixed attention, parallel (BAM style): A = σ(logit s + logit M_s), map = mean_c(A ⊙ F).
+
+Definition: docs/attention.md §3.
+"""
 from __future__ import annotations
 
 import torch

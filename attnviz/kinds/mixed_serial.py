@@ -1,4 +1,7 @@
-"""Mixed attention, serial (CBAM order): the spatial gate on channel-scaled features s ⊙ F."""
+"""Mixed attention, serial (CBAM order): the spatial gate on channel-scaled features s ⊙ F.
+
+Definition: docs/attention.md §3.
+"""
 from __future__ import annotations
 
 import torch

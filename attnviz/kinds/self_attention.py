@@ -1,4 +1,7 @@
-"""Self-attention: a transformer's own attention (native), else softmax(cos(x_i, x_j)/τ) (derived)."""
+"""Self-attention: a transformer's own attention (native), else softmax(cos(x_i, x_j)/τ) (derived).
+
+Definition: docs/attention.md §4.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,7 @@
-"""Spatial attention (CBAM): the model's own spatial gate (native), else the fixed-kernel gate (derived)."""
+"""Spatial attention (CBAM): the model's own spatial gate (native), else the fixed-kernel gate (derived).
+
+Definition: docs/attention.md §2.
+"""
 from __future__ import annotations
 
 import torch

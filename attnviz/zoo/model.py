@@ -25,7 +25,7 @@ pixel coordinates ``((j + 0.5)·s, (i + 0.5)·s)`` (4×4/stride-2 convs, see ``_
 map upsampled with ``align_corners=False`` lies exactly over the image.
 
 Why these choices (held-out pointing game; see MODEL_CARD.md): the gates and the
-cross-attention keys at 24×24 (shared/docs/recipes.md: 12×12 saturates); centred grids (3×3/stride-2
+cross-attention keys at 24×24 (at 12×12 the cross-attention saturated in training); centred grids (3×3/stride-2
 convs put the spatial gate's argmax just outside the objects, self-attention 0.86 → 1.00);
 CBAM before the ReLU (on ReLU features the channel heatmap Σ s_c F_c is mostly feature energy,
 which a randomly initialised copy shares: rank correlation 0.40; on the signed

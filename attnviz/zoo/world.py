@@ -33,7 +33,7 @@ import numpy as np
 __all__ = [
     "SHAPES", "COLOURS", "COLOUR_RGB", "CATEGORIES", "WORDS", "DEFAULT_SIZE", "GAP",
     "SceneObject", "Scene", "make_scene", "make_scenes", "caption", "category_index",
-    "parse_caption", "captions", "hard_negative_captions", "negative_captions",
+    "parse_caption", "captions", "hard_negative_captions",
 ]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross")
@@ -389,18 +389,4 @@ def hard_negative_captions(scene: Scene) -> list[str]:
                 continue
             if any(colour == c or shape == s for c, s in present):
                 out.append(caption(colour, shape))
-    return out
-
-
-def negative_captions(scene: Scene, rng: np.random.Generator, k: int = 1,
-                      hard: float = 0.8) -> list[str]:
-    """``k`` captions of absent objects for training; each is a hard negative (sharing colour
-    or shape with a present object) with probability ``hard``, otherwise any absent caption."""
-    present = {(o.colour, o.shape) for o in scene.objects}
-    hard_pool = hard_negative_captions(scene)
-    any_pool = [caption(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-    out = []
-    for _ in range(k):
-        pool = hard_pool if (hard_pool and rng.random() < hard) else any_pool
-        out.append(pool[int(rng.integers(len(pool)))])
     return out

@@ -8,7 +8,8 @@ import pytest
 
 from attnviz.zoo.world import (CATEGORIES, COLOUR_RGB, COLOURS, SHAPES, caption,
                                 captions, category_index, hard_negative_captions, make_scene,
-                                make_scenes, negative_captions, parse_caption)
+                                make_scenes, parse_caption)
+from attnviz.demo.train import negative_captions
 
 SCENES = make_scenes(150, seed=123)
 
