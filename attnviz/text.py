@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["words", "slug", "unique"]
+__all__ = ["words", "slug", "unique", "printable", "raw_bytes"]
 
 
 def words(text: str) -> list[str]:
@@ -23,3 +23,17 @@ def unique(name: str, used: set[str]) -> str:
         name, k = f"{base}-{k}", k + 1
     used.add(name)
     return name
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes a file name could not decode (surrogate escapes) become `\\xNN`."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def raw_bytes(text: str) -> bytes | None:
+    """The file-system bytes of a name that is not valid UTF-8 (None when it is)."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")

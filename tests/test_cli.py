@@ -145,7 +145,13 @@ def test_version_help_and_layers():
                 "--size", "--colormap", "--alpha", "--top-k", "--batch-size", "--device", "--seed", "--quiet"):
         assert opt in help_text
     listing = attnviz("backbones").stdout
-    assert "resnet50" in listing and "demo:" in listing and "--model package.module:factory" in listing
+    from attnviz.backbones import families
+    for fam in families():                          # the listing is the registry, family by family
+        assert f"{fam.syntax} — {fam.summary}" in listing
+    assert "resnet50" in listing and "clip:ViT-B-16" in listing
+    kinds = attnviz("kinds").stdout
+    from attnviz.kinds import KINDS
+    assert all(name in kinds for name in KINDS)
     proc = attnviz("layers", "resnet18")
     assert proc.returncode == 0
     row = next(line for line in proc.stdout.splitlines() if " layer4 " in line)

@@ -12,6 +12,12 @@ from attnviz.errors import AttnvizError
 __all__ = ["Backbone", "LayerInfo", "Family", "WeightsSpec", "describe_layers", "register_family",
            "families", "load_backbone", "resolve_device"]
 
+
+def families() -> list[Family]:
+    """Every registered family, in listing order (the bare-name family first)."""
+    return sorted(registered(), key=lambda f: f.prefix != "")
+
+
 def resolve_device(device: str) -> torch.device:
     """'cpu', 'cuda' or 'auto' (CUDA when available) as a torch.device."""
     if device == "auto":

@@ -55,6 +55,12 @@ class Kind:
     name: ClassVar[str]
     order: ClassVar[int]   # position in the default kind list and in the grid
 
+    def summary(self) -> str:
+        """One line for listings: the first line of the kind's module docstring."""
+        import sys
+        doc = sys.modules[type(self).__module__].__doc__ or type(self).__doc__ or self.name
+        return doc.strip().splitlines()[0]
+
     def unavailable(self, backbone: Backbone, options: Options) -> str | None:
         """Why this kind cannot run on `backbone` with `options`, or None when it can."""
         return None

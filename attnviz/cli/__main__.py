@@ -1,0 +1,4 @@
+"""`python -m attnviz.cli …` is the `attnviz` command."""
+from attnviz.cli import main
+
+main()

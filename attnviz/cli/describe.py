@@ -1,0 +1,126 @@
+"""`attnviz layers`, `inspect`, `backbones` and `kinds`: what a model offers, from the registries."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from attnviz.cli.app import app
+from attnviz.cli.common import backbone_name, guard, out_console
+from attnviz.errors import AttnvizError
+from attnviz.text import printable
+
+__all__ = ["layers", "inspect_model", "backbones", "kinds"]
+
+# options shared by the commands that describe a model
+_BACKBONE = typer.Argument("resnet50", help="Backbone name.")
+_MODEL = typer.Option(None, "--model", help="Your own model: package.module:factory.")
+_INPUT_SIZE = typer.Option(None, "--input-size", min=16, help="Model input side.")
+_DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table whose first column (module names) folds and whose others never wrap."""
+    table = Table(title=Text(printable(title)))
+    table.add_column(columns[0], overflow="fold", min_width=28)
+    for col in columns[1:]:
+        table.add_column(col, no_wrap=True)
+    return table
+
+
+def _load_quietly(backbone: str, input_size: Optional[int], debug: bool):
+    """Backbone and attention inventory with random weights (shapes need no download)."""
+    from attnviz.pipeline import find_attention
+
+    def go():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return find_attention(backbone, "DEFAULT" if backbone.startswith("model:") else "none",
+                                  input_size=input_size)
+    return guard(go, debug)
+
+
+def _t(value: object) -> Text:
+    return Text(printable(str(value)))
+
+
+@app.command()
+def layers(
+    backbone: str = _BACKBONE, model: Optional[str] = _MODEL, input_size: Optional[int] = _INPUT_SIZE,
+    debug: bool = _DEBUG,
+) -> None:
+    """List the layer names --layer accepts, with their output shapes."""
+    bb, _ = _load_quietly(backbone_name(backbone, model), input_size, debug)
+    table = _table(f"{bb.name} at {bb.input_size}px: layers --layer accepts",
+                   ("layer", "type", "output (C×H×W)", "layout", ""))
+    for info in bb.layers.values():
+        mark = []
+        if info.name == bb.default_layer:
+            mark.append(Text("default", style="bold green"))
+        if info.name == bb.classifier_layer:
+            mark.append(Text("head pools it"))
+        table.add_row(_t(info.name), _t(info.type), f"{info.channels}×{info.grid[0]}×{info.grid[1]}",
+                      info.layout.kind + (f" +{info.layout.prefix} tokens" if info.layout.prefix else ""),
+                      Text(", ").join(mark))
+    out_console.print(table)
+
+
+@app.command("inspect")
+def inspect_model(
+    backbone: str = _BACKBONE, model: Optional[str] = _MODEL, input_size: Optional[int] = _INPUT_SIZE,
+    debug: bool = _DEBUG,
+) -> None:
+    """List every attention module one forward pass finds, and which kinds become native."""
+    from attnviz.kinds import KINDS
+    bb, inv = _load_quietly(backbone_name(backbone, model), input_size, debug)
+    table = _table(f"{bb.name}: attention modules ({len(inv.gates)} gates, {len(inv.attention)} attention)",
+                   ("module", "type", "kind", "shape", "heads"))
+    for g in inv.gates:
+        shape = f"{g.channels} ch, {g.grid[0]}×{g.grid[1]}" if g.kind == "channel" else f"1×{g.grid[0]}×{g.grid[1]}"
+        table.add_row(_t(g.name), _t(g.type), f"{g.kind} gate", shape, "")
+    for a in inv.attention:
+        table.add_row(_t(a.name), _t(a.type), a.kind, f"{a.queries}×{a.keys} tokens", str(a.heads))
+    out_console.print(table)
+    native = inv.native_kinds(bb.tokens is not None)
+    for kind in KINDS:
+        where = f"native ({native[kind]})" if kind in native else "derived"
+        out_console.print(_t(f"  {kind:15s} {where}"), highlight=False)
+    for name in inv.unsupported:
+        out_console.print(Text.assemble("  ", ("cannot read", "yellow"), " ",
+                                        printable(f"{name}: its attention stays derived")), highlight=False)
+
+
+@app.command()
+def backbones(
+    names: bool = typer.Option(True, "--names/--no-names", help="List every name of each family."),
+) -> None:
+    """List the backbone families --backbone accepts, and their names."""
+    from attnviz.backbones import families
+    for fam in guard(families, False):
+        out_console.print(Text.assemble((fam.syntax, "bold"), f" — {fam.summary}"), highlight=False)
+        if not names or fam.names is None:
+            continue
+        try:
+            listed = fam.names()
+        except AttnvizError as e:       # an optional extra that is not installed
+            out_console.print(_t(f"  ({e})"), highlight=False)
+            continue
+        except Exception as e:  # noqa: BLE001  (a family's library failing to list is not fatal)
+            out_console.print(_t(f"  (cannot list: {type(e).__name__}: {e})"), highlight=False)
+            continue
+        out_console.print(_t(f"  {len(listed)} names: " + ", ".join(listed)), highlight=False)
+
+
+@app.command()
+def kinds() -> None:
+    """List the attention kinds --kinds accepts, in grid order."""
+    from attnviz.kinds import get_kinds
+    table = Table(title="attention kinds", title_justify="left")
+    for col in ("kind", "what it is (native where the model has the module, else derived)"):
+        table.add_column(col)
+    for kind in get_kinds(None):
+        table.add_row(kind.name, _t(kind.summary()))
+    out_console.print(table)
