@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from attnviz.errors import AttnvizError, ImageError, one_line
+from attnviz.text import printable, raw_bytes
 
-__all__ = ["ImageSource", "discover", "load_image", "to_rgb"]
+__all__ = ["ImageSource", "check_inputs", "discover", "load_image", "to_rgb"]
 
 # Documentation that travels with photo folders; skipped inside folders, never when named directly.
 _SIDECARS = {"readme", "credits", "license", "licence", "copying", "notice", "authors"}
@@ -25,22 +26,32 @@ class ImageSource:
     """One input file: where to read it and how to name it."""
 
     path: Path  # absolute path to read
-    source: str  # posix path relative to its input root, shown to the user
-    output: str  # posix output folder relative to OUT
+    source: str  # posix path relative to its input root, shown to the user (always valid UTF-8)
+    output: str  # posix output folder relative to OUT (always valid UTF-8)
     error: str | None = None  # set when the entry could not even be listed (unreadable folder, broken link)
+    source_bytes: str | None = None  # hex of the name's bytes when they are not UTF-8 (source shows \xNN)
 
 
-def discover(paths: Sequence[str | Path]) -> list[ImageSource]:
-    """List candidate image files under the given files and folders, in a stable order."""
+def check_inputs(paths: Sequence[str | Path]) -> None:
+    """Every input path names something that exists (one line otherwise); '' is never "here"."""
     if not paths:
         raise AttnvizError("no input given: give image files or folders that contain them")
+    for given in paths:
+        if not str(given).strip():
+            raise AttnvizError("an input path is empty (''); give image files or folders")
+        if not Path(given).exists():
+            raise AttnvizError(f"no such file or folder: {printable(str(given))}")
+
+
+def discover(paths: Sequence[str | Path], skip: Callable[[Path], bool] | None = None) -> list[ImageSource]:
+    """List candidate image files under the given files and folders, in a stable order.
+
+    `skip(path)` drops files before output names are chosen (the runner's own outputs)."""
+    check_inputs(paths)
     single_folder = len(paths) == 1 and Path(paths[0]).is_dir()
     found: list[tuple[Path, str, str | None]] = []
     for given in paths:
-        p = Path(given)
-        if not p.exists():
-            raise AttnvizError(f"no such file or folder: {given}")
-        p = Path(os.path.abspath(p))
+        p = Path(os.path.abspath(given))
         if p.is_dir():
             prefix = "" if single_folder else (p.name or "root") + "/"
             found += [(f, prefix + rel, err) for f, rel, err in _scan_folder(p)]
@@ -48,6 +59,8 @@ def discover(paths: Sequence[str | Path]) -> list[ImageSource]:
             found.append((p, p.name, None))
         else:
             raise AttnvizError(f"not a regular file or folder: {given}")
+    if skip is not None:
+        found = [item for item in found if not skip(item[0])]
     seen: set[str] = set()
     unique = []
     for f, source, err in found:
@@ -58,8 +71,10 @@ def discover(paths: Sequence[str | Path]) -> list[ImageSource]:
     if not unique:
         shown = ", ".join(str(p) for p in paths)
         raise AttnvizError(f"no images found in {shown}: give image files or folders that contain them")
-    outputs = _output_names([s for _, s, _ in unique])
-    return [ImageSource(f, s, o, err) for (f, s, err), o in zip(unique, outputs)]
+    shown = [printable(s) for _, s, _ in unique]        # names in any encoding are data, kept losslessly
+    outputs = _output_names([s.replace("\\", "_") for s in shown])
+    return [ImageSource(f, sh, o, err, raw.hex() if (raw := raw_bytes(s)) else None)
+            for (f, s, err), sh, o in zip(unique, shown, outputs)]
 
 
 def _scan_folder(root: Path) -> list[tuple[Path, str, str | None]]:

@@ -77,9 +77,9 @@ def query_cell(xy: tuple[float, float], size: tuple[int, int], grid: tuple[int, 
 
     A point outside the image goes to the nearest border cell (see `inside`)."""
     (x, y), (w, h), (gh, gw) = xy, size, grid
-    col = min(max(int(x / w * gw), 0), gw - 1)
-    row = min(max(int(y / h * gh), 0), gh - 1)
-    return row, col
+    fx = min(max(x / w, 0.0), 1.0)       # clamp first: a huge query must not overflow int()
+    fy = min(max(y / h, 0.0), 1.0)
+    return min(int(fy * gh), gh - 1), min(int(fx * gw), gw - 1)
 
 
 def inside(xy: tuple[float, float], size: tuple[int, int]) -> bool:

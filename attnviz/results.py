@@ -50,6 +50,7 @@ class Result:
     size: tuple[int, int] | None = None        # (width, height) after EXIF orientation
     predictions: list[Prediction] = field(default_factory=list)
     maps: list[AttentionMap] = field(default_factory=list)
+    source_bytes: str | None = None            # hex of the file name's bytes when not UTF-8
 
     def map(self, name: str) -> AttentionMap:
         """The map called `name` ("spatial", "cross-tabby-cat" ...)."""

@@ -37,8 +37,8 @@ def run(
     sanity: bool = typer.Option(False, "--sanity", help="Also compare the first batch's maps with a fully randomised model's (rank correlation; ≥ 0.3 is flagged)."),
     derived_only: bool = typer.Option(False, "--derived-only", help="Derive channel, spatial, mixed and self from --layer even where the model has its own attention modules (to compare with the native maps)."),
     self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Model input side (default: the weights' own, usually 224)."),
-    size: int = typer.Option(512, "--size", min=16, help="Longest side of the written pictures."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, max=2048, help="Model input side, 16 to 2048 (default: the weights' own, usually 224)."),
+    size: int = typer.Option(512, "--size", min=16, max=8192, help="Longest side of the written pictures, 16 to 8192."),
     colormap: str = typer.Option("jet", "--colormap", callback=colormap_option, help="Matplotlib colormap name (jet, inferno, viridis ...)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Heatmap opacity over the image."),
     top_k: int = typer.Option(20, "--top-k", min=1, help="Channels shown as bars in channel_weights.png."),
@@ -46,6 +46,8 @@ def run(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random-init weights."),
+    resume: bool = typer.Option(True, "--resume", help="Keep the images an earlier run into OUT completed with the same settings (the default)."),
+    force: bool = typer.Option(False, "--force", help="Recompute every image even if OUT holds a run with other settings or files attnviz did not write; outputs the new settings no longer produce are removed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors still print)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -64,7 +66,7 @@ def run(
                 weights=pretrained or weights, layer=layer, texts=tuple(prompts_from(text, text_file)),
                 query=query, per_word=per_word, contrast=contrast, variant=clip_variant,
                 input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
-                native=not derived_only, faithfulness=faithfulness, sanity=sanity)
+                native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force)
 
     report = guard(go, debug)
     finish(report, quiet, "attnviz run")
@@ -84,7 +86,7 @@ def finish(report, quiet: bool, title: str) -> None:
 def summary(report, title: str) -> None:
     """A short table: images ok and failed, notes, best matches per prompt, time, where."""
     t = lambda s: Text(printable(str(s)))   # noqa: E731  (user text and file names are data)
-    ok = len(report.results) - len(report.failed)
+    ok = len(report.results) - len(report.failed) + getattr(report, "resumed", 0)
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_row("images ok", Text(str(ok), style="green"))
     for label, value in getattr(report, "counts", {}).items():

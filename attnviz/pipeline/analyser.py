@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -22,7 +22,9 @@ from attnviz.probes.gates import GateTap
 from attnviz.probes.locate import Inventory, locate
 from attnviz.results import AttentionMap, Options, Prediction, Result
 
-__all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode"]
+__all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode", "decoded_batches", "MAX_INPUT"]
+
+MAX_INPUT = 2048   # model input side: larger inputs cost GBs per image in every backbone
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,8 @@ class AnalyserConfig:
             raise AttnvizError(f"--tau {self.tau!r}: use a positive number")
         if not isinstance(self.top, int) or self.top < 1:
             raise AttnvizError(f"top {self.top!r}: use a whole number ≥ 1")
-        if self.input_size is not None and not (isinstance(self.input_size, int) and 16 <= self.input_size):
-            raise AttnvizError(f"--input-size {self.input_size!r}: use a whole number ≥ 16")
+        if self.input_size is not None and not (isinstance(self.input_size, int) and 16 <= self.input_size <= MAX_INPUT):
+            raise AttnvizError(f"--input-size {self.input_size!r}: use a whole number from 16 to {MAX_INPUT}")
 
     @classmethod
     def of(cls, config: AnalyserConfig | None = None, **options: Any) -> AnalyserConfig:
@@ -194,20 +196,44 @@ def find_attention(backbone: str | Backbone, weights: str = "none", *, input_siz
     return bb, locate(bb.model, example)
 
 
+def _decode_one(src: ImageSource) -> tuple[Result, Image.Image | None]:
+    r = Result(source=src.source, path=src.path, output=src.output, source_bytes=src.source_bytes)
+    if src.error:
+        r.status, r.error = "error", src.error
+        return r, None
+    try:
+        image = load_image(src.path)
+    except ImageError as e:
+        r.status, r.error = "error", str(e)
+        return r, None
+    r.size = image.size
+    return r, image
+
+
 def decode(sources: list[ImageSource]) -> tuple[list[Result], list[tuple[Result, Image.Image]]]:
     """Decode a batch; unusable files become error Results, the rest go on."""
-    results, good = [], []
+    pairs = [_decode_one(src) for src in sources]
+    return [r for r, _ in pairs], [(r, im) for r, im in pairs if im is not None]
+
+
+def decoded_batches(sources: list[ImageSource], batch_size: int, pixel_budget: int
+                    ) -> Iterator[tuple[list[Result], list[tuple[Result, Image.Image]]]]:
+    """Decode files one by one into batches of at most `batch_size` images and `pixel_budget`
+    decoded pixels (an image larger than the budget is a batch of its own)."""
+    results: list[Result] = []
+    good: list[tuple[Result, Image.Image]] = []
+    pixels = 0
     for src in sources:
-        r = Result(source=src.source, path=src.path, output=src.output)
-        if src.error:
-            r.status, r.error = "error", src.error
-            results.append(r)
-            continue
-        try:
-            image = load_image(src.path)
-            r.size = image.size
-            good.append((r, image))
-        except ImageError as e:
-            r.status, r.error = "error", str(e)
+        r, image = _decode_one(src)
+        if image is not None and good and pixels + image.width * image.height > pixel_budget:
+            yield results, good
+            results, good, pixels = [], [], 0
         results.append(r)
-    return results, good
+        if image is not None:
+            good.append((r, image))
+            pixels += image.width * image.height
+        if len(results) >= batch_size:
+            yield results, good
+            results, good, pixels = [], [], 0
+    if results:
+        yield results, good

@@ -1,28 +1,154 @@
-"""The output folder: what OUT may be, and which inputs it must never feed back."""
+"""The output folder: one run at a time (a lock), what a rerun may reuse (resume), and what it must
+never touch or read back (files attnviz did not write, its own outputs)."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource
+from attnviz.report.lock import LOCK_NAME, locked
 
-__all__ = ["check_out"]
+__all__ = ["LOCK_NAME", "OWN_FILES", "locked", "read_manifest", "Plan", "plan_run", "entry_files",
+           "remove_stale_temporaries", "outputs_filter"]
+
+OWN_FILES = {"manifest.json", "evaluation.json", LOCK_NAME}   # top-level files attnviz writes in OUT
 
 
-def check_out(out: Path, sources: list[ImageSource], paths: Sequence[str | Path]) -> list[ImageSource]:
-    """Refuse an OUT that is a file; never read our own outputs back as inputs.
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete `.NAME.*.tmp` files a killed run left (we hold the lock: nobody else is writing)."""
+    n = 0
+    for p in out.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n
 
-    Files inside OUT are skipped unless they were asked for by a path that itself lies in OUT.
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """OUT/manifest.json of an earlier attnviz run, None when there is none; another file of that
+    name is refused (it is not ours to overwrite)."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise AttnvizError(f"{path} is not an attnviz manifest ({' '.join(str(e).split())[:120]}); "
+                           f"choose another -o, or --force to replace it") from None
+    if not (isinstance(data, dict) and isinstance(data.get("tool"), dict) and data["tool"].get("name") == "attnviz"
+            and isinstance(data.get("images"), list)):
+        raise AttnvizError(f"{path} was not written by attnviz; choose another -o, or --force to replace it")
+    return data
+
+
+def entry_files(entry: dict[str, Any]) -> list[str]:
+    """The files an image's outputs consist of (relative to its folder); older manifests list maps only."""
+    if isinstance(entry.get("files"), list):
+        return [str(f) for f in entry["files"]]
+    return ["original.png", "grid.png", "maps.npz", *[m["file"] for m in entry.get("maps", [])]]
+
+
+def _complete(out: Path, entry: dict[str, Any]) -> bool:
+    return entry.get("status") == "ok" and all((out / entry["output"] / f).is_file() for f in entry_files(entry))
+
+
+@dataclass
+class Plan:
+    """What a run into OUT does: which images to compute, which earlier records stand."""
+
+    todo: list[ImageSource]
+    order: list[str]                                          # output folders, in manifest order
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)   # output -> earlier entry reused
+    old: dict[str, dict[str, Any]] = field(default_factory=dict)    # output -> every earlier entry
+    previous: dict[str, Any] | None = None                    # the earlier manifest
+
+
+def _differences(a: Any, b: Any, where: str = "") -> list[str]:
+    """`key: old → new` for every leaf setting that differs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{where}{k}.")]
+    return [] if a == b else [f"{where.rstrip('.').split('.', 1)[-1]}: {a!r} → {b!r}"]
+
+
+def plan_run(out: Path, sources: list[ImageSource], fingerprint: dict[str, Any], force: bool,
+             own: Sequence[str] = ()) -> Plan:
+    """Decide what to compute. Same settings: images whose outputs are complete are kept (resume),
+    the rest computed. Other settings: refused, unless `force` (then everything is computed and
+    the earlier records of images not in this run are dropped). Files attnviz did not write: refused
+    unless `force`. `own`: top-level names the caller wrote into OUT itself (the demo's scenes)."""
+    previous = None
+    try:
+        previous = read_manifest(out)
+    except AttnvizError:
+        if not force:
+            raise
+    old = {e["output"]: e for e in (previous or {}).get("images", [])
+           if isinstance(e, dict) and isinstance(e.get("output"), str)}
+    if not force:
+        _refuse_foreign(out, sources, old, set(own))
+    order = list(dict.fromkeys(s.output for s in sources))
+    if previous is None:
+        return Plan(list(sources), order)
+    same = previous.get("fingerprint") == fingerprint
+    if not same and not force:
+        diff = _differences(previous.get("fingerprint") or {}, fingerprint)
+        raise AttnvizError(f"{out} holds a run with other settings ({'; '.join(diff[:4]) or 'an older version'}); "
+                           f"rerun with --force to recompute into it, or choose another -o")
+    kept = {} if force else {s.output: old[s.output] for s in sources
+                             if s.output in old and _complete(out, old[s.output])}
+    if same:     # a subset rerun keeps the records of the images it was not given
+        order += [o for o in old if o not in set(order)]
+        kept.update({o: e for o, e in old.items() if o not in {s.output for s in sources}})
+    return Plan([s for s in sources if s.output not in kept], order, kept, old, previous)
+
+
+def _looks_ours(folder: Path) -> bool:
+    """Only files of attnviz's own kinds (pictures, raw maps, temporaries): an interrupted run's."""
+    return all(p.is_dir() or p.suffix in (".png", ".npz", ".tmp") for p in folder.rglob("*"))
+
+
+def _refuse_foreign(out: Path, sources: list[ImageSource], old: dict[str, Any], own: set[str]) -> None:
+    """Refuse to write where files attnviz did not write would be overwritten or mixed with ours.
+
+    Not foreign: hidden files, attnviz's own top-level files, the folders an earlier run recorded,
+    folders holding this run's inputs (`run D -o D`), and planned output folders holding nothing but
+    attnviz's kinds of files (written by a run killed before it could record them).
     """
+    if not out.is_dir():
+        return
+    real_out = Path(os.path.realpath(out))
+    inputs = {Path(os.path.realpath(s.path)).relative_to(real_out).parts[0] for s in sources
+              if Path(os.path.realpath(s.path)).is_relative_to(real_out)}
+    recorded = {o.split("/", 1)[0] for o in old}
+    planned = {s.output.split("/", 1)[0] for s in sources}
+    for p in sorted(out.iterdir()):
+        if p.name.startswith(".") or p.name in OWN_FILES | own | recorded | inputs:
+            continue
+        if p.name in planned and p.is_dir() and _looks_ours(p):
+            continue
+        raise AttnvizError(f"{out} holds files attnviz did not write (e.g. {p.name}); choose an empty "
+                           f"or new -o, or --force to write there anyway")
+
+
+def outputs_filter(out: Path, paths: Sequence[str | Path], old_outputs: Sequence[str] = ()) -> Callable[[Path], bool]:
+    """Which files discovery must skip: everything inside OUT unless asked for by a path that itself
+    lies in OUT, and even then never the manifest nor the folders an earlier run wrote."""
     if out.exists() and not out.is_dir():
         raise AttnvizError(f"-o {out}: exists and is not a folder")
     real = lambda p: Path(os.path.realpath(p))   # noqa: E731  (never raises, even on link loops)
     resolved = real(out)
     inside = [real(p) for p in paths if real(p).is_relative_to(resolved)]
-    kept = [s for s in sources if not real(s.path).is_relative_to(resolved)
-            or any(real(s.path).is_relative_to(p) for p in inside)]
-    if not kept:
-        raise AttnvizError(f"no images found outside the output folder {out}")
-    return kept
+    ours = [resolved / o for o in old_outputs] + [resolved / n for n in OWN_FILES]
+
+    def skip(path: Path) -> bool:
+        r = real(path)
+        if not r.is_relative_to(resolved):
+            return False
+        return not any(r.is_relative_to(p) for p in inside) or any(r.is_relative_to(o) for o in ours)
+    return skip

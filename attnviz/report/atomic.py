@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -41,7 +42,19 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
 
 
+def strict(obj: Any) -> Any:
+    """`obj` with every NaN and ±Inf float replaced by None: strict JSON parsers refuse bare NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def save_json(path: Path, obj: Any) -> None:
-    """Save JSON (UTF-8, indented), atomically."""
-    data = json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+    """Save strict JSON (UTF-8, indented; no NaN), atomically."""
+    text = json.dumps(strict(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    data = text.encode("utf-8", "backslashreplace") + b"\n"   # a stray surrogate never aborts a save
     write_atomic(path, lambda f: f.write(data))

@@ -26,12 +26,14 @@ SCHEMA_VERSION = 1
 class Manifest:
     """Collects image records and rewrites the manifest atomically after every batch."""
 
-    def __init__(self, out: Path, analyser: Any, style: Style, batch_size: int, command: str) -> None:
+    def __init__(self, out: Path, analyser: Any, style: Style, batch_size: int, command: str,
+                 checks: dict[str, bool] | None = None) -> None:
         bb = analyser.backbone
         self.path = out / "manifest.json"
         self._saved = float("-inf")    # monotonic time of the last write
         self.sanity: dict[str, float] | None = None   # kind -> rank correlation with a randomised model
-        self.images: list[dict[str, Any]] = []
+        self.entries: dict[str, dict[str, Any]] = {}  # output folder -> record, once its files are written
+        self.order: list[str] = []                    # output folders in manifest order (set by the runner)
         self.head = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "attnviz", "version": __version__, "torch": torch.__version__,
@@ -52,10 +54,33 @@ class Manifest:
             "notes": list(analyser.notes) + list(bb.notes)
             + ([] if bb.pretrained else [RANDOM_NOTE]),
         }
+        # what decides the files' content: a rerun with the same fingerprint may reuse them (resume)
+        head = self.head
+        self.fingerprint = {
+            "attnviz": __version__,
+            "backbone": {k: v for k, v in head["backbone"].items() if k != "device"},
+            "settings": {**{k: v for k, v in head["settings"].items() if k != "batch_size"},
+                         **analyser.config.settings(), **(checks or {})},
+        }
+        self.fingerprint["settings"].pop("device", None)
+        self.head["fingerprint"] = self.fingerprint
 
-    def add(self, r: Result) -> None:
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        """The records written so far, in manifest order."""
+        return [self.entries[o] for o in self.order if o in self.entries] + \
+            [e for o, e in self.entries.items() if o not in set(self.order)]
+
+    def add(self, r: Result, files: list[str] | None = None) -> None:
         """Record one image (call after its files are written)."""
-        self.images.append(image_entry(r))
+        entry = image_entry(r)
+        if files is not None:
+            entry["files"] = files
+        self.entries[r.output] = entry
+
+    def keep(self, entry: dict[str, Any]) -> None:
+        """Record an earlier run's image as it stands (resume)."""
+        self.entries[entry["output"]] = entry
 
     def rankings(self) -> dict[str, list[dict[str, Any]]]:
         """Per prompt, the images best matching it first ("which photos contain a dog, and where")."""
@@ -76,12 +101,13 @@ class Manifest:
         if every and now - self._saved < every:
             return
         self._saved = now
-        ok = sum(1 for i in self.images if i["status"] == "ok")
-        summary: dict[str, Any] = {"images": len(self.images), "ok": ok, "errors": len(self.images) - ok}
+        images = self.images
+        ok = sum(1 for i in images if i["status"] == "ok")
+        summary: dict[str, Any] = {"images": len(images), "ok": ok, "errors": len(images) - ok}
         if seconds is not None:
             summary["seconds"] = round(seconds, 3)
         summary["rankings"] = self.rankings()
         checks = {} if self.sanity is None else {"sanity": {
             "rank_correlation": self.sanity, "limit": SANITY_LIMIT,
             "flagged": sorted(k for k, v in self.sanity.items() if abs(v) >= SANITY_LIMIT)}}
-        save_json(self.path, {**self.head, "summary": summary, **checks, "images": self.images})
+        save_json(self.path, {**self.head, "summary": summary, **checks, "images": images})

@@ -8,12 +8,16 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from attnviz.errors import AttnvizError
 from attnviz.maps import cell_centre
 from attnviz.render import GridCell, GridRow, blend, channel_bars, channel_depth, fit, grid
 from attnviz.report.atomic import save_npz, save_png
 from attnviz.results import AttentionMap, Result
 
-__all__ = ["Style", "write_outputs", "image_entry", "map_entry"]
+__all__ = ["MAX_SIZE", "Style", "write_outputs", "written", "image_entry", "map_entry"]
+
+
+MAX_SIZE = 8192   # longest side of a written picture: 67 MP, under Pillow's decompression-bomb limit
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,15 @@ class Style:
     colormap: str = "jet"
     alpha: float = 0.5
     top_k: int = 20           # bars in channel_weights.png
+
+    def __post_init__(self) -> None:
+        """One-line errors for values no picture can be drawn with."""
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 16 <= self.size <= MAX_SIZE:
+            raise AttnvizError(f"--size {self.size!r}: use a whole number from 16 to {MAX_SIZE}")
+        if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
+            raise AttnvizError(f"--alpha {self.alpha!r}: use a number from 0 to 1")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise AttnvizError(f"--top-k {self.top_k!r}: use a whole number ≥ 1")
 
 
 def map_entry(m: AttentionMap, size: tuple[int, int]) -> dict[str, Any]:
@@ -43,7 +56,8 @@ def map_entry(m: AttentionMap, size: tuple[int, int]) -> dict[str, Any]:
 
 def image_entry(r: Result) -> dict[str, Any]:
     """The manifest record of one image (ok or error)."""
-    return {"source": r.source, "output": r.output, "status": r.status, "error": r.error,
+    return {"source": r.source, **({"source_bytes": r.source_bytes} if r.source_bytes else {}),
+            "output": r.output, "status": r.status, "error": r.error,
             "size": list(r.size) if r.size else None,
             "predictions": [{"index": p.index, "label": p.label, "probability": p.probability}
                             for p in r.predictions],
@@ -51,8 +65,8 @@ def image_entry(r: Result) -> dict[str, Any]:
 
 
 def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
-                  boxes: Sequence[Sequence[float]] = ()) -> None:
-    """Write every file of one image under OUT/<r.output>/ (each file atomically)."""
+                  boxes: Sequence[Sequence[float]] = ()) -> list[str]:
+    """Write every file of one image under OUT/<r.output>/ (each file atomically); their names."""
     folder = out / r.output
     if not folder.resolve().is_relative_to(out.resolve()):   # image names never escape OUT
         raise OSError(f"output folder {r.output!r} would lie outside {out}")
@@ -73,6 +87,21 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     row = GridRow(image, cells, label=r.source, boxes=[tuple(b) for b in boxes])
     save_png(folder / "grid.png", grid([row], style.colormap, style.alpha))
     save_npz(folder / "maps.npz", arrays)
+    return written(r)
+
+
+def written(r: Result) -> list[str]:
+    """The files `write_outputs` writes for `r`, relative to its folder (the manifest's "files")."""
+    files = ["original.png"]
+    for m in r.maps:
+        files.append(f"{m.name}.png")
+        if m.weights is not None:
+            files.append(f"{m.name}_weights.png")
+        if any(k.startswith("gate:") for k in m.extras):
+            files.append("channel_depth.png")
+        if m.extras.get("heads") is not None:
+            files.append(f"{m.name}-heads.png")
+    return list(dict.fromkeys([*files, "grid.png", "maps.npz"]))
 
 
 def _title(m: AttentionMap) -> str:
