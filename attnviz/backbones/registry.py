@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from attnviz.backbones.base import Backbone
 from attnviz.backbones.weights import WeightsSpec
 
-__all__ = ["Family", "register_family", "registered"]
+__all__ = ["Family", "register_family", "registered", "families", "FAMILY_MODULES"]
+
+FAMILY_MODULES = ("torchvision", "timm", "hf", "clip", "demo", "user")   # listing order
 
 Loader = Callable[..., Backbone]
 
