@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,5 +75,7 @@ def stub_hub(monkeypatch, no_network):
 
     Stub.files, Stub.calls = {}, []
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    if "transformers.utils.hub" in sys.modules:          # transformers imported the function by name
+        monkeypatch.setattr(sys.modules["transformers.utils.hub"], "hf_hub_download", download)
     monkeypatch.setattr(hub, "reachable", lambda url=None, timeout=0: True)
     return Stub

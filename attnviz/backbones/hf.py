@@ -82,12 +82,25 @@ def _build(ref: str, weights: WeightsSpec) -> tuple[nn.Module, Any, str, str, di
     if weights.kind == "none":
         warn_random(f"hf:{ref}")
         return model, config, "none", src, kw
-    sd = load_state_dict_file(weights.path)
+    return _from_file(type(model), config, weights, ref), config, str(weights.path), src, kw
+
+
+def _from_file(cls: Any, config: Any, weights: WeightsSpec, ref: str) -> nn.Module:
+    """A state_dict FILE through transformers' own loader (it renames checkpoint keys), strictly."""
+    sd = load_state_dict_file(weights.path)                  # weights_only: no pickled code runs
+    tf = _transformers()
+    level = tf.logging.get_verbosity()
+    tf.logging.set_verbosity_error()                         # our one line replaces its load report
     try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
+        model, info = cls.from_pretrained(None, config=config, state_dict=sd, output_loading_info=True)
+    except Exception as e:  # noqa: BLE001  (shape and key errors come in several types)
         raise AttnvizError(f"--weights {weights.path} does not fit hf:{ref}: {one_line(e)}") from None
-    return model, config, str(weights.path), src, kw
+    finally:
+        tf.logging.set_verbosity(level)
+    bad = [f"{k.replace('_', ' ')}: {', '.join(sorted(map(str, v))[:3])}" for k, v in info.items() if v]
+    if bad:
+        raise AttnvizError(f"--weights {weights.path} does not fit hf:{ref}: {'; '.join(bad)}")
+    return model
 
 
 def _size_of(d: Any) -> int | None:
