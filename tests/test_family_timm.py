@@ -177,3 +177,4 @@ def test_cli_run_end_to_end(tmp_path):
     bb = manifest["backbone"]
     assert bb["name"] == "timm:vit_small_patch16_224" and bb["mean"] == [0.5] * 3 and bb["std"] == [0.5] * 3
     assert bb["layer"] == "blocks.11" and (out / "cat" / "self.png").exists()
+

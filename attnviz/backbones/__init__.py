@@ -5,12 +5,18 @@ import torch
 
 from attnviz.backbones import clip, demo, hf, timm, torchvision, user  # noqa: F401  (each registers its family)
 from attnviz.backbones.base import Backbone, LayerInfo, describe_layers
-from attnviz.backbones.registry import Family, families, register_family, registered
+from attnviz.backbones.registry import Family, register_family, registered
 from attnviz.backbones.weights import WeightsSpec
 from attnviz.errors import AttnvizError
 
 __all__ = ["Backbone", "LayerInfo", "Family", "WeightsSpec", "describe_layers", "register_family",
            "families", "load_backbone", "resolve_device"]
+
+
+def families() -> list[Family]:
+    """Every registered family, in listing order (the bare-name family first)."""
+    return sorted(registered(), key=lambda f: f.prefix != "")
+
 
 def resolve_device(device: str) -> torch.device:
     """'cpu', 'cuda' or 'auto' (CUDA when available) as a torch.device."""

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from attnviz.backbones.base import Backbone
 from attnviz.backbones.weights import WeightsSpec
 
-__all__ = ["Family", "register_family", "registered", "families", "FAMILY_MODULES"]
-
-FAMILY_MODULES = ("torchvision", "timm", "hf", "clip", "demo", "user")   # listing order
+__all__ = ["Family", "register_family", "registered"]
 
 Loader = Callable[..., Backbone]
 
