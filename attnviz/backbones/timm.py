@@ -99,8 +99,8 @@ def _build(arch: str, tag: str, weights: WeightsSpec) -> tuple[nn.Module, str]:
         except RuntimeError as e:
             raise AttnvizError(f"--weights {weights.path} does not fit timm {full}: {one_line(e)}") from None
         return model, str(weights.path)
-    cfg = timm.create_model(full, pretrained=False).pretrained_cfg    # which file, without a download
-    path = _weights_file(full, cfg)
+    cfg = timm.models.get_pretrained_cfg(full)                        # which file, without a download
+    path = _weights_file(full, cfg.to_dict() if cfg is not None else {})
     if path.endswith(".npz"):
         raise AttnvizError(f"timm weights {full} come as a JAX .npz file; attnviz loads state_dicts "
                            f"only: pass --weights FILE (a timm state_dict) or another tag")
