@@ -67,6 +67,9 @@ def _build(ref: str, weights: WeightsSpec) -> tuple[nn.Module, Any, str, str, di
     tf = _transformers()
     src, kw, folder = _source(ref, weights)
     what = f"Hugging Face model {ref}"
+    bars = tf.utils.logging.is_progress_bar_enabled()
+    if kw.get("local_files_only"):
+        tf.utils.logging.disable_progress_bar()             # nothing to download: no bars
     try:
         if weights.kind in ("default", "tag"):
             model = tf.AutoModelForImageClassification.from_pretrained(src, **kw)
@@ -79,6 +82,9 @@ def _build(ref: str, weights: WeightsSpec) -> tuple[nn.Module, Any, str, str, di
         if kw.get("local_files_only") and folder != src:
             raise hub.missing(what, folder) from None
         raise AttnvizError(f"cannot load {what}: {one_line(e)}") from None
+    finally:
+        if bars:
+            tf.utils.logging.enable_progress_bar()
     if weights.kind == "none":
         warn_random(f"hf:{ref}")
         return model, config, "none", src, kw
