@@ -107,3 +107,13 @@ def test_swin_channels_last_layers_are_read_as_nhwc():
 def test_random_init_warns():
     with pytest.warns(UserWarning, match="random weights"):
         load_backbone("resnet18", "none", input_size=64)
+
+
+def test_declared_offline_never_tries_the_download(offline, monkeypatch):
+    monkeypatch.setenv("ATTNVIZ_OFFLINE", "1")
+    tried = []
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: tried.append(a))
+    with pytest.raises(AttnvizError, match="offline mode is on") as e:
+        _load("resnet18", "DEFAULT")
+    assert not tried and "\n" not in str(e.value)
+    assert str(offline / "torch" / "hub" / "checkpoints") in str(e.value) and "--weights none" in str(e.value)

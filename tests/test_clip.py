@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 
@@ -18,6 +19,7 @@ from attnviz.backbones.clip_core import (  # noqa: E402
     load_clip, per_word, prompt_words,
 )
 from attnviz.errors import AttnvizError  # noqa: E402
+from tests.hubstub import no_network, stub_hub  # noqa: E402,F401
 
 TINY = "attnviz-tiny-test"
 TINY_LS = "attnviz-tiny-ls-test"       # same, with layer-scale modules (ls_1/ls_2) in every block
@@ -409,3 +411,47 @@ def test_bad_weights_file_is_one_line_error(tmp_path):
         load_clip(TINY, weights_file=str(wrong))
     with pytest.raises(AttnvizError, match="not found"):
         load_clip(TINY, weights_file=str(tmp_path / "missing.pt"))
+
+
+# ----------------------------------------------------------------------------- downloads (stubbed)
+
+
+def test_no_network_without_offline_switch_fails_fast(empty_caches, no_network, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    t0 = time.monotonic()
+    with pytest.raises(AttnvizError, match="network is not reachable") as e:
+        load_clip("ViT-B-16", pretrained="openai")
+    assert time.monotonic() - t0 < 10 and "\n" not in str(e.value)
+    assert str(empty_caches / "hf" / "hub") in str(e.value)
+
+
+def test_online_hub_weights_download_through_huggingface_hub(empty_caches, fake_tags, stub_hub, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    torch.save(fake_tags, tmp_path / "served.bin")
+    stub_hub.files[("attnviz/tiny-test", "open_clip_pytorch_model.bin")] = tmp_path / "served.bin"
+    b = load_clip(TINY, pretrained="hubtag")
+    # the same order as open_clip: safetensors first, then the pickle file
+    assert stub_hub.calls == [("attnviz/tiny-test", "open_clip_model.safetensors"),
+                              ("attnviz/tiny-test", "open_clip_pytorch_model.bin")]
+    assert same_weights(b.model, fake_tags) and b.pretrained == "hubtag"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")                  # cached now: offline load, no new call
+    assert same_weights(load_clip(TINY, pretrained="hubtag").model, fake_tags) and len(stub_hub.calls) == 2
+
+
+def test_online_url_weights_download_into_open_clips_cache(empty_caches, fake_tags, no_network, tmp_path,
+                                                           monkeypatch):
+    from attnviz.backbones import hub
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hub, "reachable", lambda url=None, timeout=0: True)
+    torch.save(fake_tags, tmp_path / "served.pt")
+    got = []
+
+    def serve(url, dst, progress=True, **kw):
+        got.append((url, progress))
+        shutil.copyfile(tmp_path / "served.pt", dst)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", serve)
+    b = load_clip(TINY, pretrained="urltag")
+    assert got == [("https://example.invalid/weights/tiny-test.pt", True)]     # the library's progress bar
+    assert (empty_caches / "home" / ".cache" / "clip" / "tiny-test.pt").is_file()
+    assert same_weights(b.model, fake_tags)

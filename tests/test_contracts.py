@@ -34,12 +34,26 @@ def _tiny_clip(tmp_path_factory) -> str:
     return f"clip:{TINY_CLIP}"
 
 
+def _tiny_hf(tmp_path_factory) -> str:
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("hfvit")
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, image_size=32, patch_size=8,
+                                    id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1})
+    torch.manual_seed(0)
+    transformers.AutoModelForImageClassification.from_config(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return f"hf:{folder}"
+
+
 # family prefix -> (backbone name, load options, analyser options)
 EXAMPLES = {
     "": lambda tf: ("resnet18", {"input_size": 64}, {}),
     "demo": lambda tf: ("demo", {}, {}),
     "clip": lambda tf: (_tiny_clip(tf), {}, {"texts": ("a red car",)}),
     "model": lambda tf: ("model:tests.models:cbam_net", {}, {}),
+    "timm": lambda tf: (pytest.importorskip("timm") and "timm:test_vit", {}, {}),
+    "hf": lambda tf: (_tiny_hf(tf), {}, {}),
 }
 
 

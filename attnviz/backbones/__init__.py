@@ -1,9 +1,9 @@
-"""Backbone registry: a family per file, chosen by the name's prefix ("clip:", "demo", else torchvision)."""
+"""Backbone registry: a family per file, chosen by the name's prefix ("timm:", "hf:", "clip:", "demo", else torchvision)."""
 from __future__ import annotations
 
 import torch
 
-from attnviz.backbones import clip, demo, torchvision, user  # noqa: F401  (each registers its family)
+from attnviz.backbones import clip, demo, hf, timm, torchvision, user  # noqa: F401  (each registers its family)
 from attnviz.backbones.base import Backbone, LayerInfo, describe_layers
 from attnviz.backbones.registry import Family, register_family, registered
 from attnviz.backbones.weights import WeightsSpec

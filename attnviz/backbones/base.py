@@ -47,6 +47,7 @@ class Backbone:
     tokens: tuple[int, tuple[int, int]] | None = None   # self-attention tokens: (prefix, patch grid)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     notes: list[str] = field(default_factory=list)
+    interpolation: str = "bilinear"       # resampling the weights were trained with (timm, HF configs)
 
     native_cross: bool = False            # True: `cross_maps` reads the model's own text→image attention
     own_prompts: bool = False             # True: with no --text it finds prompts itself (top-1 class)

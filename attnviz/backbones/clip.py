@@ -11,9 +11,9 @@ import torch
 from attnviz.backbones.registry import register_family
 from attnviz.backbones.weights import WeightsSpec, check_input_size, warn_random
 from attnviz.backbones.base import Backbone, describe_layers
-from attnviz.backbones.clip_core import (RANDOM, WORD_TEMPLATE, ClipBundle, CrossOut, clip_cross, contrast,
-                                         supported_archs,
-                                         encode_patches, encode_prompts, load_clip, per_word, prompt_words)
+from attnviz.backbones.clip_core import (WORD_TEMPLATE, CrossOut, clip_cross, contrast, encode_patches,
+                                         encode_prompts, per_word, prompt_words)
+from attnviz.backbones.clip_load import RANDOM, ClipBundle, load_clip, supported_archs
 from attnviz.errors import AttnvizError
 from attnviz.text import slug, unique
 from attnviz.results import AttentionMap, Options

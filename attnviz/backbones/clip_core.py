@@ -1,8 +1,9 @@
-"""CLIP (open_clip) backbone: offline-safe loading and text→image cross-attention maps (spec §5)."""
+"""CLIP (open_clip) maths: patch and prompt embeddings, text→image cross-attention maps (spec §5).
+
+Loading lives in clip_load.py; its public names are re-exported here for existing imports.
+"""
 from __future__ import annotations
 
-import difflib
-import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -12,50 +13,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnviz.backbones.clip_load import (EXTRA_HINT, RANDOM, ClipBundle, default_pretrained, load_clip,
+                                         supported_archs)
 from attnviz.errors import AttnvizError
 
 __all__ = ["supported_archs", "ClipBundle", "PatchTokens", "CrossOut", "load_clip", "default_pretrained", "encode_patches",
            "encode_prompts", "clip_cross", "per_word", "prompt_words", "contrast", "RANDOM", "VARIANTS",
-           "WORD_TEMPLATE", "STOP_WORDS"]
+           "WORD_TEMPLATE", "STOP_WORDS", "EXTRA_HINT"]
 
-EXTRA_HINT = 'CLIP backbones need the optional extra: pip install -e ".[clip]"'
-RANDOM = "random"                     # pretrained=RANDOM: random init (tests, smoke runs), flagged
 VARIANTS = ("value", "plain")         # value: MaskCLIP value path of the last block; plain: its output
 WORD_TEMPLATE = "a photo of a {word}."  # per-word maps embed each content word alone in this template
 STOP_WORDS = frozenset("a an the of in on at with and or to for by from is are this that some its "
                        "photo photograph picture image".split())
-
-
-def _open_clip() -> Any:
-    """Import open_clip lazily; a missing extra is a one-line AttnvizError."""
-    try:
-        import open_clip
-    except ImportError:
-        raise AttnvizError(EXTRA_HINT) from None
-    return open_clip
-
-
-def _one_line(e: BaseException) -> str:
-    """First line of an exception's message, with its type when the message is empty."""
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-@dataclass
-class ClipBundle:
-    """A loaded CLIP model with everything needed to feed it and read its maps."""
-
-    model: Any                          # open_clip CLIP / CustomTextCLIP, in eval mode
-    tokenizer: Any                      # open_clip tokenizer: list[str] -> (P, context_length) ids
-    arch: str                           # open_clip architecture name ("ViT-B-16")
-    pretrained: str | None              # tag ("openai"), weights file path, or None for random init
-    mean: tuple[float, float, float]    # normalisation the images must already have
-    std: tuple[float, float, float]
-    image_size: int                     # S: images are (B, 3, S, S)
-    grid: tuple[int, int]               # (h, w) patch grid, from model.visual.grid_size
-    context_length: int                 # text tokens the model reads (77 for CLIP)
-    random_init: bool = False           # True: no trained weights were loaded
-    text_cache: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict, repr=False)  # prompt -> (E,), tokens
 
 
 @dataclass
@@ -82,158 +51,6 @@ class CrossOut:
     truncated: list[bool]               # per prompt: longer than the context, cut by the tokenizer
     warnings: list[str] = field(default_factory=list)
     words: list[str] | None = None      # per_word only: the content word of each prompt
-
-
-# ----------------------------------------------------------------------------- loading
-
-def default_pretrained(arch: str) -> str | None:
-    """The tag load_clip uses when none is given: openai, else a laion2b tag, else the first."""
-    tags = _open_clip().list_pretrained_tags_by_model(arch)
-    if not tags:
-        return None
-    if "openai" in tags:
-        return "openai"
-    return next((t for t in tags if t.startswith("laion2b")), tags[0])
-
-
-def _hf_cache_dir() -> str:
-    """huggingface_hub's cache folder, read from the environment now (not at import time)."""
-    env = os.environ
-    hub = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
-    if not hub:
-        home = env.get("HF_HOME") or os.path.join(
-            env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
-        hub = os.path.join(home, "hub")
-    return os.path.expanduser(os.path.expandvars(hub))
-
-
-def _hf_cached(repo: str, names: list[str], cache_dir: str | None) -> tuple[str | None, str]:
-    """First of `names` in the local HF cache of `repo` (no network), and the repo's cache folder."""
-    from huggingface_hub import try_to_load_from_cache
-    folder = cache_dir or _hf_cache_dir()
-    for n in names:
-        path = try_to_load_from_cache(repo, n, cache_dir=folder)
-        if isinstance(path, str) and os.path.isfile(path):
-            return path, folder
-    return None, os.path.join(folder, "models--" + repo.replace("/", "--"))
-
-
-def _cached_weights(arch: str, tag: str, cache_dir: str | None) -> str:
-    """Path of the weight file open_clip would download for (arch, tag) if already cached; else raise."""
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-    cfg = _open_clip().get_pretrained_cfg(arch, tag)
-    if cfg.get("file"):
-        return cfg["file"]
-    hf, url, where = cfg.get("hf_hub", ""), cfg.get("url", ""), []
-    try:
-        import huggingface_hub  # noqa: F401
-    except ImportError:
-        hf = ""                                   # open_clip itself falls back to the URL then
-    if hf:                                        # same names and order as download_pretrained_from_hf
-        repo, name = os.path.split(hf)            # "org/model/" -> ("org/model", "")
-        name = name or HF_WEIGHTS_NAME
-        names = [HF_SAFE_WEIGHTS_NAME] if name == HF_WEIGHTS_NAME else []
-        names += [name[:-4] + ".safetensors"] if name.endswith((".bin", ".pth")) and not names else []
-        path, folder = _hf_cached(repo, names + [name], cache_dir)
-        if path:
-            return path
-        where.append(folder)
-    if url:                                       # download_pretrained_from_url's target (+ torch hub)
-        for folder in (cache_dir or os.path.expanduser("~/.cache/clip"),
-                       os.path.join(torch.hub.get_dir(), "checkpoints")):
-            path = os.path.join(folder, os.path.basename(url))
-            if os.path.isfile(path):
-                return path
-        where.append(cache_dir or os.path.expanduser("~/.cache/clip"))
-    if not where:
-        raise AttnvizError(f"open_clip knows no download source for CLIP weights {arch}:{tag}")
-    raise AttnvizError(
-        f"CLIP weights {arch}:{tag} are not in the local cache ({where[0]}) and attnviz does not download: "
-        f"download them once with network, or pass --weights FILE, "
-        f"or set HF_HOME (or the cache folder) to a folder that has them")
-
-
-def _tower_kind(oc: Any, arch: str) -> str:
-    """'' for open_clip's own ViT image tower, else what the arch uses instead."""
-    vcfg = (oc.get_model_config(arch) or {}).get("vision_cfg", {})
-    return ("a timm image model" if "timm_model_name" in vcfg else "a ResNet" if not isinstance(
-        vcfg.get("layers", 0), int) else "an attentional pooler" if vcfg.get("attentional_pool") else "")
-
-
-def supported_archs() -> list[str]:
-    """The open_clip architectures whose image tower attnviz can read (open_clip's own ViTs)."""
-    oc = _open_clip()
-    return [a for a in oc.list_models() if not _tower_kind(oc, a)]
-
-
-def _check_arch(arch: str) -> None:
-    """Raise AttnvizError for an unknown arch (naming close ones) or one without a ViT image tower."""
-    oc = _open_clip()
-    models = oc.list_models()
-    if arch not in models:
-        lower = {m.lower(): m for m in models}
-        close = difflib.get_close_matches(arch.lower(), list(lower), n=5, cutoff=0.6)
-        hint = ", ".join(lower[c] for c in close) if close else "see open_clip.list_models()"
-        raise AttnvizError(f"unknown CLIP architecture {arch!r}; close names: {hint}")
-    kind = _tower_kind(oc, arch)
-    if kind:
-        raise AttnvizError(f"CLIP {arch}: cross maps need open_clip's own ViT image tower with a class "
-                           f"token, but {arch} uses {kind}; try ViT-B-16")
-
-
-def load_clip(arch: str, pretrained: str | None = None, weights_file: str | None = None,
-              device: str = "cpu", cache_dir: str | None = None) -> ClipBundle:
-    """Load an open_clip model without touching the network: cached tag, weights file, or random init."""
-    oc = _open_clip()
-    _check_arch(arch)
-    tags = oc.list_pretrained_tags_by_model(arch)
-    random_init = pretrained == RANDOM or (pretrained is None and not tags and weights_file is None)
-    tag = None if random_init else (pretrained or (None if weights_file else default_pretrained(arch)))
-    if tag is not None and not oc.is_pretrained_cfg(arch, tag):
-        valid = ", ".join(tags) if tags else f"none (use --weights FILE or pretrained={RANDOM!r})"
-        raise AttnvizError(f"unknown pretrained tag {tag!r} for CLIP {arch}; valid tags: {valid}")
-    kwargs: dict[str, Any] = {"device": device}
-    if tag is not None:                           # the tag's activation and preprocessing
-        cfg = oc.get_pretrained_cfg(arch, tag)
-        kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
-        kwargs["force_preprocess_cfg"] = {
-            k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
-    hf_tok = (oc.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
-    if hf_tok and not _hf_cached(hf_tok, ["tokenizer.json", "tokenizer_config.json"], cache_dir)[0]:
-        raise AttnvizError(f"the tokenizer {hf_tok} of CLIP {arch} is not in the local cache "
-                           f"({_hf_cached(hf_tok, [], cache_dir)[1]}); download it once with network")
-    source = None
-    if weights_file is not None:
-        if not os.path.isfile(weights_file):
-            raise AttnvizError(f"CLIP weights file not found: {weights_file}")
-        source = weights_file
-    elif tag is not None:
-        source = _cached_weights(arch, tag, cache_dir)   # raises at once when not cached
-    try:
-        # an absolute path is never taken for a tag; open_clip loads it strictly with weights_only=True
-        path = os.path.abspath(source) if source is not None else None
-        model = oc.create_model(arch, pretrained=path, weights_only=True, **kwargs)
-    except AttnvizError:
-        raise
-    except Exception as e:
-        raise AttnvizError(f"could not load CLIP {arch} weights from {source}: {_one_line(e)}") from None
-    model.eval()
-    vis = model.visual
-    side_h, side_w = (vis.image_size,) * 2 if isinstance(vis.image_size, int) else vis.image_size
-    if not hasattr(vis, "grid_size") or getattr(vis, "attn_pool", None) is not None or side_h != side_w:
-        raise AttnvizError(f"CLIP {arch}: cross maps need a square open_clip ViT image tower "
-                           f"with a class token; this one is {type(vis).__name__} {side_h}x{side_w}")
-    try:
-        tokenizer = oc.get_tokenizer(arch)
-    except Exception as e:
-        raise AttnvizError(f"could not build the tokenizer of CLIP {arch}: {_one_line(e)}") from None
-    pp = oc.get_model_preprocess_cfg(model)
-    return ClipBundle(
-        model=model, tokenizer=tokenizer, arch=arch, pretrained=source if weights_file else tag,
-        mean=tuple(float(m) for m in pp["mean"]), std=tuple(float(s) for s in pp["std"]),
-        image_size=int(side_h), grid=(int(vis.grid_size[0]), int(vis.grid_size[1])),
-        context_length=int(getattr(tokenizer, "context_length", None) or model.context_length),
-        random_init=random_init)
 
 
 # ----------------------------------------------------------------------------- image side

@@ -42,14 +42,6 @@ def register_family(prefix: str, *, summary: str, syntax: str,
     return wrap
 
 
-def families() -> list[Family]:
-    """Every registered family, in listing order."""
-    for module in FAMILY_MODULES:
-        importlib.import_module(f"attnviz.backbones.{module}")
-    order = {m: i for i, m in enumerate(FAMILY_MODULES)}
-    return sorted(_FAMILIES.values(), key=lambda f: order.get(f.loader.__module__.rsplit(".", 1)[-1], 99))
-
-
 def registered() -> list[Family]:
     """Every registered family, in registration order."""
     return list(_FAMILIES.values())

@@ -10,6 +10,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from attnviz.backbones import hub
 from attnviz.backbones.registry import register_family
 from attnviz.backbones.base import (Backbone, LayerInfo, describe_layers, find_classifier,
                                     last_linear, last_stage)
@@ -58,6 +59,8 @@ def _cache_file(weights) -> Path:
 def _build_pretrained(name: str, weights) -> nn.Module:
     """get_model with the weights enum; a failed download is one line with the remedies."""
     cached = _cache_file(weights)
+    if not cached.is_file() and hub.offline():    # ATTNVIZ_OFFLINE / HF_HUB_OFFLINE: no download try
+        raise hub.missing(str(weights), cached.parent)
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a closed network must fail, not hang
     try:
