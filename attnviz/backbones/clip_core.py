@@ -1,4 +1,4 @@
-"""CLIP (open_clip) maths: patch and prompt embeddings, text→image cross-attention maps (spec §5).
+"""CLIP (open_clip) maths: patch and prompt embeddings, text→image cross-attention maps (docs/attention.md §5).
 
 Loading lives in clip_load.py; its public names are re-exported here for existing imports.
 """
@@ -174,7 +174,7 @@ def prompt_words(bundle: ClipBundle, prompt: str) -> list[str]:
 
 def clip_cross(bundle: ClipBundle, images: torch.Tensor | PatchTokens, prompts: list[str],
                variant: str = "value") -> CrossOut:
-    """Spec §5 maps for each prompt; `images` (B, 3, S, S) normalised, or PatchTokens (its variant wins)."""
+    """docs/attention.md §5 maps for each prompt; `images` (B, 3, S, S) normalised, or PatchTokens (its variant wins)."""
     tokens = images if isinstance(images, PatchTokens) else encode_patches(bundle, images, variant)
     text, truncated, warnings = encode_prompts(bundle, prompts)          # (P, E)
     s = float(bundle.model.logit_scale.detach().exp().reshape(-1)[0])   # the model's own scale
