@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -170,12 +171,16 @@ def _output_names(sources: list[str]) -> list[str]:
 def load_image(path: Path) -> Image.Image:
     """Decode one file fully into an RGB image with EXIF orientation applied."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(record=True) as caught, Image.open(path) as im:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
             im.load()
             try:
                 im = ImageOps.exif_transpose(im)  # returns a copy detached from the file
             except Exception:  # unreadable EXIF: keep the image as stored
                 im = im.copy()
+        for w in caught:     # Pillow's size warning names no file: say which one
+            if issubclass(w.category, Image.DecompressionBombWarning):
+                warnings.warn(f"{printable(path.name)}: {w.message}", stacklevel=2)
         return to_rgb(im)
     except ImageError:
         raise

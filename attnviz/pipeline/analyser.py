@@ -181,10 +181,15 @@ class Analyser:
         return [(self._predictions(row), m) for row, m in zip(logits, maps)]
 
     def _predictions(self, logits: torch.Tensor) -> list[Prediction]:
-        probs = torch.softmax(logits.float(), dim=0)
+        """Top classes; any head works (int-valued, zero classes, more outputs than names)."""
+        scores = logits.detach().float().flatten()
+        if scores.numel() == 0:
+            return []
+        probs = torch.softmax(scores, dim=0)
         top = probs.topk(min(self.config.top, len(probs)))
         cats = self.backbone.categories
-        return [Prediction(int(i), cats[int(i)], round(float(p), 6)) for p, i in zip(*top)]
+        return [Prediction(int(i), cats[int(i)] if int(i) < len(cats) else f"class {int(i)}", round(float(p), 6))
+                for p, i in zip(*top)]
 
 
 def find_attention(backbone: str | Backbone, weights: str = "none", *, input_size: int | None = None,
