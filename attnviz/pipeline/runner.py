@@ -27,7 +27,7 @@ from attnviz.report.manifest import Manifest
 from attnviz.report.outputs import Style, write_outputs
 from attnviz.results import Result
 
-__all__ = ["run", "RunReport", "MANIFEST_EVERY_S", "PIXEL_BUDGET"]
+__all__ = ["run", "RunReport", "process_batch", "MANIFEST_EVERY_S", "PIXEL_BUDGET"]
 
 MANIFEST_EVERY_S = 5.0      # a long run rewrites manifest.json at most this often (and at the end)
 PIXEL_BUDGET = 2 ** 27      # decoded pixels per batch (134 MP ≈ 400 MB of RGB): bigger batches are split
@@ -114,11 +114,15 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
             on_batch(report.resumed)
     try:
         batches = decoded_batches(plan.todo, manifest.head["settings"]["batch_size"], PIXEL_BUDGET)
-        for i, (loaded, good) in enumerate(batches):
-            _analyse_and_write(analyser, loaded, good, out, style, prompts, boxes, faithfulness,
-                               manifest if sanity and i == 0 and manifest.sanity is None else None,
-                               manifest, plan.old)
-            report.results.extend(loaded)
+        for loaded, good in batches:
+            if sanity and good and manifest.sanity is None:     # the first batch, before its maps
+                images = [im for _, im in good]
+                per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
+                manifest.sanity = checks.sanity(analyser, images, per_image)
+            for r, files in process_batch(analyser, loaded, good, out, style, prompts, boxes, faithfulness,
+                                          plan.old):
+                manifest.add(r, files)
+                report.results.append(r)
             manifest.save(every=MANIFEST_EVERY_S)
             if on_batch:
                 on_batch(len(loaded))
@@ -132,32 +136,32 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
     return report
 
 
-def _analyse_and_write(analyser: Analyser, loaded: list[Result], good: list, out: Path, style: Style,
-                       prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool,
-                       sanity_to: Manifest | None, manifest: Manifest, old: dict[str, dict[str, Any]]) -> None:
-    """Analyse (one forward) and write one decoded batch; each image is recorded once its files are."""
+def process_batch(analyser: Analyser, loaded: list[Result], good: list, out: Path, style: Style,
+                  prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool,
+                  old: Mapping[str, dict[str, Any]]) -> list[tuple[Result, list[str] | None]]:
+    """Analyse (one forward) and write one decoded batch: each image with the files written for it
+    (None for an error), in input order. A disk that cannot be written stops the run (AttnvizError)."""
     images = [im for _, im in good]
     per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
-    if good and sanity_to is not None:
-        sanity_to.sanity = checks.sanity(analyser, images, per_image)
-    outcomes = analyser.analyse_batch(images, per_image) if good else []
-    done = {id(r) for r, _ in good}
+    outcomes = dict(zip((id(r) for r, _ in good), analyser.analyse_batch(images, per_image) if good else []))
+    image_of = {id(r): im for r, im in good}
+    done: list[tuple[Result, list[str] | None]] = []
     for r in loaded:
-        if id(r) not in done:
-            manifest.add(r)                      # decoding failed: an error record
-    for (r, image), (preds, maps) in zip(good, outcomes):
-        r.predictions, r.maps = preds, maps
+        if id(r) not in outcomes:
+            done.append((r, None))                     # decoding failed: an error record
+            continue
+        r.predictions, r.maps = outcomes[id(r)]
         problem = _not_finite(r)
         if problem:
             r.status, r.error, r.maps = "error", problem, []
-            manifest.add(r)
+            done.append((r, None))
             continue
         if faithful:
-            scores = checks.faithfulness(analyser, image, maps)
-            for m in maps:
+            scores = checks.faithfulness(analyser, image_of[id(r)], r.maps)
+            for m in r.maps:
                 m.meta["faithfulness"] = scores[m.name]
         try:
-            files = write_outputs(out, r, image, style, boxes.get(r.source, ()))
+            files = write_outputs(out, r, image_of[id(r)], style, boxes.get(r.source, ()))
         except OSError as e:
             if e.errno in _FATAL:
                 raise AttnvizError(f"cannot write {e.filename or out / r.output}: {e.strerror}; "
@@ -165,8 +169,9 @@ def _analyse_and_write(analyser: Analyser, loaded: list[Result], good: list, out
             r.status, r.error, files = "error", f"cannot write outputs: {e.strerror or e}", None
         if r.output in old and files is not None:     # outputs these settings no longer produce
             _remove(out / r.output, set(entry_files(old[r.output])) - set(files))
-        manifest.add(r, files)
         r.maps = []                                   # written; keep memory flat on big folders
+        done.append((r, files))
+    return done
 
 
 def _not_finite(r: Result) -> str | None:
