@@ -350,8 +350,8 @@ def inspect(
     for kind in KINDS:
         where = f"native ({native[kind]})" if kind in native else "derived"
         out_console.print(f"  {kind:15s} {where}", highlight=False)
-    for name in inv.unsupported:
-        out_console.print(f"  [yellow]cannot read[/] {name}: its attention stays derived", highlight=False)
+    for line in inv.notes():    # attention found but not drawn natively, with the reason
+        out_console.print(Text(f"  {line}", style="yellow"), highlight=False)
 
 
 @app.command()
