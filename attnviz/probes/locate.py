@@ -64,10 +64,10 @@ class Inventory:
         out: dict[str, str] = {}
         for kind in ("channel", "spatial"):
             if self.gates_of(kind):
-                out[kind] = self.gates_of(kind)[-1].name
+                out[kind] = self.gates_of(kind)[-1].key
         serial = [g for g in self.gates_of("spatial") if self.serial_channel_gate(g)]
         if serial:
-            out["mixed-serial"] = serial[-1].name
+            out["mixed-serial"] = serial[-1].key
         if tokens_known and self.tokens is None:      # a grid declared but not handed to locate
             usable = [a.name for a in self.self_attention()]
         else:
