@@ -166,3 +166,37 @@ def hf_vit_eager() -> nn.Module:
     net = transformers.ViTForImageClassification._from_config(cfg, attn_implementation="eager").eval()
     net.input_size = 32
     return net
+
+
+def timm_swin(fused: bool = True) -> nn.Module:
+    """A tiny timm Swin (32 px, 4×4 windows, two stages: 16 then 4 windows per image)."""
+    from timm.models.swin_transformer import SwinTransformer
+    torch.manual_seed(0)
+    net = SwinTransformer(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2),
+                          num_heads=(1, 2), num_classes=10).eval()
+    for m in net.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
+    net.input_size = 32
+    return net
+
+
+def timm_swin_fused() -> nn.Module:
+    """--model factory: timm Swin, attention through F.scaled_dot_product_attention."""
+    return timm_swin(True)
+
+
+def timm_vit(fused: bool = True) -> nn.Module:
+    """A tiny timm ViT (32 px, patch 8: one class token + 4×4 patches), no `tokens` attribute."""
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    net = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10).eval()
+    for b in net.blocks:
+        b.attn.fused_attn = fused
+    net.input_size = 32
+    return net
+
+
+def timm_vit_unfused() -> nn.Module:
+    """--model factory: timm ViT with its softmax written by hand (fused attention off)."""
+    return timm_vit(False)

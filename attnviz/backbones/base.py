@@ -145,7 +145,7 @@ def describe_layers(model: nn.Module, input_size: int, device: torch.device,
     if any(len(sh) == 4 and sh[1] == sh[2] == sh[3] for sh in shapes.values()):
         try:   # C == H == W somewhere: a second size tells channels from space
             others, _ = _trace(model, input_size + 32, device)
-        except RuntimeError:
+        except Exception:  # noqa: BLE001  (a model fixed to one input size: keep the first guess)
             pass
     modules = dict(model.named_modules())
     seen: dict[str, LayerInfo] = {}

@@ -133,7 +133,7 @@ class BehaviourCapture(Probe):
             if g.kind == "channel":
                 self._blocks.setdefault(g.name, []).append(g.key)
         for name, module in modules.items():
-            self.hook(module, self._push(name), pre=True)
+            self.hook(module, self._push(name), pre=True, with_kwargs=True)
             self.hook(module, self._pop(name), always_call=True)
             if isinstance(module, nn.MultiheadAttention) and self.attention_on and self._wanted(name):
                 self.hook(module, self._mha_hook(name), pre=True, with_kwargs=True)
@@ -170,10 +170,11 @@ class BehaviourCapture(Probe):
 
     # -- the module stack ---------------------------------------------------------------------
     def _push(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple) -> None:
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             if threading.get_ident() != self._thread:
                 return
-            x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            # the first tensor argument (HF models take `pixel_values=` by keyword)
+            x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
             if not self._stack and x is not None and x.dim() > 0:
                 self.batch = int(x.shape[0])
             self._stack.append(_Frame(name, module))
