@@ -73,9 +73,10 @@ class GateNet(nn.Module):
         return self.fc(self.pool(self.att(self.stem(x))).flatten(1))
 
 
-def _spread(net: nn.Module) -> nn.Module:
-    """Seeded weights wide enough that gates are far from 0.5 (a test can fail)."""
+def _spread(make) -> nn.Module:
+    """A seeded net, conv weights wide enough that gates are far from 0.5 (a test can fail)."""
     torch.manual_seed(0)
+    net = make()
     for m in net.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             nn.init.normal_(m.weight, std=0.5)
@@ -84,22 +85,22 @@ def _spread(net: nn.Module) -> nn.Module:
 
 def cbam_functional() -> GateNet:
     """--model factory: CBAM with torch.sigmoid in forward."""
-    return _spread(GateNet(FunctionalCBAM(32)))
+    return _spread(lambda: GateNet(FunctionalCBAM(32)))
 
 
 def cbam_modules() -> GateNet:
     """--model factory: CBAM with two nn.Sigmoid children of one module."""
-    return _spread(GateNet(ModuleCBAM(32)))
+    return _spread(lambda: GateNet(ModuleCBAM(32)))
 
 
 def eca_b1c() -> GateNet:
     """--model factory: ECA gate B×1×C."""
-    return _spread(GateNet(ECA(32, "b1c")))
+    return _spread(lambda: GateNet(ECA(32, "b1c")))
 
 
 def eca_bc11() -> GateNet:
     """--model factory: ECA gate B×C×1×1."""
-    return _spread(GateNet(ECA(32, "bc11")))
+    return _spread(lambda: GateNet(ECA(32, "bc11")))
 
 
 class Returns(nn.Module):
