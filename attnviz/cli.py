@@ -341,7 +341,7 @@ def inspect(
                    ("module", "type", "kind", "shape", "heads"))
     for g in inv.gates:
         shape = f"{g.channels} ch, {g.grid[0]}×{g.grid[1]}" if g.kind == "channel" else f"1×{g.grid[0]}×{g.grid[1]}"
-        table.add_row(g.name, g.type, f"{g.kind} gate", shape, "")
+        table.add_row(g.key, g.type, f"{g.kind} gate", shape, "")
     for a in inv.attention:
         table.add_row(a.name, a.type, a.kind, f"{a.queries}×{a.keys} tokens", str(a.heads))
     out_console.print(table)
