@@ -172,3 +172,24 @@ def test_softmax_elsewhere_is_not_attention() -> None:
     with AttentionCapture(net) as cap:
         net(torch.zeros(2, 3, 8, 8))
     assert cap.order == [] and not cap.unsupported
+
+
+class OddBatch(nn.Module):
+    """Attention whose batch is no multiple of the images': found, not readable, said why."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:          # x: (B, N, 8)
+        t = self.proj(x).reshape(-1, 2, x.shape[1], 4)[:1]         # one "image" whatever B is
+        a = (t @ t.transpose(-2, -1)).softmax(dim=-1)
+        return x + (a @ t).mean()
+
+
+def test_unreadable_attention_is_reported_with_a_reason() -> None:
+    model = OddBatch().eval()
+    inv = locate(model, torch.zeros(3, 5, 8))
+    assert inv.attention == [] and inv.unsupported == [""]
+    assert "no multiple of the 3 images" in inv.reasons[""]
+    assert inv.notes() == [f"cannot read the model: {inv.reasons['']}"]

@@ -102,7 +102,8 @@ class Inventory:
 
     def notes(self) -> list[str]:
         """One line per attention found but not drawn natively, with the reason."""
-        lines = [f"cannot read {n}: {self.reasons.get(n, 'unknown reason')}" for n in self.unsupported]
+        lines = [f"cannot read {n or 'the model'}: {self.reasons.get(n, 'unknown reason')}"
+                 for n in self.unsupported]
         _, why = self.usable_self(self.tokens)
         return lines + ([f"self stays derived: {why}"] if why else [])
 
