@@ -193,3 +193,30 @@ def test_unreadable_attention_is_reported_with_a_reason() -> None:
     assert inv.attention == [] and inv.unsupported == [""]
     assert "no multiple of the 3 images" in inv.reasons[""]
     assert inv.notes() == [f"cannot read the model: {inv.reasons['']}"]
+
+
+class LinearSE(nn.Module):
+    """SE with its excitation as nn.Sequential(Linear, ReLU, Linear, Sigmoid) over a (B, C) vector."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.excite = nn.Sequential(nn.Linear(c, c // 4), nn.ReLU(), nn.Linear(c // 4, c), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.excite(x.mean((2, 3)))[:, :, None, None]
+
+
+def test_gate_block_is_the_module_receiving_the_features() -> None:
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), LinearSE(8)).eval()
+    inv = locate(net, torch.zeros(1, 3, 16, 16))
+    assert [(g.name, g.activation, g.kind, g.channels, g.grid) for g in inv.gates] == \
+        [("1", "1.excite.3", "channel", 8, (14, 14))]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad(), capture(net, gates=inv.gates) as cap:
+        net(x)
+        f = net[0](x)
+        e = net[1].excite
+        ref = torch.sigmoid(e[2](e[0](f.mean((2, 3))).relu()))
+    torch.testing.assert_close(cap.gates["1"], ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cap.gate_inputs["1"], f, rtol=0, atol=0)

@@ -246,16 +246,26 @@ class BehaviourCapture(Probe):
             return
         kind, channels = shape
         wrapped = len(self._stack) > 1 and _wrapper(frame.module)
-        block = self._stack[-2] if wrapped else frame
-        gated = self._inputs.get(block.name, ())
-        if len(gated) != 4:
-            return                       # a gate multiplies a feature map
-        if kind == "channel" and (gated[1] != channels or gated[2] * gated[3] < 2):
+        # the gate block: the innermost running module that receives the feature map it gates
+        # (an `nn.Sequential(Linear, ReLU, Linear, Sigmoid)` excitation receives a vector: go out)
+        frames = self._stack[:-1] if wrapped else self._stack
+        fits = [f for f in reversed(frames) if self._gates_input(self._inputs.get(f.name, ()), kind,
+                                                                    channels, tuple(out.shape[2:]))]
+        if not fits:
             return                       # a sigmoid over (B, K) logits, or a 1×1 map: not a gate
+        block = fits[0]
+        gated = self._inputs[block.name]
         fname = getattr(func, "__name__", "sigmoid").rstrip("_")
         activation = frame.name if wrapped else f"{frame.name}:{fname}" + (f"#{call}" if call else "")
         self.found[site] = Gate(block.name, activation, kind, channels, (gated[2], gated[3]),
                                 type(block.module).__name__, next(self._clock), frame.name, call)
+
+    @staticmethod
+    def _gates_input(shape: tuple[int, ...], kind: str, channels: int, grid: tuple[int, ...]) -> bool:
+        """Whether a module input of `shape` is the feature map a gate of this kind scales."""
+        if len(shape) != 4 or shape[2] * shape[3] < 2:
+            return False
+        return shape[1] == channels if kind == "channel" else tuple(shape[2:]) == grid
 
     def _attention(self, owner: _Frame, w: torch.Tensor) -> None:
         """Attention weights (..., Nq, Nk) of `owner`: per image, or per window (Swin)."""
