@@ -10,7 +10,7 @@ from torchvision.ops import SqueezeExcitation
 
 from attnviz.backbones import load_backbone
 from attnviz.pipeline import Analyser
-from attnviz.probes.gates import GateTap
+from attnviz.probes.behaviour import GateTap
 from tests.conftest import calibrate_bn, photo
 
 

@@ -11,8 +11,9 @@ from torchvision.models import swin_transformer
 from torchvision.models.vision_transformer import VisionTransformer
 
 from attnviz.probes.attention import (
-    AttentionCapture, cls_attention, find_attention_modules, query_attention, received_attention, rollout,
+    cls_attention, find_attention_modules, query_attention, received_attention, rollout,
 )
+from attnviz.probes.behaviour import AttentionCapture
 
 SDPA = F.scaled_dot_product_attention
 SWIN_FN = swin_transformer.shifted_window_attention
@@ -26,6 +27,7 @@ def assert_clean(model: nn.Module) -> None:
         assert not m._forward_hooks_always_called, name
     assert F.scaled_dot_product_attention is SDPA
     assert swin_transformer.shifted_window_attention is SWIN_FN
+    assert torch._C._len_torch_function_stack() == 0          # the capture's mode is off
 
 
 def mha_inputs(model: nn.Module) -> tuple[dict[str, torch.Tensor], list]:
@@ -206,11 +208,17 @@ def test_transformer_encoder_read_and_nested_fast_path_reported() -> None:
     torch.testing.assert_close(cap.maps["layers.0.self_attn"], ref, rtol=0, atol=1e-6)
     pad = torch.zeros(2, 5, dtype=torch.bool)
     pad[0, -2:] = True
-    with torch.no_grad(), AttentionCapture(enc) as cap:  # padded batch becomes a nested tensor
-        enc(x, src_key_padding_mask=pad)
-    assert cap.maps == {} and cap.unsupported == ["layers.0.self_attn", "layers.1.self_attn"]
-    with pytest.raises(RuntimeError, match="ran but not readable: \\['layers.0.self_attn'"):
-        cap.require()
+    with torch.no_grad():
+        plain = enc(x, src_key_padding_mask=pad)
+        # the capture's TorchFunctionMode keeps torch off the nested-tensor fast path: readable
+        with AttentionCapture(enc) as cap:
+            captured = enc(x, src_key_padding_mask=pad)
+        _, ref = enc.layers[0].self_attn(x, x, x, key_padding_mask=pad, need_weights=True,
+                                         average_attn_weights=False)
+    torch.testing.assert_close(captured[~pad], plain[~pad], rtol=0, atol=1e-5)
+    assert cap.order == ["layers.0.self_attn", "layers.1.self_attn"] and not cap.unsupported
+    torch.testing.assert_close(cap.maps["layers.0.self_attn"], ref, rtol=0, atol=1e-6)
+    assert cap.maps["layers.0.self_attn"][0, :, :, -2:].abs().max() == 0   # padded keys: no weight
     assert_clean(enc)
 
 
@@ -304,7 +312,7 @@ def test_sdpa_restored_after_error_and_outside_calls_ignored() -> None:
     model = TinyTimm().eval()
     q = torch.randn(1, 2, 3, 4)
     with pytest.raises(RuntimeError), AttentionCapture(model) as cap:
-        assert F.scaled_dot_product_attention is not SDPA
+        assert torch._C._len_torch_function_stack() == 1       # the capture's mode is on
         F.scaled_dot_product_attention(q, q, q)  # not inside the model: not recorded
         model(torch.randn(1, N, 15))  # wrong width: the forward raises
     assert cap.order == []

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -11,9 +11,28 @@ from attnviz.maps import Layout
 from attnviz.results import AttentionMap, Options
 
 __all__ = ["Backbone", "LayerInfo", "describe_layers", "find_classifier", "last_linear", "last_stage",
-           "POOLING"]
+           "logits_of", "POOLING"]
 
 POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """A model's logits: the tensor itself, `.logits` (HF ModelOutput), key "logits", or the first tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping):
+        values = [output["logits"]] if "logits" in output else list(output.values())
+    elif isinstance(output, (tuple, list)):
+        values = list(output)
+    else:
+        values = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
+    raise TypeError(f"the model returned {type(output).__name__} with no logits tensor in it")
 
 
 @dataclass(frozen=True)
@@ -61,7 +80,7 @@ class Backbone:
 
         `prompts` (one list per image) reaches text backbones only; classifiers ignore it.
         """
-        return self.model(x), {}
+        return logits_of(self.model(x)), {}
 
     def cross_maps(self, batch: Any) -> list[list[AttentionMap]]:
         """Native cross-attention maps of a batch (only when `native_cross`)."""
@@ -127,7 +146,7 @@ def describe_layers(model: nn.Module, input_size: int, device: torch.device,
     if any(len(sh) == 4 and sh[1] == sh[2] == sh[3] for sh in shapes.values()):
         try:   # C == H == W somewhere: a second size tells channels from space
             others, _ = _trace(model, input_size + 32, device)
-        except RuntimeError:
+        except Exception:  # noqa: BLE001  (a model fixed to one input size: keep the first guess)
             pass
     modules = dict(model.named_modules())
     seen: dict[str, LayerInfo] = {}

@@ -10,7 +10,7 @@ from attnviz.backbones.registry import register_family
 from attnviz.backbones.weights import WeightsSpec, check_input_size, load_into, warn_random
 from attnviz.backbones.base import Backbone, describe_layers
 from attnviz.errors import AttnvizError
-from attnviz.probes.attention import AttentionCapture
+from attnviz.probes.behaviour import AttentionCapture
 from attnviz.text import slug, unique
 from attnviz.zoo.model import DemoNet, load_demo_model, tokenize
 from attnviz.zoo.world import caption

@@ -80,7 +80,7 @@ def inspect_model(
                    ("module", "type", "kind", "shape", "heads"))
     for g in inv.gates:
         shape = f"{g.channels} ch, {g.grid[0]}×{g.grid[1]}" if g.kind == "channel" else f"1×{g.grid[0]}×{g.grid[1]}"
-        table.add_row(_t(g.name), _t(g.type), f"{g.kind} gate", shape, "")
+        table.add_row(_t(g.key), _t(g.type), f"{g.kind} gate", shape, "")
     for a in inv.attention:
         table.add_row(_t(a.name), _t(a.type), a.kind, f"{a.queries}×{a.keys} tokens", str(a.heads))
     out_console.print(table)
@@ -88,9 +88,8 @@ def inspect_model(
     for kind in KINDS:
         where = f"native ({native[kind]})" if kind in native else "derived"
         out_console.print(_t(f"  {kind:15s} {where}"), highlight=False)
-    for name in inv.unsupported:
-        out_console.print(Text.assemble("  ", ("cannot read", "yellow"), " ",
-                                        printable(f"{name}: its attention stays derived")), highlight=False)
+    for line in inv.notes():      # attention found but not drawn natively, and why
+        out_console.print(Text(printable(f"  {line}"), style="yellow"), highlight=False)
 
 
 @app.command()

@@ -46,7 +46,7 @@ class Batch:
     def native_gate(self, kind: str) -> Gate | None:
         """The captured gate of `kind` nearest the chosen layer, if the model has one."""
         gate = self.inventory.nearest_gate(kind, self.layer)
-        return gate if gate is not None and gate.name in self.gates else None
+        return gate if gate is not None and gate.key in self.gates else None
 
 
 class Kind:
@@ -54,6 +54,8 @@ class Kind:
 
     name: ClassVar[str]
     order: ClassVar[int]   # position in the default kind list and in the grid
+    # what the forward must capture for it: "features" (tapped layers), "gates", "attention", "logits"
+    needs: ClassVar[frozenset[str]] = frozenset({"features", "logits"})
 
     def summary(self) -> str:
         """One line for listings: the first line of the kind's module docstring."""

@@ -27,11 +27,12 @@ def channel_map(f: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 class Channel(Kind):
     name = "channel"
     order = 0
+    needs = frozenset({"features", "gates"})
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
         gate = batch.native_gate("channel")
-        if gate is not None and gate.name in batch.gate_inputs:
-            f, s = batch.gate_inputs[gate.name], batch.gates[gate.name]   # (B, C, H, W), (B, C)
+        if gate is not None and gate.key in batch.gate_inputs:
+            f, s = batch.gate_inputs[gate.key], batch.gates[gate.key]   # (B, C, H, W), (B, C)
             layer, provenance, meta = gate.name, "native", {"gate": gate.type, "module": gate.activation}
         else:
             f = batch.features()                                           # (B, C, H, W)
@@ -41,6 +42,6 @@ class Channel(Kind):
         all_gates = batch.inventory.gates_of("channel") if provenance == "native" else []
         return [[AttentionMap("channel", "channel", provenance, layer, m[i].cpu().numpy(),
                               weights=s[i].cpu().numpy(), meta=dict(meta),
-                              extras={f"gate:{g.name}": batch.gates[g.name][i].cpu().numpy()
-                                      for g in all_gates if g.name in batch.gates})]
+                              extras={f"gate:{g.key}": batch.gates[g.key][i].cpu().numpy()
+                                      for g in all_gates if g.key in batch.gates})]
                 for i in range(len(m))]

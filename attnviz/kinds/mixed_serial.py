@@ -18,14 +18,15 @@ __all__ = ["MixedSerial"]
 class MixedSerial(Kind):
     name = "mixed-serial"
     order = 2
+    needs = frozenset({"features", "gates"})
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
         gate = batch.native_gate("spatial")
         before = batch.inventory.serial_channel_gate(gate) if gate is not None else None
         if before is not None:
             # a serial CBAM block: the model's spatial gate already sees s ⊙ F
-            m, layer, provenance = batch.gates[gate.name], gate.name, "native"
-            meta = {"gate": gate.type, "after": before.name}
+            m, layer, provenance = batch.gates[gate.key], gate.name, "native"
+            meta = {"gate": gate.type, "after": before.key}
         else:
             f = batch.features()                                              # (B, C, H, W)
             s = torch.sigmoid(channel_logits(f))                              # (B, C)

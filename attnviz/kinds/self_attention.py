@@ -53,10 +53,12 @@ def _query_meta(frac: tuple[float, float], size: tuple[int, int], grid: tuple[in
 class SelfAttention(Kind):
     name = "self"
     order = 4
+    needs = frozenset({"features", "attention"})
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
-        modules = [a.name for a in batch.inventory.self_attention()
-                   if a.name in batch.attention or a.name in batch.windows]
+        # the same rule as `inspect`: only attention whose geometry is known (windows, or keys = the grid)
+        usable, _ = batch.inventory.usable_self(batch.backbone.tokens)
+        modules = [n for n in usable if n in batch.attention or n in batch.windows]
         if modules and modules[-1] in batch.windows:
             return self._windows(batch, modules)
         if modules and batch.backbone.tokens is not None:
@@ -84,7 +86,7 @@ class SelfAttention(Kind):
     def _tokens(self, batch: Batch, modules: list[str]) -> list[list[AttentionMap]]:
         prefix, grid = batch.backbone.tokens
         last = modules[-1]
-        head_layer = batch.options.self_layer or last
+        head_layer = batch.options.self_layer if batch.options.self_layer in modules else last
         a = batch.attention[last]                                         # (B, heads, N, N)
         heads = batch.attention[head_layer]
         as_grid = lambda t: t.reshape(t.shape[0], *grid).cpu().numpy()   # noqa: E731  (B, N') -> (B, H, W)
@@ -121,7 +123,7 @@ class SelfAttention(Kind):
         return out
 
     def _windows(self, batch: Batch, modules: list[str]) -> list[list[AttentionMap]]:
-        name = batch.options.self_layer or modules[-1]
+        name = batch.options.self_layer if batch.options.self_layer in modules else modules[-1]
         wa = batch.windows[name]
         queries, source = _queries(batch)
         out = []

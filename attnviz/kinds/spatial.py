@@ -34,11 +34,12 @@ def peak_fraction(m: torch.Tensor) -> list[tuple[float, float]]:
 class Spatial(Kind):
     name = "spatial"
     order = 1
+    needs = frozenset({"features", "gates"})
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
         gate = batch.native_gate("spatial")
         if gate is not None:
-            m, layer, provenance = batch.gates[gate.name], gate.name, "native"   # (B, H, W)
+            m, layer, provenance = batch.gates[gate.key], gate.name, "native"   # (B, H, W)
             meta = {"gate": gate.type, "module": gate.activation}
         else:
             m = torch.sigmoid(spatial_logits(batch.features()))                  # (B, H, W)

@@ -1,7 +1,6 @@
 """The engine: a backbone and the chosen kinds, every kind of a batch from ONE forward pass."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import math
@@ -16,9 +15,7 @@ from attnviz.backbones.clip_core import VARIANTS
 from attnviz.errors import AttnvizError, ImageError
 from attnviz.images import ImageSource, load_image, to_rgb
 from attnviz.kinds import Batch, get_kinds
-from attnviz.probes.attention import AttentionCapture
-from attnviz.probes.base import LayerTap
-from attnviz.probes.gates import GateTap
+from attnviz.probes import capture
 from attnviz.probes.locate import Inventory, locate
 from attnviz.results import AttentionMap, Options, Prediction, Result
 
@@ -120,9 +117,10 @@ class Analyser:
             self.kinds.append(kind)
         self.plans = {k.name: k.prepare(bb, self.options) for k in self.kinds}
         self.tapped = list(dict.fromkeys(n for k in self.kinds for n in k.layers(bb, self.layer)))
-        names = {k.name for k in self.kinds}
-        self.gates = self.inventory.gates if names & {"channel", "spatial", "mixed-serial"} else []
-        self.attention = list(dict.fromkeys(n.split("#")[0] for n in attention)) if "self" in names else []
+        needs = set().union(*(k.needs for k in self.kinds))    # the probes the kinds declare
+        self.gates = self.inventory.gates if "gates" in needs else []
+        self.attention = list(dict.fromkeys(n.split("#")[0] for n in attention)) if "attention" in needs else []
+        self.notes += self.inventory.notes()    # attention found but not drawn natively, and why
         self.heads = [config.self_layer or attention[-1]] if attention else []   # per-head maps: one layer
         self.forwards = 0   # forward passes run so far (one per batch)
 
@@ -163,17 +161,13 @@ class Analyser:
             return []
         bb = self.backbone
         x = self.preprocess(images)
-        with contextlib.ExitStack() as probes:
-            tap = probes.enter_context(LayerTap(bb.model, self.tapped))
-            gates = probes.enter_context(GateTap(bb.model, self.gates))
-            attn = probes.enter_context(AttentionCapture(bb.model, self.attention, self.heads)) \
-                if self.attention else None
+        with capture(bb.model, layers=self.tapped, gates=self.gates, attention=self.attention,
+                     heads=self.heads) as cap:
             logits, aux = bb.forward(x, prompts)
         self.forwards += 1
-        batch = Batch(bb, self.layer, tap.outputs, logits, [im.size for im in images],
-                      self.options, self.plans, inventory=self.inventory, gates=gates.outputs,
-                      gate_inputs=gates.inputs, attention=attn.maps if attn else {},
-                      windows=attn.windows if attn else {}, aux=aux)
+        batch = Batch(bb, self.layer, cap.outputs, logits, [im.size for im in images],
+                      self.options, self.plans, inventory=self.inventory, gates=cap.gates,
+                      gate_inputs=cap.gate_inputs, attention=cap.attention, windows=cap.windows, aux=aux)
         maps: list[list[AttentionMap]] = [[] for _ in images]
         for kind in self.kinds:
             for i, per_image in enumerate(kind.compute(batch)):
@@ -198,7 +192,7 @@ def find_attention(backbone: str | Backbone, weights: str = "none", *, input_siz
     bb = backbone if isinstance(backbone, Backbone) else load_backbone(
         backbone, weights, input_size=input_size, device=device)
     example = torch.zeros(1, 3, bb.input_size, bb.input_size, device=bb.device)
-    return bb, locate(bb.model, example)
+    return bb, locate(bb.model, example, bb.tokens)
 
 
 def _decode_one(src: ImageSource) -> tuple[Result, Image.Image | None]:

@@ -122,6 +122,7 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
             for r, files in process_batch(analyser, loaded, good, out, style, prompts, boxes, faithfulness,
                                           plan.old):
                 manifest.add(r, files)
+                r.maps = []                              # recorded; keep memory flat on big folders
                 report.results.append(r)
             manifest.save(every=MANIFEST_EVERY_S)
             if on_batch:
@@ -169,7 +170,6 @@ def process_batch(analyser: Analyser, loaded: list[Result], good: list, out: Pat
             r.status, r.error, files = "error", f"cannot write outputs: {e.strerror or e}", None
         if r.output in old and files is not None:     # outputs these settings no longer produce
             _remove(out / r.output, set(entry_files(old[r.output])) - set(files))
-        r.maps = []                                   # written; keep memory flat on big folders
         done.append((r, files))
     return done
 

@@ -1,1 +1,4 @@
-"""Probes: context managers that attach hooks to a model on entry and remove them on exit."""
+"""Probes: read features, gates and attention during a forward pass, without changing it."""
+from attnviz.probes.capture import Capture, capture
+
+__all__ = ["Capture", "capture"]

@@ -1,69 +1,59 @@
-"""Native channel (SE) and spatial (CBAM) gates: find them by shape, read them during the forward."""
+"""Native channel (SE, ECA) and spatial (CBAM) gates: what a gate is, told by its output shape.
+
+A gate is a call of sigmoid or hard-sigmoid (functional, method or module of any class) whose
+output multiplies features: σ keeps it in (0, 1). `probes.behaviour` sees every such call.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
-from torch import nn
 
-from attnviz.probes.base import Probe
-
-__all__ = ["Gate", "GATE_ACTIVATIONS", "classify_gate", "GateTap"]
-
-# A gate is a sigmoid-like module whose output multiplies features: σ keeps it in (0, 1).
-GATE_ACTIVATIONS = (nn.Sigmoid, nn.Hardsigmoid)
+__all__ = ["Gate", "classify_gate", "gate_values"]
 
 
 @dataclass(frozen=True)
 class Gate:
-    """One trained gate module of the model."""
+    """One trained gate of the model: one sigmoid call, attributed to the module that runs it."""
 
     name: str                                # the gate block (SE / spatial-gate module) name
-    activation: str                          # its sigmoid submodule, the module that is hooked
+    activation: str                          # the sigmoid module, or "block:sigmoid#k" for a call
     kind: Literal["channel", "spatial"]
     channels: int                            # C of the gated features (1 for a spatial gate)
     grid: tuple[int, int]                    # (H, W) of the gated features
     type: str                                # class name of the gate block
     position: int                            # completion order in the forward pass
+    source: str = ""                         # innermost module running the call ("" = activation)
+    call: int = 0                            # which sigmoid call of `source` (per forward of it)
+    slot: int = 0                            # k-th gate of the same block (a CBAM as one module)
+
+    @property
+    def key(self) -> str:
+        """The gate's unique name in captured dicts: the block, `#k` for its k-th extra gate."""
+        return self.name if self.slot == 0 else f"{self.name}#{self.slot}"
+
+    @property
+    def site(self) -> tuple[str, int]:
+        """Where the call happens: (innermost module, call index)."""
+        return (self.source or self.activation, self.call)
 
 
-def classify_gate(shape: torch.Size) -> Literal["channel", "spatial"] | None:
-    """Output (B, C, 1, 1) is a channel gate, (B, 1, H, W) with H·W > 1 a spatial gate, else None."""
-    if len(shape) != 4:
-        return None
-    _, c, h, w = shape
-    if h == w == 1 and c > 1:
-        return "channel"
-    if c == 1 and h * w > 1:
-        return "spatial"
+def classify_gate(shape: torch.Size | tuple[int, ...]) -> tuple[Literal["channel", "spatial"], int] | None:
+    """(kind, C): B×C×1×1, B×C, B×1×C, B×C×1 are channel gates; B×1×H×W (H·W > 1) spatial; else None."""
+    dims = tuple(shape[1:])
+    if len(dims) == 3 and dims[0] == 1 and dims[1] * dims[2] > 1:
+        return "spatial", 1
+    squeezed = [d for d in dims if d != 1]
+    if len(dims) in (1, 2, 3) and len(squeezed) == 1 and squeezed[0] > 1 \
+            and (len(dims) < 3 or dims[1:] == (1, 1)):
+        return "channel", squeezed[0]
     return None
 
 
-class GateTap(Probe):
-    """Record each gate's output (B, C) or (B, H, W), and the features it gates (B, C, H, W)."""
+def gate_values(output: torch.Tensor, kind: str) -> torch.Tensor:
+    """A gate's output as (B, C) for a channel gate or (B, H, W) for a spatial one (a float copy)."""
+    o = output.detach().float().clone()
+    return o.flatten(1) if kind == "channel" else o[:, 0]
 
-    def __init__(self, model: nn.Module, gates: list[Gate], inputs: bool = True) -> None:
-        super().__init__(model)
-        self.gates = gates
-        self.want_inputs = inputs
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.inputs: dict[str, torch.Tensor] = {}
 
-    def attach(self) -> None:
-        for g in self.gates:
-            self.hook(self.model.get_submodule(g.activation), self._out(g))
-            if self.want_inputs and g.name != g.activation:
-                self.hook(self.model.get_submodule(g.name), self._in(g), pre=True)
-
-    def _out(self, g: Gate) -> Callable:
-        def fn(module: nn.Module, args: tuple, output: Any) -> None:
-            o = output.detach().float()
-            self.outputs[g.name] = o.flatten(1) if g.kind == "channel" else o[:, 0]
-        return fn
-
-    def _in(self, g: Gate) -> Callable:
-        def fn(module: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
-                self.inputs[g.name] = args[0].detach().float().clone()
-        return fn

@@ -1,15 +1,14 @@
 """Which modules are attention: one dummy forward finds gates and attention by what they compute."""
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 from torch import nn
 
-from attnviz.probes.attention import AttentionCapture
-from attnviz.probes.gates import GATE_ACTIVATIONS, Gate, classify_gate
+from attnviz.probes.behaviour import BehaviourCapture
+from attnviz.probes.gates import Gate
 
 __all__ = ["AttentionModule", "Inventory", "locate"]
 
@@ -35,6 +34,8 @@ class Inventory:
     attention: list[AttentionModule] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     positions: dict[str, int] = field(default_factory=dict)     # module name -> completion order
+    reasons: dict[str, str] = field(default_factory=dict)       # unsupported name -> why
+    tokens: tuple[int, tuple[int, int]] | None = None           # the declared token grid, if any
 
     def gates_of(self, kind: str) -> list[Gate]:
         """The channel or spatial gates, first to last."""
@@ -45,7 +46,7 @@ class Inventory:
         gates = self.gates_of(kind)
         if not gates:
             return None
-        named = [g for g in gates if layer in (g.name, g.activation)]
+        named = [g for g in gates if layer in (g.key, g.activation)] or [g for g in gates if g.name == layer]
         if named:
             return named[0]
         pos = self.positions.get(layer, max(self.positions.values(), default=0))
@@ -63,17 +64,48 @@ class Inventory:
         out: dict[str, str] = {}
         for kind in ("channel", "spatial"):
             if self.gates_of(kind):
-                out[kind] = self.gates_of(kind)[-1].name
+                out[kind] = self.gates_of(kind)[-1].key
         serial = [g for g in self.gates_of("spatial") if self.serial_channel_gate(g)]
         if serial:
-            out["mixed-serial"] = serial[-1].name
-        selfs = self.self_attention()
-        if selfs and (tokens_known or selfs[-1].kind == "window-attention"):
-            out["self"] = selfs[-1].name
+            out["mixed-serial"] = serial[-1].key
+        if tokens_known and self.tokens is None:      # a grid declared but not handed to locate
+            usable = [a.name for a in self.self_attention()]
+        else:
+            usable, _ = self.usable_self(self.tokens if tokens_known else None)
+        if usable:
+            out["self"] = usable[-1]
         cross = [a for a in self.attention if a.kind == "cross-attention"]
         if cross:
             out["cross"] = cross[-1].name
         return out
+
+    def usable_self(self, tokens: tuple[int, tuple[int, int]] | None) -> tuple[list[str], str | None]:
+        """The self-attention modules the `self` kind can draw, and why the others cannot be.
+
+        Window attention places itself; token attention needs the grid: its key count must be
+        prefix + H·W of `tokens`. The list is empty when the last module is unusable.
+        """
+        selfs = self.self_attention()
+        if not selfs:
+            return [], None
+        if selfs[-1].kind == "window-attention":
+            return [a.name for a in selfs if a.kind == "window-attention"], None
+        if tokens is None:
+            return [], (f"{selfs[-1].name}: self-attention over {selfs[-1].keys} tokens, but the "
+                        f"token grid is unknown (give the model `tokens = (prefix, (H, W))`)")
+        prefix, (h, w) = tokens
+        fit = [a.name for a in selfs if a.kind == "self-attention" and a.keys == prefix + h * w]
+        if not fit or fit[-1] != selfs[-1].name:
+            return [], (f"{selfs[-1].name}: {selfs[-1].keys} tokens do not match the token grid "
+                        f"{prefix} + {h}×{w}")
+        return fit, None
+
+    def notes(self) -> list[str]:
+        """One line per attention found but not drawn natively, with the reason."""
+        lines = [f"cannot read {n or 'the model'}: {self.reasons.get(n, 'unknown reason')}"
+                 for n in self.unsupported]
+        _, why = self.usable_self(self.tokens)
+        return lines + ([f"self stays derived: {why}"] if why else [])
 
     def self_attention(self) -> list[AttentionModule]:
         """Self-attention (and window-attention) modules, first layer to last."""
@@ -81,49 +113,21 @@ class Inventory:
 
 
 @torch.no_grad()
-def locate(model: nn.Module, example: torch.Tensor) -> Inventory:
-    """Run `model(example)` once and list its gates and attention modules."""
-    inv = Inventory()
+def locate(model: nn.Module, example: torch.Tensor,
+           tokens: tuple[int, tuple[int, int]] | None = None) -> Inventory:
+    """Run `model(example)` once and list its gates and attention, by what it computes.
+
+    `tokens` (prefix, (H, W)): the declared token grid, checked against the attention's key count.
+    """
+    inv = Inventory(tokens=tokens)
     modules = dict(model.named_modules())
-    parents = {f"{p}.{c}" if p else c: p for p, m in modules.items() for c, _ in m.named_children()}
-    shapes: dict[str, torch.Size] = {}
-    inputs: dict[str, torch.Size] = {}
-    handles = []
-    clock = itertools.count()
-
-    def done(name: str):
-        def fn(module: nn.Module, args, output) -> None:
-            inv.positions[name] = next(clock)       # a module called twice: its last call
-            if isinstance(module, GATE_ACTIVATIONS) and isinstance(output, torch.Tensor):
-                shapes[name] = output.shape
-        return fn
-
-    def seen(name: str):
-        def fn(module: nn.Module, args) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                inputs[name] = args[0].shape
-        return fn
-
-    try:
-        for name, module in modules.items():
-            if name:
-                handles.append(module.register_forward_hook(done(name)))
-                handles.append(module.register_forward_pre_hook(seen(name)))
-        with AttentionCapture(model) as cap:
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    for act, shape in shapes.items():
-        kind = classify_gate(shape)
-        if kind is None:
-            continue
-        block = parents.get(act, "") or act
-        gated = inputs.get(block, shape)                  # the features the gate block receives
-        grid = tuple(gated[2:]) if len(gated) == 4 else tuple(shape[2:])
-        inv.gates.append(Gate(block, act, kind, shape[1] if kind == "channel" else 1,
-                              grid, type(modules[block]).__name__, inv.positions[act]))
-    inv.gates.sort(key=lambda g: g.position)
+    with BehaviourCapture(model, gates=None, attention=True) as cap:
+        model(example)
+    inv.positions = dict(cap.positions)
+    slots: dict[str, int] = {}
+    for g in sorted(cap.found.values(), key=lambda g: g.position):
+        slot = slots[g.name] = slots.get(g.name, -1) + 1       # two gates in one block: told apart
+        inv.gates.append(replace(g, slot=slot))
     for i, name in enumerate(cap.order):
         base = name.split("#")[0]
         module = modules.get(base)
@@ -138,4 +142,5 @@ def locate(model: nn.Module, example: torch.Tensor) -> Inventory:
         inv.attention.append(AttentionModule(name, type(module).__name__ if module else "sdpa",
                                              kind, w.shape[1], w.shape[-2], w.shape[-1], i))
     inv.unsupported = list(cap.unsupported)
+    inv.reasons = dict(cap.reasons)
     return inv
