@@ -131,3 +131,24 @@ class QuadrantNet(nn.Module):
 def quadrant_net() -> QuadrantNet:
     """Factory for --model tests.models:quadrant_net."""
     return QuadrantNet().eval()
+
+
+def die_once_net() -> CBAMNet:
+    """cbam_net whose process dies (os._exit) on its first real batch in a Ray worker, once.
+
+    For the worker-death test: `ATTNVIZ_TEST_DIE_ONCE` names a marker file (created at death, so the
+    restarted actor lives) and `ATTNVIZ_TEST_DRIVER` the driver's pid (the driver never dies).
+    """
+    import os
+    net = cbam_net()
+    marker, driver = os.environ.get("ATTNVIZ_TEST_DIE_ONCE"), os.environ.get("ATTNVIZ_TEST_DRIVER")
+    if marker and driver and os.getpid() != int(driver):
+        plain = net.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 1 and not os.path.exists(marker):     # a batch of images, not a dummy pass
+                open(marker, "w").close()
+                os._exit(1)
+            return plain(x)
+        net.forward = forward
+    return net

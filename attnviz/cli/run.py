@@ -46,6 +46,10 @@ def run(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random-init weights."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster; the ray extra)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray: the cluster to join (auto: the one `ray start` runs here); default: a local one."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray: actors, each with its own copy of the model (default: one per CPU of the cluster)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="Ray: GPUs per actor (a fraction shares a GPU)."),
     resume: bool = typer.Option(True, "--resume", help="Keep the images an earlier run into OUT completed with the same settings (the default)."),
     force: bool = typer.Option(False, "--force", help="Recompute every image even if OUT holds a run with other settings or files attnviz did not write; outputs the new settings no longer produce are removed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors still print)."),
@@ -53,6 +57,7 @@ def run(
 ) -> None:
     """Write heatmaps, bar charts, grids, raw maps and a manifest for every image."""
     from attnviz.pipeline import run as run_pipeline
+    from attnviz.pipeline.distributed import RayOptions
     from attnviz.report.outputs import Style
 
     inputs = check_paths(paths)
@@ -66,7 +71,8 @@ def run(
                 weights=pretrained or weights, layer=layer, texts=tuple(prompts_from(text, text_file)),
                 query=query, per_word=per_word, contrast=contrast, variant=clip_variant,
                 input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
-                native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force)
+                native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
+                engine=engine, ray=RayOptions(address, workers, gpus_per_worker) if engine == "ray" else None)
 
     report = guard(go, debug)
     finish(report, quiet, "attnviz run")

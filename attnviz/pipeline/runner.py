@@ -21,6 +21,7 @@ from attnviz.errors import AttnvizError
 from attnviz.images import check_inputs, discover
 from attnviz.pipeline.analyser import Analyser, decoded_batches
 from attnviz.pipeline.api import check_batch_size
+from attnviz.pipeline.distributed import RayOptions, ray_records
 from attnviz.pipeline.outdir import (entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
 from attnviz.report.manifest import Manifest
@@ -64,7 +65,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         on_batch: Callable[[int], None] | None = None,
         prompts: Mapping[str, list[str]] | None = None,
         boxes: Mapping[str, list[Sequence[float]]] | None = None, faithfulness: bool = False,
-        sanity: bool = False, force: bool = False, own: Sequence[str] = (), **options: Any) -> RunReport:
+        sanity: bool = False, force: bool = False, own: Sequence[str] = (), engine: str = "local",
+        ray: RayOptions | None = None, **options: Any) -> RunReport:
     """Analyse images and write every output plus OUT/manifest.json; see the README for the layout.
 
     `prompts` and `boxes` are keyed by an image's `source`: per-image prompts for text backbones
@@ -72,8 +74,11 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     insertion AUCs to every map; `sanity` compares the first batch's maps with a randomised model's.
     A rerun with the same settings resumes (images already complete are kept); other settings are
     refused unless `force`. `own`: top-level names in OUT the caller wrote (not foreign files).
+    `engine="ray"` runs the images on a Ray cluster (`ray`: address, workers, GPUs per worker).
     """
     check_batch_size(batch_size)
+    if engine not in ("local", "ray"):
+        raise AttnvizError(f"--engine {engine!r}: use local or ray")
     style = style or Style()
     out = Path(out)
     outputs_filter(out, paths)                                   # refuse an OUT that is a file, early
@@ -91,13 +96,15 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         manifest = Manifest(out, analyser, style, batch_size, command,
                             {"faithfulness": faithfulness, "sanity": sanity})
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
+        remote = (backbone, ray or RayOptions()) if engine == "ray" else None
         return _execute(analyser, manifest, plan, out, style, prompts or {}, boxes or {}, faithfulness,
-                        sanity, on_start, on_batch)
+                        sanity, on_start, on_batch, remote)
 
 
 def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Style,
              prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithfulness: bool, sanity: bool,
-             on_start: Callable[[int], None] | None, on_batch: Callable[[int], None] | None) -> RunReport:
+             on_start: Callable[[int], None] | None, on_batch: Callable[[int], None] | None,
+             remote: tuple[Any, RayOptions] | None = None) -> RunReport:
     manifest.order = plan.order
     for entry in plan.kept.values():
         manifest.keep(entry)
@@ -113,8 +120,12 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
         if report.resumed and on_batch:
             on_batch(report.resumed)
     try:
-        batches = decoded_batches(plan.todo, manifest.head["settings"]["batch_size"], PIXEL_BUDGET)
-        for loaded, good in batches:
+        batch_size = manifest.head["settings"]["batch_size"]
+        if remote is not None:
+            _on_ray(analyser, manifest, plan, out, style, prompts, boxes, faithfulness, sanity, batch_size,
+                    remote, report, on_batch)
+            return report
+        for loaded, good in decoded_batches(plan.todo, batch_size, PIXEL_BUDGET):
             if sanity and good and manifest.sanity is None:     # the first batch, before its maps
                 images = [im for _, im in good]
                 per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
@@ -130,11 +141,31 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
     finally:   # also on Ctrl-C or a full disk: the manifest lists every image written so far
         with contextlib.suppress(OSError):
             manifest.save(seconds=time.perf_counter() - t0)
-    report.seconds = time.perf_counter() - t0
-    report.forwards = analyser.forwards
-    report.rankings = manifest.rankings()
-    report.notes += [n for n in analyser.backbone.notes if n not in report.notes]
+        report.seconds = time.perf_counter() - t0
+        report.forwards += analyser.forwards
+        report.rankings = manifest.rankings()
+        report.notes += [n for n in analyser.backbone.notes if n not in report.notes]
     return report
+
+
+def _on_ray(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Style,
+            prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithfulness: bool, sanity: bool,
+            batch_size: int, remote: tuple[Any, RayOptions], report: RunReport,
+            on_batch: Callable[[int], None] | None) -> None:
+    """The images of `plan` through a Ray actor pool; records enter the manifest as they come back."""
+    backbone, options = remote
+    if sanity and plan.todo and manifest.sanity is None:     # on the driver: it has the model too
+        _, good = next(decoded_batches(plan.todo, batch_size, PIXEL_BUDGET))
+        per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
+        manifest.sanity = checks.sanity(analyser, [im for _, im in good], per_image) if good else None
+    for entry in ray_records(backbone, analyser, plan.todo, out, style, batch_size, prompts, boxes,
+                             faithfulness, plan.old, PIXEL_BUDGET, options):
+        manifest.keep(entry)
+        report.results.append(Result(entry["source"], Path(entry["source"]), entry["output"], entry["status"],
+                                     entry["error"], tuple(entry["size"]) if entry["size"] else None))
+        manifest.save(every=MANIFEST_EVERY_S)
+        if on_batch:
+            on_batch(1)
 
 
 def process_batch(analyser: Analyser, loaded: list[Result], good: list, out: Path, style: Style,
