@@ -60,11 +60,13 @@ def gate_bars(step: str, formula: str, provenance: str, source: str, s: np.ndarr
     return Panel(step, formula, provenance, source, s.astype(np.float32), view="bars", raised=up, cut=down)
 
 
-def _se_parts(ctx: Context, block: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The SE block's own squeeze (its pooling child) and hidden layer (the last reduced-width child)."""
+def _se_parts(ctx: Context, block: str) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
+    """The SE block's own squeeze (its pooling child), hidden layer (the last reduced-width child) and
+    that child's formula."""
     tap, model = ctx.tap, ctx.bb.model
     c = tap.input(block).shape[1]
     squeeze = hidden = None
+    formula = "h = W1·z"
     for name in children(ctx.analyser, block):
         out = tap.outputs.get(name)
         if not isinstance(out, torch.Tensor):
@@ -73,7 +75,9 @@ def _se_parts(ctx: Context, block: str) -> tuple[torch.Tensor | None, torch.Tens
             squeeze = out.float().flatten(1)                               # (1, C)
         elif out.flatten(1).shape[1] not in (c, c * out.shape[-1] * out.shape[-2]) and squeeze is not None:
             hidden = out.float().flatten(1)                                # (1, C/r)
-    return squeeze, hidden
+            module = model.get_submodule(name)
+            formula = "h = W1·z" if isinstance(module, (nn.Conv2d, nn.Linear)) else f"h = {type(module).__name__}(W1·z)"
+    return squeeze, hidden, formula
 
 
 def channel_strip(ctx: Context) -> Strip:
@@ -82,13 +86,13 @@ def channel_strip(ctx: Context) -> Strip:
     g = native_gate(ctx.analyser, "channel")
     if m.provenance == "native" and g is not None and m.layer == g.name:
         f = ctx.tap.input(g.name)                                          # (1, C, H, W)
-        squeeze, hidden = _se_parts(ctx, g.name)
+        squeeze, hidden, h_formula = _se_parts(ctx, g.name)
         s = ctx.tap.output(g.activation).flatten(1)                        # (1, C)
         src, prov = g.name, "native"
         z_panel = (Panel("squeeze", "z_c = mean_{h,w} F[c,h,w]", "native", f"{g.name} (pooling)", np32(squeeze[0]), view="bars")
                    if squeeze is not None else
                    Panel("squeeze", "z_c = mean_{h,w} F[c,h,w]", "derived", f"{g.name} input", np32(f.mean((2, 3))[0]), view="bars"))
-        excite = (Panel("excitation: hidden layer", "h = ReLU(W1·z),  W1: C/r×C", "native", g.name, np32(hidden[0]), view="bars")
+        excite = (Panel("excitation: hidden layer", f"{h_formula},  W1: C/r×C", "native", g.name, np32(hidden[0]), view="bars")
                   if hidden is not None else None)
         gate = gate_bars("gate", "s = σ(W2·h)", "native", g.activation, np32(s[0]))
         out = ctx.tap.outputs.get(g.name)
