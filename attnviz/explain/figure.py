@@ -68,7 +68,9 @@ def _bars(ax, p: Panel) -> None:
     ax.axhline(0.0, color="0.4", linewidth=0.6)
     ax.tick_params(labelsize=7)
     named = [f"↑ c{i}: {v[i]:.2f}" for i in p.raised] + [f"↓ c{i}: {v[i]:.2f}" for i in p.cut]
-    if named:
+    if named:   # head room above the bars for the list, so it covers none of them
+        lo, hi = min(0.0, float(np.nanmin(v))), max(0.0, float(np.nanmax(v)))
+        ax.set_ylim(lo, hi + 0.85 * ((hi - lo) or 1.0))
         ax.text(0.02, 0.98, "\n".join(named), transform=ax.transAxes, fontsize=6.5, va="top",
                 family="monospace", bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.5))
 
