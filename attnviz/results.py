@@ -70,4 +70,5 @@ class Options:
     self_layer: str | None = None               # attention module for per-head maps (default: last)
     per_word: bool = False                      # native cross: a map per content word of each prompt
     contrast: bool = False                      # native cross: also each prompt minus the others' mean
-    variant: str = "value"                      # CLIP patch tokens: "value" path or "plain" output
+    variant: str = "value"                      # CLIP patch tokens: a variant (value, clear, sclip, naclip, plain) or "all"
+    slide: tuple[int, int, int] | None = None   # CLIP --slide: (window, stride, short side) in pixels

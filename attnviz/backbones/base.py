@@ -74,6 +74,9 @@ class Backbone:
     def prepare(self, options: Options) -> None:
         """Read the run's options before any image (a text model encodes its prompts here)."""
 
+    def set_images(self, images: list[Any]) -> None:
+        """The decoded images of the next forward, for a backbone that reads more than the squashed input."""
+
     def forward(self, x: torch.Tensor, prompts: list[list[str]] | None = None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Class logits (B, K) for a normalised batch (B, 3, S, S), and anything else it computed.

@@ -15,13 +15,14 @@ import torch.nn.functional as F
 
 from attnviz.backbones.clip_load import (EXTRA_HINT, RANDOM, ClipBundle, default_pretrained, load_clip,
                                          supported_archs)
+from attnviz.backbones.clip_variants import ALL, CHOICES, VARIANTS, last_block
 from attnviz.errors import AttnvizError
 
 __all__ = ["supported_archs", "ClipBundle", "PatchTokens", "CrossOut", "load_clip", "default_pretrained", "encode_patches",
-           "encode_prompts", "clip_cross", "per_word", "prompt_words", "contrast", "RANDOM", "VARIANTS",
+           "encode_variants", "encode_prompts", "clip_cross", "per_word", "prompt_words", "contrast", "RANDOM",
+           "VARIANTS", "CHOICES", "ALL",
            "WORD_TEMPLATE", "STOP_WORDS", "EXTRA_HINT"]
 
-VARIANTS = ("value", "plain")         # value: MaskCLIP value path of the last block; plain: its output
 WORD_TEMPLATE = "a photo of a {word}."  # per-word maps embed each content word alone in this template
 STOP_WORDS = frozenset("a an the of in on at with and or to for by from is are this that some its "
                        "photo photograph picture image".split())
@@ -32,9 +33,10 @@ class PatchTokens:
     """One pass of the image tower: L2-normalised patch embeddings and the image embedding."""
 
     patches: torch.Tensor               # (B, N, E) t̂_i, N = h*w, row-major, class token excluded
+                                        # (--slide: the mean of the crops' t̂_i over each cell)
     image: torch.Tensor                 # (B, E) normalised model.encode_image output
     grid: tuple[int, int]               # (h, w)
-    variant: str                        # "value" or "plain"
+    variant: str                        # one of VARIANTS
 
 
 @dataclass
@@ -55,30 +57,19 @@ class CrossOut:
 
 # ----------------------------------------------------------------------------- image side
 
-def _value_path(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP value path: v = x + out_proj(W_v·ln_1(x) + b_v), then v + mlp(ln_2(v)); (B, L, D)."""
-    attn = block.attn
-    B, L, D = x.shape
-    w = attn.in_proj_weight                                               # (3D, D), None if split
-    w_v = w[2 * D:] if w is not None else attn.v_proj_weight              # (D, D)
-    b_v = attn.in_proj_bias[2 * D:] if attn.in_proj_bias is not None else None
-    v = F.linear(block.ln_1(x), w_v, b_v)                                 # (B, L, D)
-    head_scale = getattr(attn, "head_scale", None)                        # custom blocks only
-    if head_scale is not None:
-        v = (v.view(B, L, attn.num_heads, -1) * head_scale.view(1, 1, -1, 1)).reshape(B, L, D)
-    if hasattr(attn, "ln_inner"):
-        v = attn.ln_inner(v)
-    v = attn.out_proj(v)
-    if hasattr(block, "ln_attn"):
-        v = block.ln_attn(v)
-    v = x + block.ls_1(v)
-    return v + block.ls_2(block.mlp(block.ln_2(v)))
-
-
 def encode_patches(bundle: ClipBundle, images: torch.Tensor, variant: str = "value") -> PatchTokens:
     """Run the image tower once; hooks on its last block give the patch embeddings t̂_i."""
     if variant not in VARIANTS:
         raise AttnvizError(f"unknown CLIP map variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    return encode_variants(bundle, images, (variant,))[variant]
+
+
+def encode_variants(bundle: ClipBundle, images: torch.Tensor, variants: tuple[str, ...] | list[str]
+                    ) -> dict[str, PatchTokens]:
+    """One pass of the image tower; every variant's t̂_i from its last block's input (and output, for plain)."""
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise AttnvizError(f"unknown CLIP map variant {(bad or [''])[0]!r}; use one of {', '.join(VARIANTS)}")
     S = bundle.image_size
     if images.ndim != 4 or tuple(images.shape[1:]) != (3, S, S):
         raise AttnvizError(f"CLIP {bundle.arch} needs images of shape (B, 3, {S}, {S}); "
@@ -106,13 +97,16 @@ def encode_patches(bundle: ClipBundle, images: torch.Tensor, variant: str = "val
     h, w = bundle.grid
     if x.shape[1] != 1 + h * w:
         raise AttnvizError(f"CLIP {bundle.arch}: expected 1 + {h}x{w} tokens, got {x.shape[1]}")
+    out: dict[str, PatchTokens] = {}
     with torch.no_grad():
-        v = _value_path(block, x) if variant == "value" else y           # (B, 1+N, D)
-        t = vis.ln_post(v[:, 1:])                                         # (B, N, D) class token dropped
-        if vis.proj is not None:
-            t = t @ vis.proj                                              # (B, N, E)
-        patches = F.normalize(t.float(), dim=-1).cpu()
-    return PatchTokens(patches=patches, image=image.float().cpu(), grid=(h, w), variant=variant)
+        for variant in dict.fromkeys(variants):
+            v = y if variant == "plain" else last_block(block, x, variant, (h, w))   # (B, 1+N, D)
+            t = vis.ln_post(v[:, 1:])                                     # (B, N, D) class token dropped
+            if vis.proj is not None:
+                t = t @ vis.proj                                          # (B, N, E)
+            out[variant] = PatchTokens(patches=F.normalize(t.float(), dim=-1).cpu(), image=image.float().cpu(),
+                                       grid=(h, w), variant=variant)
+    return out
 
 
 # ----------------------------------------------------------------------------- text side

@@ -31,7 +31,8 @@ def run(
     per_word: bool = typer.Option(False, "--per-word", help="CLIP: also a map for each content word of each prompt."),
     contrast: bool = typer.Option(False, "--contrast", help="CLIP: also each prompt's similarity minus the mean of the others'."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="CLIP: open_clip pretrained tag (default: the arch's usual one); same as --weights TAG."),
-    clip_variant: str = typer.Option("value", "--clip-variant", help="CLIP patch tokens: value (MaskCLIP value path, default) or plain (the last block's output)."),
+    clip_variant: str = typer.Option("value", "--clip-variant", help="CLIP patch tokens: value (MaskCLIP, default), clear (ClearCLIP), sclip (SCLIP), naclip (NACLIP), plain (the last block's output), or all (every one side by side)."),
+    slide: Optional[str] = typer.Option(None, "--slide", help="CLIP: WINDOW,STRIDE[,SHORT] — overlapping crops of the image resized to a short side of SHORT px (default 1.5 × WINDOW), patch similarities averaged (e.g. 224,112)."),
     query: Optional[str] = typer.Option(None, "--query", callback=query_option, help="Self-attention query X,Y in image pixels (default: the spatial-map peak)."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score every map by deletion/insertion AUC (extra forward passes: slower)."),
     sanity: bool = typer.Option(False, "--sanity", help="Also compare the first batch's maps with a fully randomised model's (rank correlation; ≥ 0.3 is flagged)."),
@@ -69,7 +70,7 @@ def run(
                 batch_size=batch_size, style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k),
                 command=command_line(), on_start=bar.start, on_batch=bar.advance,
                 weights=pretrained or weights, layer=layer, texts=tuple(prompts_from(text, text_file)),
-                query=query, per_word=per_word, contrast=contrast, variant=clip_variant,
+                query=query, per_word=per_word, contrast=contrast, variant=clip_variant, slide=slide,
                 input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
                 native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
                 engine=engine, ray=RayOptions(address, workers, gpus_per_worker) if engine == "ray" else None)

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from attnviz.backbones import Backbone, WeightsSpec, load_backbone
-from attnviz.backbones.clip_core import VARIANTS
+from attnviz.backbones.clip_core import CHOICES
+from attnviz.backbones.clip_slide import parse_slide
 from attnviz.errors import AttnvizError, ImageError
 from attnviz.images import ImageSource, load_image, to_rgb
 from attnviz.kinds import Batch, get_kinds
@@ -40,7 +41,8 @@ class AnalyserConfig:
     self_layer: str | None = None                 # attention module of the per-head maps
     per_word: bool = False
     contrast: bool = False
-    variant: str = "value"                        # CLIP patch tokens
+    variant: str = "value"                        # CLIP patch tokens: a variant, or "all" side by side
+    slide: tuple[int, int, int] | None = None     # CLIP --slide: (window, stride, short side) in pixels
     native: bool = True                           # False: derive every kind from `layer`
 
     def __post_init__(self) -> None:
@@ -53,8 +55,10 @@ class AnalyserConfig:
             if len(q) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in q):
                 raise AttnvizError(f"query {self.query!r}: expected two finite numbers (x, y) in image pixels")
             object.__setattr__(self, "query", (float(q[0]), float(q[1])))
-        if self.variant not in VARIANTS:
-            raise AttnvizError(f"--clip-variant {self.variant!r}: use one of {', '.join(VARIANTS)}")
+        if self.variant not in CHOICES:
+            raise AttnvizError(f"--clip-variant {self.variant!r}: use one of {', '.join(CHOICES)}")
+        slide = parse_slide(self.slide)                    # "224,112" or a tuple; one line when malformed
+        object.__setattr__(self, "slide", slide.as_tuple() if slide else None)
         if not (isinstance(self.tau, (int, float)) and self.tau > 0 and math.isfinite(self.tau)):
             raise AttnvizError(f"--tau {self.tau!r}: use a positive number")
         if not isinstance(self.top, int) or self.top < 1:
@@ -75,7 +79,8 @@ class AnalyserConfig:
     def options(self) -> Options:
         """The settings the kinds read."""
         return Options(tau=self.tau, query=self.query, texts=self.texts, self_layer=self.self_layer,
-                       per_word=self.per_word, contrast=self.contrast, variant=self.variant)
+                       per_word=self.per_word, contrast=self.contrast, variant=self.variant,
+                       slide=self.slide)
 
     def settings(self) -> dict[str, Any]:
         """JSON-ready form (the manifest's record of what was asked)."""
@@ -104,6 +109,8 @@ class Analyser:
             raise AttnvizError(f"--self-layer {config.self_layer!r} is not an attention module of {bb.name}; "
                                + (f"close: {', '.join(close)}" if close else f"see `attnviz inspect {bb.name}`"))
         self.options = config.options
+        if config.slide and not hasattr(bb, "slide"):
+            raise AttnvizError(f"--slide works with clip: backbones only, not {bb.name}")
         bb.prepare(self.options)
         self.notes: list[str] = []
         self.kinds = []
@@ -161,6 +168,7 @@ class Analyser:
             return []
         bb = self.backbone
         x = self.preprocess(images)
+        bb.set_images(list(images))        # --slide reads the decoded images at full resolution
         with capture(bb.model, layers=self.tapped, gates=self.gates, attention=self.attention,
                      heads=self.heads) as cap:
             logits, aux = bb.forward(x, prompts)

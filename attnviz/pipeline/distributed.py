@@ -83,7 +83,7 @@ class _Worker:
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from attnviz.pipeline.analyser import decoded_batches
-        from attnviz.pipeline.runner import process_batch
+        from attnviz.pipeline.batch import process_batch
         out, style, prompts, boxes, faithful, old = self.args
         records = []
         sources = [s for row in batch["batch"] for s in _sources(str(row))]

@@ -7,13 +7,11 @@ whose files are complete.
 from __future__ import annotations
 
 import contextlib
-import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 
 import attnviz.pipeline.checks as checks
 from attnviz.backbones import Backbone
@@ -21,19 +19,18 @@ from attnviz.errors import AttnvizError
 from attnviz.images import check_inputs, discover
 from attnviz.pipeline.analyser import Analyser, decoded_batches
 from attnviz.pipeline.api import check_batch_size
+from attnviz.pipeline.batch import process_batch, remove_files
 from attnviz.pipeline.distributed import RayOptions, ray_records
 from attnviz.pipeline.outdir import (entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
 from attnviz.report.manifest import Manifest
-from attnviz.report.outputs import Style, write_outputs
+from attnviz.report.outputs import Style
 from attnviz.results import Result
 
-__all__ = ["run", "RunReport", "process_batch", "MANIFEST_EVERY_S", "PIXEL_BUDGET"]
+__all__ = ["run", "RunReport", "MANIFEST_EVERY_S", "PIXEL_BUDGET"]
 
 MANIFEST_EVERY_S = 5.0      # a long run rewrites manifest.json at most this often (and at the end)
 PIXEL_BUDGET = 2 ** 27      # decoded pixels per batch (134 MP ≈ 400 MB of RGB): bigger batches are split
-# the disk or the folder, not the image: the run cannot go on (exit 2, naming the path)
-_FATAL = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
 
 
 @dataclass
@@ -112,7 +109,7 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
         manifest.sanity = plan.previous["sanity"]["rank_correlation"]     # its first batch is done
     for output, entry in plan.old.items():        # --force over other settings: earlier records go
         if output not in plan.order:
-            _remove(out / output, entry_files(entry))
+            remove_files(out / output, entry_files(entry))
     report = RunReport(out, notes=list(analyser.notes), resumed=sum(1 for o in plan.kept if o in plan.order))
     t0 = time.perf_counter()
     if on_start:
@@ -166,56 +163,3 @@ def _on_ray(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Styl
         manifest.save(every=MANIFEST_EVERY_S)
         if on_batch:
             on_batch(1)
-
-
-def process_batch(analyser: Analyser, loaded: list[Result], good: list, out: Path, style: Style,
-                  prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool,
-                  old: Mapping[str, dict[str, Any]]) -> list[tuple[Result, list[str] | None]]:
-    """Analyse (one forward) and write one decoded batch: each image with the files written for it
-    (None for an error), in input order. A disk that cannot be written stops the run (AttnvizError)."""
-    images = [im for _, im in good]
-    per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
-    outcomes = dict(zip((id(r) for r, _ in good), analyser.analyse_batch(images, per_image) if good else []))
-    image_of = {id(r): im for r, im in good}
-    done: list[tuple[Result, list[str] | None]] = []
-    for r in loaded:
-        if id(r) not in outcomes:
-            done.append((r, None))                     # decoding failed: an error record
-            continue
-        r.predictions, r.maps = outcomes[id(r)]
-        problem = _not_finite(r)
-        if problem:
-            r.status, r.error, r.maps = "error", problem, []
-            done.append((r, None))
-            continue
-        if faithful:
-            scores = checks.faithfulness(analyser, image_of[id(r)], r.maps)
-            for m in r.maps:
-                m.meta["faithfulness"] = scores[m.name]
-        try:
-            files = write_outputs(out, r, image_of[id(r)], style, boxes.get(r.source, ()))
-        except OSError as e:
-            if e.errno in _FATAL:
-                raise AttnvizError(f"cannot write {e.filename or out / r.output}: {e.strerror}; "
-                                   f"manifest.json lists the images written before it (rerun to resume)") from None
-            r.status, r.error, files = "error", f"cannot write outputs: {e.strerror or e}", None
-        if r.output in old and files is not None:     # outputs these settings no longer produce
-            _remove(out / r.output, set(entry_files(old[r.output])) - set(files))
-        done.append((r, files))
-    return done
-
-
-def _not_finite(r: Result) -> str | None:
-    """A one-line reason when the model produced NaN or Inf for this image (no map is drawn from it)."""
-    if any(not np.isfinite(p.probability) for p in r.predictions):
-        return "the model's output is not finite (NaN/Inf): check its weights"
-    for m in r.maps:
-        if not np.isfinite(m.data).all() or (m.weights is not None and not np.isfinite(m.weights).all()):
-            return f"map {m.name} is not finite (NaN/Inf): check the model's weights"
-    return None
-
-
-def _remove(folder: Path, names) -> None:
-    for name in names:
-        with contextlib.suppress(OSError):
-            (folder / name).unlink()

@@ -90,7 +90,8 @@ class Manifest:
             for m in image["maps"]:
                 score = m.get("clip_score", m.get("probability"))
                 if m["kind"] == "cross" and "prompt" in m and "word" not in m and not m.get("contrast") \
-                        and score is not None and m.get("prompt_source") != "top-1 class":
+                        and score is not None and m.get("prompt_source") != "top-1 class" \
+                        and image["output"] not in {e["output"] for e in ranked.get(m["prompt"], [])}:
                     ranked.setdefault(m["prompt"], []).append(
                         {"source": image["source"], "output": image["output"], "score": score,
                          "peak": m["peak"], "file": m["file"]})

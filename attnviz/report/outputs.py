@@ -108,9 +108,10 @@ def _title(m: AttentionMap) -> str:
     """Grid title: the map name, or for cross maps the prompt (and which variant of it)."""
     if m.kind != "cross":
         return m.name
+    variant = f" · {m.meta['variant']}" if len(m.meta.get("variants", ())) > 1 else ""   # CLIP side by side
     if "word" in m.meta:
-        return f"{m.meta['prompt']} · word: {m.meta['word']}"
-    return m.meta.get("prompt", m.name) + (" · contrast" if m.meta.get("contrast") else "")
+        return f"{m.meta['prompt']} · word: {m.meta['word']}{variant}"
+    return m.meta.get("prompt", m.name) + variant + (" · contrast" if m.meta.get("contrast") else "")
 
 
 def _write_extras(folder: Path, m: AttentionMap, image: Image.Image, style: Style) -> None:
