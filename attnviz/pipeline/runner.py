@@ -23,6 +23,7 @@ from attnviz.pipeline.analyser import Analyser, decoded_batches
 from attnviz.pipeline.api import check_batch_size
 from attnviz.pipeline.outdir import (entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
+from attnviz.report.folder import write_reports
 from attnviz.report.manifest import Manifest
 from attnviz.report.outputs import Style, write_outputs
 from attnviz.results import Result
@@ -46,6 +47,7 @@ class RunReport:
     forwards: int = 0
     rankings: dict = field(default_factory=dict)   # prompt -> images best matching it first
     resumed: int = 0                               # images an earlier run had completed (not redone)
+    agreement: dict | None = None                  # --stats: folder means of agreement between kinds
 
     @property
     def failed(self) -> list[Result]:
@@ -64,7 +66,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         on_batch: Callable[[int], None] | None = None,
         prompts: Mapping[str, list[str]] | None = None,
         boxes: Mapping[str, list[Sequence[float]]] | None = None, faithfulness: bool = False,
-        sanity: bool = False, force: bool = False, own: Sequence[str] = (), **options: Any) -> RunReport:
+        sanity: bool = False, force: bool = False, own: Sequence[str] = (), stats: bool = False,
+        **options: Any) -> RunReport:
     """Analyse images and write every output plus OUT/manifest.json; see the README for the layout.
 
     `prompts` and `boxes` are keyed by an image's `source`: per-image prompts for text backbones
@@ -72,6 +75,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     insertion AUCs to every map; `sanity` compares the first batch's maps with a randomised model's.
     A rerun with the same settings resumes (images already complete are kept); other settings are
     refused unless `force`. `own`: top-level names in OUT the caller wrote (not foreign files).
+    Every run also writes OUT/index.html and OUT/summary.csv; `stats` adds OUT/agreement.csv/.png.
     """
     check_batch_size(batch_size)
     style = style or Style()
@@ -91,8 +95,10 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         manifest = Manifest(out, analyser, style, batch_size, command,
                             {"faithfulness": faithfulness, "sanity": sanity})
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
-        return _execute(analyser, manifest, plan, out, style, prompts or {}, boxes or {}, faithfulness,
-                        sanity, on_start, on_batch)
+        report = _execute(analyser, manifest, plan, out, style, prompts or {}, boxes or {}, faithfulness,
+                          sanity, on_start, on_batch)
+        report.agreement = write_reports(out, read_manifest(out) or {}, stats)   # from the saved manifest
+        return report
 
 
 def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Style,
