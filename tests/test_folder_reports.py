@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,6 @@ def test_gallery_is_offline_escaped_and_complete(stats_run):
     assert "http://" not in text and "https://" not in text and "<link" not in text
     assert "random weights — maps mean nothing" in text                   # random-init fixture
     assert "b [x] &lt;i&gt;.png" in text and "<i>.png" not in text         # file names are data
-    import re
     srcs = re.findall(r'<img src="([^"]+)"', text)
     ok = [i for i in manifest["images"] if i["status"] == "ok"]
     assert len(srcs) == sum(1 + len(i["maps"]) for i in ok)
@@ -135,8 +135,12 @@ def test_gallery_is_offline_escaped_and_complete(stats_run):
 def test_pandas_one_liners_of_the_readme(stats_run):
     pd = pytest.importorskip("pandas")
     out, manifest, _ = stats_run
-    df = pd.read_csv(out / "summary.csv")
-    assert set(df["kind"].dropna()) == {"channel", "spatial", "self", "cross"}
-    maps = pd.json_normalize(json.load(open(out / "manifest.json"))["images"], "maps", ["source", "output"])
-    assert len(maps) == len(df.dropna(subset=["kind"]))
-    assert {"kind", "provenance", "peak", "source", "output"} <= set(maps.columns)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "summary.csv" in b)
+    scope: dict = {}
+    exec(snippet.replace("OUT/", f"{out}/"), scope)                # the README's lines, as written
+    maps, table = scope["maps"], scope["manifest"]
+    assert set(maps["kind"].dropna()) == {"channel", "spatial", "self", "cross"}
+    assert len(table) == len(maps.dropna(subset=["kind"]))            # one row per map either way
+    assert {"kind", "provenance", "peak", "source", "output"} <= set(table.columns)
+    assert list(table["name"]) == list(maps.dropna(subset=["kind"])["name"])

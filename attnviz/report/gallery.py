@@ -26,7 +26,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fff}
 .filters button.on{background:#234;color:#fff;border-color:#234}
 table{border-collapse:collapse}th,td{border:1px solid #ddd;padding:4px;vertical-align:top}
 th{background:#eef1f5;font-weight:600;font-size:12px;position:sticky;top:44px}
-td.label{max-width:220px;word-break:break-word;font-size:12px}
+td.label{min-width:170px;max-width:230px;overflow-wrap:anywhere;font-size:12px}
 td img{width:160px;display:block;cursor:zoom-in}
 figcaption{font-size:11px;color:#444;max-width:160px}
 tr.error td.label{color:#b00020}.err{color:#b00020}
