@@ -51,7 +51,8 @@ class _Image:
     source: str
     image: Image.Image
     label: str
-    maps: dict[str, tuple[str, str, Any]] = field(default_factory=dict)   # key -> (title, group, array)
+    size: tuple[int, int] = (1, 1)                                        # the original's (width, height)
+    maps: dict[str, tuple[str, str, Any, Any]] = field(default_factory=dict)   # key -> (title, group, array, point)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -66,12 +67,12 @@ def page_paths(output: Path, pages: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{k:03d}{output.suffix}") for k in range(1, pages + 1)]
 
 
-def _label(source: str, preds: Sequence[Any], prompts: Sequence[str]) -> str:
+def _label(source: str, preds: Sequence[Any], prompts: Sequence[str], whose: str = "") -> str:
     lines = [source]
     if preds:
         p = preds[0]
         label, prob = (p.label, p.probability) if isinstance(p, Prediction) else (p["label"], p["probability"])
-        lines.append(f"top-1: {label} ({100 * prob:.1f} %)")
+        lines.append(f"top-1{f' ({whose})' if whose else ''}: {label} ({100 * prob:.1f} %)")
     if prompts:
         lines.append("prompt: " + " · ".join(prompts))
     return "\n".join(lines)
@@ -81,14 +82,26 @@ def _record(m: AttentionMap) -> dict[str, Any]:
     return {"kind": m.kind, "name": m.name, "provenance": m.provenance, "layer": m.layer, **m.meta}
 
 
+def _point(meta: dict[str, Any], size: tuple[int, int]) -> tuple[float, float] | None:
+    """The query (image pixels) of a self map that is one query's row, as fractions of the image
+    (the received/rollout maps average over every query: no mark)."""
+    q = meta.get("query")
+    if meta.get("kind") != "self" or not isinstance(q, (list, tuple)) or len(q) != 2 \
+            or any(w in str(meta.get("name")) for w in ("received", "rollout")):
+        return None
+    return float(q[0]) / size[0], float(q[1]) / size[1]
+
+
 def _add(item: _Image, maps: Sequence[AttentionMap], kinds: set[str] | None, prefix: str = "") -> None:
     """File the maps under their column keys (`prefix`: the layer or backbone of the column)."""
     for m in maps:
         if kinds is not None and m.kind not in kinds:
             continue
-        key, title = column(_record(m))
+        record = _record(m)
+        key, title = column(record)
         item.maps[f"{prefix}\n{key}" if prefix else key] = (
-            f"{prefix}\n{title} · {m.provenance}" if prefix else f"{title} · {m.provenance}", key, m.data)
+            f"{prefix}\n{title} · {m.provenance}" if prefix else f"{title} · {m.provenance}", key, m.data,
+            _point(record, item.size))
 
 
 def _forward_layers(analysers: list[Analyser], images: list[Image.Image]
@@ -151,7 +164,9 @@ def _compute(paths: Sequence[str | Path], by: str, backbone: str | Backbone, kin
             preds = [o[0] for o in outcomes[0]]
             per_group = [[o[1] for o in outs] for outs in outcomes]
         for i, (r, im) in enumerate(good):
-            item = _Image(r.source, fit(im, cell), _label(r.source, preds[i], list(groups[0][1].options.texts)))
+            whose = groups[0][0] if by == "backbones" else ""          # the first backbone's prediction
+            item = _Image(r.source, fit(im, cell), _label(r.source, preds[i], list(groups[0][1].options.texts), whose),
+                          im.size)
             for (prefix, _), maps in zip(groups, per_group):
                 _add(item, maps[i], wanted, prefix)
             items.append(item)
@@ -185,11 +200,12 @@ def _from_run(out: Path, kinds: list[str] | None, cell: int, report: CompareRepo
             continue
         prompts = sorted({m["prompt"] for m in entry.get("maps", []) if m.get("prompt")
                           and m.get("prompt_source") != "top-1 class"})
-        item = _Image(entry["source"], image, _label(entry["source"], entry.get("predictions") or [], prompts))
+        size = tuple(entry.get("size") or image.size)
+        item = _Image(entry["source"], image, _label(entry["source"], entry.get("predictions") or [], prompts), size)
         for m in entry.get("maps", []):
             if (wanted is None or m["kind"] in wanted) and m.get("npz_key") in arrays:
                 key, title = column(m)
-                item.maps[key] = (f"{title} · {m['provenance']}", key, arrays[m["npz_key"]])
+                item.maps[key] = (f"{title} · {m['provenance']}", key, arrays[m["npz_key"]], _point(m, size))
         items.append(item)
     bb = manifest.get("backbone") or {}
     report.random = not bb.get("pretrained", True)
@@ -243,9 +259,9 @@ def compare(paths: Sequence[str | Path], output: str | Path, *, by: str = "kinds
         raise AttnvizError("no image could be compared" + (f" ({report.failed[0][0]}: {report.failed[0][1]})"
                                                            if report.failed else ""))
     keys = list(dict.fromkeys(k for it in items for k in it.maps))
-    titles = {k: t for it in items for k, (t, _, _) in it.maps.items()}
-    rows = [SheetRow(it.image, it.label, [SheetCell(it.maps[k][2], it.maps[k][1]) if k in it.maps else None
-                                          for k in keys]) for it in items]
+    titles = {k: t for it in items for k, (t, *_) in it.maps.items()}
+    rows = [SheetRow(it.image, it.label, [SheetCell(it.maps[k][2], it.maps[k][1], it.maps[k][3])
+                                          if k in it.maps else None for k in keys]) for it in items]
     title = f"attnviz compare · {what} · by {by} · scale {scale}"
     pages = render_pages([titles[k] for k in keys], rows, per_page=per_page, scale=scale, colormap=colormap,
                          alpha=alpha, cell=cell, title=title, random=report.random)

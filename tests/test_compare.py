@@ -141,3 +141,15 @@ def test_cli_compare_writes_sheets_and_refuses_bad_output(tmp_path):
                           str(tmp_path / "s.gif"), *fast], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: -o ")
     assert "Traceback" not in bad.stderr
+
+
+def test_the_query_of_a_self_map_is_marked():
+    m = np.random.default_rng(1).random((6, 6)).astype(np.float32)
+    rows = [SheetRow(photo(64, 64), "a", [SheetCell(m, "self", point=(0.25, 0.75)), SheetCell(m, "self")])]
+    page = np.asarray(render_pages(["self", "self-received"], rows, alpha=1.0, cell=96)[0])
+    g = sheet_layout(96)
+    x0, y0 = g.pad + g.label_w + g.pad + (96 + g.pad), g.top
+    near = page[y0 + 72 - 7:y0 + 72 + 8, x0 + 24 - 7:x0 + 24 + 8].reshape(-1, 3)
+    assert (near == 0).all(axis=1).any() and (near == 255).all(axis=1).any()    # a black ring edged in white
+    plain = page[y0:y0 + 96, x0 + 96 + g.pad:x0 + 2 * 96 + g.pad].reshape(-1, 3)
+    assert not (plain == 0).all(axis=1).any() and not (plain == 255).all(axis=1).any()   # jet has neither

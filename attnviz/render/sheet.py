@@ -40,6 +40,7 @@ class SheetCell:
 
     map: np.ndarray
     group: str = ""
+    point: tuple[float, float] | None = None   # a self map's query, as fractions (x/width, y/height)
 
 
 @dataclass
@@ -180,6 +181,12 @@ def _cell(base: Image.Image, c: SheetCell | None, lo_hi, g: SheetLayout, colorma
     flat = is_flat(c.map)
     square = _square(_draw_map(base, c.map, lo_hi, flat, colormap, alpha, scale), g)
     draw = ImageDraw.Draw(square)
+    if c.point is not None:                  # the query this self map is the row of: a ring, black on white
+        x = (g.cell - base.width) // 2 + c.point[0] * base.width
+        y = (g.cell - base.height) // 2 + c.point[1] * base.height
+        r = max(4, g.cell // 28)
+        draw.ellipse((x - r - 1, y - r - 1, x + r + 1, y + r + 1), outline=(255, 255, 255), width=4)
+        draw.ellipse((x - r, y - r, x + r, y + r), outline=(0, 0, 0), width=2)
     if flat:
         draw.rectangle((0, 0, font.getlength("flat") + 2 * g.pad, g.line + g.pad // 2), fill=(0, 0, 0))
         draw.text((g.pad, g.pad // 4), "flat", font=font, fill=(255, 255, 255))
