@@ -81,6 +81,40 @@ def explain_strips(seed: int = 7, index: int = 2) -> list[Path]:
     return out
 
 
+def _palette_png(image: Image.Image, name: str) -> Path:
+    """A PNG in 256 dithered colours (sheets and screenshots hold text: no JPEG), well under 300 KB."""
+    rgb = image.convert("RGB")
+    palette = rgb.quantize(256, method=Image.Quantize.MEDIANCUT)
+    out = DOCS / name
+    rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
+    return out
+
+
+def compare_and_gallery(scenes: int = 3) -> list[Path]:
+    """`attnviz compare` on a demo run (three scenes), and the run's gallery in headless Chromium."""
+    import shutil
+    import tempfile
+    from attnviz.compare import compare
+    from attnviz.demo.run import run_demo
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+        warnings.simplefilter("ignore")
+        out = Path(tmp) / "demo"
+        run_demo(out, scenes, command=f"attnviz demo -o demo_out/ --scenes {scenes}")
+        sheet = compare([out], Path(tmp) / "sheet.png", kinds=["channel", "spatial", "self"], cell=160)
+        done = [_palette_png(Image.open(sheet.files[0]), "compare_sheet.png")]
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            return done                                   # the screenshot needs playwright + chromium
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 660})
+            page.goto((out / "index.html").as_uri())
+            page.screenshot(path=str(Path(tmp) / "gallery.png"))
+            browser.close()
+        return done + [_palette_png(Image.open(Path(tmp) / "gallery.png"), "gallery.png")]
+
+
 def _save(image: Image.Image, name: str) -> Path:
     """README pictures are JPEGs: a tenth of the PNG's size, and only people look at them."""
     out = DOCS / name
@@ -91,4 +125,5 @@ def _save(image: Image.Image, name: str) -> Path:
 if __name__ == "__main__":
     print(native_vs_derived())
     print(explain_strips())
+    print(*compare_and_gallery())
     print(clip_value_vs_plain())

@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from attnviz.cli import describe, explain, run  # noqa: F401  (each registers its commands)
+from attnviz.cli import compare, describe, explain, run  # noqa: F401  (each registers its commands)
 from attnviz.cli.app import app
 from attnviz.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, say
 

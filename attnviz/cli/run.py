@@ -14,7 +14,7 @@ from attnviz.cli.common import (EXIT_OK, EXIT_SOME_FAILED, Bar, backbone_name, c
                                 say, split_kinds)
 from attnviz.text import printable
 
-__all__ = ["run", "demo", "evaluate"]
+__all__ = ["run", "demo", "evaluate", "agreement_table"]
 
 
 @app.command()
@@ -36,6 +36,7 @@ def run(
     query: Optional[str] = typer.Option(None, "--query", callback=query_option, help="Self-attention query X,Y in image pixels (default: the spatial-map peak)."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score every map by deletion/insertion AUC (extra forward passes: slower)."),
     sanity: bool = typer.Option(False, "--sanity", help="Also compare the first batch's maps with a fully randomised model's (rank correlation; ≥ 0.3 is flagged)."),
+    stats: bool = typer.Option(False, "--stats", help="Also write agreement.csv/.png: per image and pair of kinds, Spearman's rho and the IoU of the top-20 % regions."),
     derived_only: bool = typer.Option(False, "--derived-only", help="Derive channel, spatial, mixed and self from --layer even where the model has its own attention modules (to compare with the native maps)."),
     self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, max=2048, help="Model input side, 16 to 2048 (default: the weights' own, usually 224)."),
@@ -73,7 +74,8 @@ def run(
                 query=query, per_word=per_word, contrast=contrast, variant=clip_variant, slide=slide,
                 input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
                 native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
-                engine=engine, ray=RayOptions(address, workers, gpus_per_worker) if engine == "ray" else None)
+                stats=stats, engine=engine,
+                ray=RayOptions(address, workers, gpus_per_worker) if engine == "ray" else None)
 
     report = guard(go, debug)
     finish(report, quiet, "attnviz run")
@@ -83,6 +85,8 @@ def finish(report, quiet: bool, title: str) -> None:
     """The summary (or, quiet, the failed files), then the exit code: 1 when any image failed."""
     if not quiet:
         summary(report, title)
+        if getattr(report, "agreement", None):
+            agreement_table(report.agreement)
     else:
         for r in report.failed:
             say("failed", "red", f"{r.source}: {r.error}")
@@ -114,6 +118,21 @@ def summary(report, title: str) -> None:
     passes = f"{report.forwards} forward pass{'es' if report.forwards != 1 else ''}"
     table.add_row("time", f"{report.seconds:.1f} s ({rate:.2f} img/s, {passes})")
     table.add_row("outputs", t(f"{report.out}/ (manifest.json)"))
+    err_console.print(table)
+
+
+def agreement_table(mean: dict) -> None:
+    """Folder means of the agreement between kinds: ρ / top-20 % IoU for every pair."""
+    kinds = mean["kinds"]
+    table = Table(title=f"agreement between kinds, mean over {mean['images']} images "
+                        f"(Spearman ρ / IoU of the top-20 % regions)", title_justify="left")
+    table.add_column("kind")
+    for k in kinds:
+        table.add_column(k, justify="right")
+    for i, k in enumerate(kinds):
+        cells = ["—" if i == j or mean["spearman"][i][j] is None
+                 else f"{mean['spearman'][i][j]:+.2f} / {mean['top20_iou'][i][j]:.2f}" for j in range(len(kinds))]
+        table.add_row(k, *cells)
     err_console.print(table)
 
 

@@ -16,7 +16,8 @@ from attnviz.report.lock import LOCK_NAME, locked
 __all__ = ["LOCK_NAME", "OWN_FILES", "locked", "read_manifest", "Plan", "plan_run", "entry_files",
            "remove_stale_temporaries", "outputs_filter"]
 
-OWN_FILES = {"manifest.json", "evaluation.json", LOCK_NAME}   # top-level files attnviz writes in OUT
+OWN_FILES = {"manifest.json", "evaluation.json", LOCK_NAME,   # top-level files attnviz writes in OUT
+             "index.html", "summary.csv", "agreement.csv", "agreement.png"}
 
 
 def remove_stale_temporaries(out: Path) -> int:

@@ -23,6 +23,7 @@ from attnviz.pipeline.batch import process_batch, remove_files
 from attnviz.pipeline.distributed import RayOptions, ray_records
 from attnviz.pipeline.outdir import (entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
+from attnviz.report.folder import write_reports
 from attnviz.report.manifest import Manifest
 from attnviz.report.outputs import Style
 from attnviz.results import Result
@@ -44,6 +45,7 @@ class RunReport:
     forwards: int = 0
     rankings: dict = field(default_factory=dict)   # prompt -> images best matching it first
     resumed: int = 0                               # images an earlier run had completed (not redone)
+    agreement: dict | None = None                  # --stats: folder means of agreement between kinds
 
     @property
     def failed(self) -> list[Result]:
@@ -62,8 +64,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         on_batch: Callable[[int], None] | None = None,
         prompts: Mapping[str, list[str]] | None = None,
         boxes: Mapping[str, list[Sequence[float]]] | None = None, faithfulness: bool = False,
-        sanity: bool = False, force: bool = False, own: Sequence[str] = (), engine: str = "local",
-        ray: RayOptions | None = None, **options: Any) -> RunReport:
+        sanity: bool = False, force: bool = False, own: Sequence[str] = (), stats: bool = False,
+        engine: str = "local", ray: RayOptions | None = None, **options: Any) -> RunReport:
     """Analyse images and write every output plus OUT/manifest.json; see the README for the layout.
 
     `prompts` and `boxes` are keyed by an image's `source`: per-image prompts for text backbones
@@ -72,6 +74,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     A rerun with the same settings resumes (images already complete are kept); other settings are
     refused unless `force`. `own`: top-level names in OUT the caller wrote (not foreign files).
     `engine="ray"` runs the images on a Ray cluster (`ray`: address, workers, GPUs per worker).
+    Every run also writes OUT/index.html and OUT/summary.csv; `stats` adds OUT/agreement.csv/.png.
     """
     check_batch_size(batch_size)
     if engine not in ("local", "ray"):
@@ -94,8 +97,10 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
                             {"faithfulness": faithfulness, "sanity": sanity})
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
         remote = (backbone, ray or RayOptions()) if engine == "ray" else None
-        return _execute(analyser, manifest, plan, out, style, prompts or {}, boxes or {}, faithfulness,
-                        sanity, on_start, on_batch, remote)
+        report = _execute(analyser, manifest, plan, out, style, prompts or {}, boxes or {}, faithfulness,
+                          sanity, on_start, on_batch, remote)
+        report.agreement = write_reports(out, read_manifest(out) or {}, stats)   # from the saved manifest
+        return report
 
 
 def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Style,

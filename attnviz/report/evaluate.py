@@ -12,6 +12,7 @@ import numpy as np
 from attnviz.errors import AttnvizError, one_line
 from attnviz.metrics import Box, energy_in_boxes, pointing_hit
 from attnviz.report.atomic import save_json
+from attnviz.report.tables import write_summary_csv
 from attnviz.report.lock import locked
 from attnviz.text import words
 
@@ -170,5 +171,6 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
         save_json(out / "evaluation.json", ev.as_dict())
         manifest.update({"pointing_game": ev.pointing_game, "energy_in_box": ev.energy_in_box})
         save_json(out / "manifest.json", manifest)
+        write_summary_csv(out, manifest)          # its pointing_game/energy_in_box columns
     return ev
 

@@ -1,0 +1,21 @@
+"""The folder-level reports a run writes beside its manifest: index.html, summary.csv, agreement."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from attnviz.report.agreement import write_agreement
+from attnviz.report.gallery import write_gallery
+from attnviz.report.tables import write_summary_csv
+
+__all__ = ["FOLDER_FILES", "write_reports"]
+
+FOLDER_FILES = ("index.html", "summary.csv", "agreement.csv", "agreement.png")
+
+
+def write_reports(out: Path, manifest: dict[str, Any], stats: bool = False) -> dict[str, Any] | None:
+    """Write OUT/index.html and OUT/summary.csv, and with `stats` the agreement files; the
+    agreement's folder means (None without `stats`)."""
+    write_gallery(out, manifest)
+    write_summary_csv(out, manifest)
+    return write_agreement(out, manifest) if stats else None

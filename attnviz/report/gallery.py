@@ -1,0 +1,175 @@
+"""OUT/index.html: an offline gallery of a run (images × kinds), from its manifest and its own PNGs.
+
+Self-contained: inline CSS and script, relative links only, nothing fetched from the network.
+Every text a user or a file name supplies is HTML-escaped.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from attnviz.report.atomic import write_atomic
+from attnviz.report.tables import columns_of
+
+__all__ = ["write_gallery", "gallery_html", "RANDOM_BAND"]
+
+RANDOM_BAND = "random weights — maps mean nothing"
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fff}
+.random{background:#b00020;color:#fff;font-weight:bold;font-size:18px;padding:10px 14px;margin-bottom:12px}
+.meta{color:#555}.notes li{color:#7a4b00}
+.filters{display:flex;flex-wrap:wrap;gap:14px;margin:12px 0;position:sticky;top:0;background:#fff;padding:6px 0}
+.filters button{border:1px solid #999;background:#f4f4f4;border-radius:4px;padding:3px 9px;cursor:pointer}
+.filters button.on{background:#234;color:#fff;border-color:#234}
+table{border-collapse:collapse}th,td{border:1px solid #ddd;padding:4px;vertical-align:top}
+th{background:#eef1f5;font-weight:600;font-size:12px;position:sticky;top:44px}
+td.label{min-width:170px;max-width:230px;overflow-wrap:anywhere;font-size:12px}
+td img{width:160px;display:block;cursor:zoom-in}
+figcaption{font-size:11px;color:#444;max-width:160px}
+tr.error td.label{color:#b00020}.err{color:#b00020}
+.prov{font-weight:normal;color:#666}
+#lightbox{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;flex-direction:column;
+align-items:center;justify-content:center;cursor:zoom-out}
+#lightbox[hidden]{display:none}#lightbox img{max-width:95vw;max-height:88vh}
+#lightbox p{color:#fff}
+"""
+
+_SCRIPT = """
+const state = {kind: "", provenance: "", status: ""};
+function matches(el) {
+  return (!state.kind || el.dataset.kind === state.kind) &&
+         (!state.provenance || el.dataset.provenance === state.provenance);
+}
+function apply() {
+  document.querySelectorAll("[data-col]").forEach(el => {
+    const head = document.querySelector(`th[data-col="${el.dataset.col}"]`);
+    el.hidden = head.dataset.kind !== undefined && !matches(head);
+  });
+  document.querySelectorAll("#gallery tbody tr").forEach(tr => {
+    const cells = [...tr.querySelectorAll("td[data-kind]")];
+    const anyMap = !state.kind && !state.provenance || cells.some(matches);
+    tr.hidden = !(anyMap && (!state.status || tr.dataset.status === state.status));
+  });
+  document.getElementById("shown").textContent =
+    document.querySelectorAll("#gallery tbody tr:not([hidden])").length;
+}
+document.querySelectorAll(".filters [data-filter]").forEach(group => {
+  group.addEventListener("click", e => {
+    const b = e.target.closest("button"); if (!b) return;
+    state[group.dataset.filter] = b.dataset.value;
+    group.querySelectorAll("button").forEach(x => x.classList.toggle("on", x === b));
+    apply();
+  });
+});
+const box = document.getElementById("lightbox");
+document.querySelectorAll("#gallery img").forEach(img => img.addEventListener("click", () => {
+  box.querySelector("img").src = img.getAttribute("src");
+  box.querySelector("p").textContent = img.alt; box.hidden = false;
+}));
+box.addEventListener("click", () => { box.hidden = true; });
+document.addEventListener("keydown", e => { if (e.key === "Escape") box.hidden = true; });
+apply();
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _src(output: str, file: str) -> str:
+    """A relative URL to OUT/<output>/<file> (every character that is not safe in a URL quoted)."""
+    return quote(f"{output}/{file}", safe="/", errors="backslashreplace")
+
+
+def _buttons(name: str, label: str, values: list[str]) -> str:
+    items = [f'<button type="button" data-value="" class="on">all {_e(label)}</button>']
+    items += [f'<button type="button" data-value="{_e(v)}">{_e(v)}</button>' for v in values]
+    return f'<div data-filter="{name}">{"".join(items)}</div>'
+
+
+def _label(image: dict[str, Any]) -> str:
+    parts = [f"<b>{_e(image['source'])}</b>"]
+    if image.get("status") != "ok":
+        parts.append(f'<span class="err">error: {_e(image.get("error"))}</span>')
+    for p in (image.get("predictions") or [])[:3]:
+        parts.append(f"{_e(p['label'])} {100 * p['probability']:.1f} %")
+    return "<br>".join(parts)
+
+
+def _row(image: dict[str, Any], keys: list[str]) -> str:
+    status = image.get("status", "ok")
+    cells = [f'<td class="label">{_label(image)}</td>']
+    if status == "ok":
+        original = _src(image["output"], "original.png")
+        cells.append(f'<td data-col="0"><img src="{original}" alt="{_e(image["source"])}"></td>')
+    else:
+        cells.append('<td data-col="0"></td>')
+    by_key = columns_of([image])
+    for c, key in enumerate(keys, start=1):
+        m = by_key.get(key, (None, None))[1] if status == "ok" else None
+        if m is None:
+            cells.append(f'<td data-col="{c}"></td>')
+            continue
+        alt = f"{image['source']} · {m['name']} · {m['provenance']}"
+        caption = f"<figcaption>{_e(m['prompt'])}</figcaption>" if m.get("prompt") else ""
+        cells.append(f'<td data-col="{c}" data-kind="{_e(m["kind"])}" data-provenance="{_e(m["provenance"])}">'
+                     f'<figure style="margin:0"><img src="{_src(image["output"], m["file"])}" alt="{_e(alt)}">'
+                     f"{caption}</figure></td>")
+    return f'<tr data-status="{_e(status)}" class="{_e(status)}">{"".join(cells)}</tr>'
+
+
+def gallery_html(manifest: dict[str, Any]) -> str:
+    """The gallery page of a run's manifest."""
+    images = [i for i in manifest.get("images", []) if isinstance(i, dict)]
+    columns = columns_of(images)           # key -> (title, an example map)
+    keys = list(columns)
+    bb = manifest.get("backbone") or {}
+    kinds = list(dict.fromkeys(m["kind"] for _, m in columns.values()))
+    provenances = sorted({m["provenance"] for _, m in columns.values()})
+    heads = ['<th>image</th>', '<th data-col="0">original</th>']
+    for c, key in enumerate(keys, start=1):
+        title, m = columns[key]
+        heads.append(f'<th data-col="{c}" data-kind="{_e(m["kind"])}" data-provenance="{_e(m["provenance"])}">'
+                     f'{_e(title)}<br><span class="prov">{_e(m["provenance"])} · {_e(m.get("layer", ""))}</span></th>')
+    errors = [i for i in images if i.get("status") != "ok"]
+    ok = len(images) - len(errors)
+    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>attnviz · {_e(bb.get('name', ''))} · {len(images)} images</title>",
+             f"<style>{_STYLE}</style></head><body>"]
+    if bb and not bb.get("pretrained", True):
+        parts.append(f'<div class="random" id="random">⚠ {_e(RANDOM_BAND)}</div>')
+    parts.append(f"<h1>attnviz · {_e(bb.get('name', ''))}</h1>")
+    parts.append(f'<p class="meta">weights {_e(bb.get("weights"))} · layer {_e(bb.get("layer"))} · '
+                 f"{ok} ok, {len(errors)} errors · <code>{_e(manifest.get('command', ''))}</code></p>")
+    texts = (manifest.get("settings") or {}).get("texts") or []
+    if texts:
+        parts.append(f'<p class="meta">prompts: {_e(" · ".join(texts))}</p>')
+    notes = manifest.get("notes") or []
+    if notes:
+        parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    parts.append('<div class="filters">' + _buttons("kind", "kinds", kinds)
+                 + _buttons("provenance", "provenances", provenances)
+                 + _buttons("status", "statuses", ["ok", "error"])
+                 + f'<span><span id="shown">{len(images)}</span> of {len(images)} images shown</span></div>')
+    parts.append(f'<table id="gallery"><thead><tr>{"".join(heads)}</tr></thead><tbody>')
+    parts += [_row(i, keys) for i in images]
+    parts.append("</tbody></table>")
+    if errors:
+        parts.append(f'<h2 id="errors">Errors ({len(errors)})</h2><ul class="errors">'
+                     + "".join(f"<li><b>{_e(i['source'])}</b>: {_e(i.get('error'))}</li>" for i in errors)
+                     + "</ul>")
+    parts.append('<div id="lightbox" hidden><img alt=""><p></p></div>')
+    parts.append(f"<script>{_SCRIPT}</script></body></html>\n")
+    return "\n".join(parts)
+
+
+def write_gallery(out: Path, manifest: dict[str, Any]) -> Path:
+    """Write OUT/index.html for a run's manifest (atomically); its path."""
+    path = Path(out) / "index.html"
+    data = gallery_html(manifest).encode("utf-8", "backslashreplace")
+    write_atomic(path, lambda f: f.write(data))
+    return path
