@@ -45,7 +45,8 @@ def _query_meta(frac: tuple[float, float], size: tuple[int, int], grid: tuple[in
     cell = query_cell(frac, (1, 1), grid)
     meta = {"query": cell_centre(cell, size, grid), "query_cell": list(cell), "query_source": source}
     if not inside(frac, (1, 1)):
-        meta["query_clamped"] = True     # --query lies outside this image: its nearest border cell
+        meta["query_clamped"] = True     # --query lies outside this image: the image is an error
+        meta["query_asked"] = [round(frac[0] * size[0], 2), round(frac[1] * size[1], 2)]
     return meta
 
 

@@ -59,7 +59,13 @@ def process_batch(analyser: Analyser, loaded: list[Result], good: list, out: Pat
 
 
 def _not_finite(r: Result) -> str | None:
-    """A one-line reason when the model produced NaN or Inf for this image (no map is drawn from it)."""
+    """A one-line reason when this image cannot be drawn honestly: the model produced NaN or Inf, or
+    --query lies outside it (a map of the nearest border cell would answer another question)."""
+    for m in r.maps:
+        if m.meta.get("query_clamped") and r.size:
+            x, y = m.meta.get("query_asked", (None, None))
+            return (f"--query {x:g},{y:g} lies outside this {r.size[0]}×{r.size[1]} image"
+                    if x is not None else f"--query lies outside this {r.size[0]}×{r.size[1]} image")
     if any(not np.isfinite(p.probability) for p in r.predictions):
         return "the model's output is not finite (NaN/Inf): check its weights"
     for m in r.maps:
