@@ -11,15 +11,16 @@ import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 import attnviz.pipeline.checks as checks
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
-from attnviz.images import check_inputs, discover
-from attnviz.pipeline.analyser import Analyser, decoded_batches
+from attnviz.images import ImageSource, check_inputs, discover
+from attnviz.pipeline.analyser import Analyser, decode
 from attnviz.pipeline.api import check_batch_size
 from attnviz.pipeline.outdir import (entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
@@ -91,11 +92,11 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         manifest = Manifest(out, analyser, style, batch_size, command,
                             {"faithfulness": faithfulness, "sanity": sanity})
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
-        return _execute(analyser, manifest, plan, out, style, prompts or {}, boxes or {}, faithfulness,
+        return _execute(analyser, manifest, plan, sources, out, style, prompts or {}, boxes or {}, faithfulness,
                         sanity, on_start, on_batch)
 
 
-def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Style,
+def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSource], out: Path, style: Style,
              prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithfulness: bool, sanity: bool,
              on_start: Callable[[int], None] | None, on_batch: Callable[[int], None] | None) -> RunReport:
     manifest.order = plan.order
@@ -113,7 +114,7 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
         if report.resumed and on_batch:
             on_batch(report.resumed)
     try:
-        batches = decoded_batches(plan.todo, manifest.head["settings"]["batch_size"], PIXEL_BUDGET)
+        batches = _aligned_batches(sources, plan.kept, manifest.head["settings"]["batch_size"], PIXEL_BUDGET)
         for i, (loaded, good) in enumerate(batches):
             _analyse_and_write(analyser, loaded, good, out, style, prompts, boxes, faithfulness,
                                manifest if sanity and i == 0 and manifest.sanity is None else None,
@@ -132,20 +133,64 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
     return report
 
 
-def _analyse_and_write(analyser: Analyser, loaded: list[Result], good: list, out: Path, style: Style,
+def _aligned_batches(sources: list[ImageSource], kept: Mapping[str, dict[str, Any]], batch_size: int,
+                     budget: int) -> Iterator[tuple[list[Result], list[tuple[Result | ImageSource, Image.Image]]]]:
+    """Decoded batches laid out over every source as one uninterrupted run lays them out (at most
+    `batch_size` files and `budget` decoded pixels; an image over the budget alone), resumed images
+    included: each forward pass then has the same batch size, so its maps the same bits (CPU kernels
+    round differently at other batch sizes). A resumed image in a batch with others to compute is
+    decoded again to fill its slot (never written); batches of resumed images only are skipped."""
+    slots: list[tuple[Result | ImageSource, Image.Image | None, int]] = []   # (to compute | kept, image, pixels)
+    for src in sources:
+        if src.output in kept:
+            w, h = kept[src.output].get("size") or (0, 0)
+            slot: tuple[Result | ImageSource, Image.Image | None, int] = (src, None, w * h)
+        else:
+            (r,), good = decode([src])
+            image = good[0][1] if good else None
+            slot = (r, image, image.width * image.height if image else 0)
+        if slot[2] and any(s[2] for s in slots) and sum(s[2] for s in slots) + slot[2] > budget:
+            yield from _fill(slots)
+            slots = []
+        slots.append(slot)
+        if len(slots) >= batch_size:
+            yield from _fill(slots)
+            slots = []
+    yield from _fill(slots)
+
+
+def _fill(slots: list[tuple[Result | ImageSource, Image.Image | None, int]]
+          ) -> Iterator[tuple[list[Result], list[tuple[Result | ImageSource, Image.Image]]]]:
+    """One batch: the results to record, and (result or kept source, image) in slot order."""
+    loaded = [s for s, _, _ in slots if isinstance(s, Result)]
+    if not loaded:
+        return
+    compute = any(image is not None for _, image, _ in slots)
+    batch: list[tuple[Result | ImageSource, Image.Image]] = []
+    for s, image, _ in slots:
+        if image is not None:
+            batch.append((s, image))
+        elif isinstance(s, ImageSource) and compute:
+            batch += [(s, im) for _, im in decode([s])[1]]
+    yield loaded, batch
+
+
+def _analyse_and_write(analyser: Analyser, loaded: list[Result], batch: list, out: Path, style: Style,
                        prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool,
                        sanity_to: Manifest | None, manifest: Manifest, old: dict[str, dict[str, Any]]) -> None:
-    """Analyse (one forward) and write one decoded batch; each image is recorded once its files are."""
-    images = [im for _, im in good]
-    per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
-    if good and sanity_to is not None:
+    """Analyse (one forward) and write one decoded batch; each image is recorded once its files are.
+    `batch`: (result, image) to write, or (source, image) of a resumed image only filling its slot."""
+    images = [im for _, im in batch]
+    per_image = [list(prompts.get(r.source, ())) for r, _ in batch] if prompts else None
+    if batch and sanity_to is not None:
         sanity_to.sanity = checks.sanity(analyser, images, per_image)
-    outcomes = analyser.analyse_batch(images, per_image) if good else []
-    done = {id(r) for r, _ in good}
+    outcomes = analyser.analyse_batch(images, per_image) if batch else []
+    good = [(pair, outcome) for pair, outcome in zip(batch, outcomes) if isinstance(pair[0], Result)]
+    done = {id(r) for (r, _), _ in good}
     for r in loaded:
         if id(r) not in done:
             manifest.add(r)                      # decoding failed: an error record
-    for (r, image), (preds, maps) in zip(good, outcomes):
+    for (r, image), (preds, maps) in good:
         r.predictions, r.maps = preds, maps
         problem = _not_finite(r)
         if problem:
