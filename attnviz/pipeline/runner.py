@@ -107,7 +107,8 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
     for output, entry in plan.old.items():        # --force over other settings: earlier records go
         if output not in plan.order:
             _remove(out / output, entry_files(entry))
-    report = RunReport(out, notes=list(analyser.notes), resumed=sum(1 for o in plan.kept if o in plan.order))
+    # resumed: the images given to this run an earlier run completed (a subset rerun's others are not counted)
+    report = RunReport(out, notes=list(analyser.notes), resumed=sum(1 for s in sources if s.output in plan.kept))
     t0 = time.perf_counter()
     if on_start:
         on_start(len(plan.todo) + report.resumed)
