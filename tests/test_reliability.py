@@ -140,6 +140,42 @@ def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path):
     assert not (out / ".attnviz.lock").exists()
 
 
+def test_a_run_arriving_while_the_lock_is_being_written_never_takes_it(tmp_path, monkeypatch):
+    """The lock file appears complete: a second run reading it mid-claim cannot mistake it for a
+    torn lock of a dead run and take it over (both runs would then write into OUT)."""
+    import attnviz.report.lock as lock
+    out, seen = tmp_path / "out", []
+
+    class Json:           # json as the lock module uses it, with a second run arriving mid-claim
+        loads = staticmethod(json.loads)
+
+        @staticmethod
+        def _arrive():
+            if not seen:
+                seen.append("arrived")
+                try:
+                    with lock.locked(out, "second"):
+                        seen.append("second held it")
+                except lock.AttnvizError:
+                    seen.append("second refused")
+
+        @staticmethod
+        def dumps(obj, *a, **k):
+            Json._arrive()
+            return json.dumps(obj, *a, **k)
+
+        @staticmethod
+        def dump(obj, f, *a, **k):
+            Json._arrive()
+            return json.dump(obj, f, *a, **k)
+
+    monkeypatch.setattr(lock, "json", Json)
+    with lock.locked(out, "first"):
+        assert json.loads((out / lock.LOCK_NAME).read_text())["command"] == "first"   # it names its holder
+    assert seen[0] == "arrived" and not (out / lock.LOCK_NAME).exists()
+    assert [p.name for p in out.iterdir()] == []                                     # no temporary left
+
+
 # ---- interrupted runs resume to the same bytes -----------------------------------------------
 
 MOMENTS = {   # when the signal is sent
