@@ -137,7 +137,7 @@ def test_disk_full_on_the_fourth_image_then_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "write_atomic", full)
     with pytest.raises(AttnvizError) as e:
         run([src], out, **API)
-    assert f"cannot write {out / 'im03'}: No space left on device" in str(e.value)
+    assert f"cannot write {out / 'im03' / 'grid.png'}: No space left on device" in str(e.value)
     assert (out / "im03" / "original.png").exists() and not (out / "im03" / "grid.png").exists()
     listed = [x["output"] for x in strict_json(out / "manifest.json")["images"]]
     assert listed == ["im00", "im01", "im02"]                      # exactly the complete ones
@@ -148,6 +148,23 @@ def test_disk_full_on_the_fourth_image_then_resume(tmp_path, monkeypatch):
     report = run([src], out, **API)
     assert report.resumed == 3 and report.failed == []
     assert_same_run(tmp_path / "ref", out)
+
+
+def test_disk_full_while_saving_the_manifest_names_it(tmp_path, monkeypatch):
+    src, out = _photos(tmp_path / "in", 3), tmp_path / "out"
+    real = atomic.write_atomic
+
+    def full(path: Path, write) -> None:
+        def no_space(f):
+            raise OSError(errno.ENOSPC, "No space left on device")      # as write() raises it: no path
+        return real(path, no_space if path.name == "manifest.json" else write)
+
+    monkeypatch.setattr(atomic, "write_atomic", full)
+    res = cli("run", src, "-o", out, *FAST, "--kinds", "spatial", "--batch-size", "2")
+    assert res.code == 2
+    assert f"cannot write {out / 'manifest.json'}: No space left on device" in res.one_error()
+    assert not (out / "manifest.json").exists() and list(out.rglob("*.tmp")) == []
+    assert not (out / ".attnviz.lock").exists()
 
 
 def test_read_only_file_system_on_the_first_write(tmp_path, monkeypatch):

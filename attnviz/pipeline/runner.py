@@ -121,7 +121,10 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
                                manifest if sanity and i == 0 and manifest.sanity is None else None,
                                manifest, plan.old)
             report.results.extend(loaded)
-            manifest.save(every=MANIFEST_EVERY_S)
+            try:
+                manifest.save(every=MANIFEST_EVERY_S)
+            except OSError as e:
+                raise _stop(e, manifest.path) if e.errno in _FATAL else e from None
             if on_batch:
                 on_batch(len(loaded))
     finally:   # also on Ctrl-C or a full disk: the manifest lists every image written so far
@@ -206,13 +209,18 @@ def _analyse_and_write(analyser: Analyser, loaded: list[Result], batch: list, ou
             files = write_outputs(out, r, image, style, boxes.get(r.source, ()))
         except OSError as e:
             if e.errno in _FATAL:
-                raise AttnvizError(f"cannot write {e.filename or out / r.output}: {e.strerror}; "
-                                   f"manifest.json lists the images written before it (rerun to resume)") from None
+                raise _stop(e, out / r.output) from None
             r.status, r.error, files = "error", f"cannot write outputs: {e.strerror or e}", None
         if r.output in old and files is not None:     # outputs these settings no longer produce
             _remove(out / r.output, set(entry_files(old[r.output])) - set(files))
         manifest.add(r, files)
         r.maps = []                                   # written; keep memory flat on big folders
+
+
+def _stop(e: OSError, where: Path) -> AttnvizError:
+    """The disk or the folder, not the image: the run stops in one line naming the path (exit 2)."""
+    return AttnvizError(f"cannot write {e.filename or where}: {e.strerror or e}; "
+                        f"manifest.json lists the images written before it (rerun to resume)")
 
 
 def _not_finite(r: Result) -> str | None:
