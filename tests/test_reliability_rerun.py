@@ -102,10 +102,13 @@ def test_out_holding_files_attnviz_did_not_write(tmp_path, foreign):
 
 def test_run_into_its_own_input_folder_never_reads_its_outputs_back(tmp_path):
     d = _photos(tmp_path / "d", 2)
+    (d / ".draft.tmp").write_text("the user's")          # hidden: not an input, and not ours to delete
+    (d / ".im00.png.abcd1234.tmp").write_text("a killed run's temporary")
     first = cli("run", d, "-o", d, *FAST, "--kinds", "spatial")
     assert first.code == 0, first.stderr
     after_first = _files(d)
-    assert len(after_first) == 2 + 1 + 2 * 4        # inputs, manifest, 4 files per image
+    assert len(after_first) == 2 + 1 + 1 + 2 * 4    # inputs, the user's hidden file, manifest, 4 per image
+    assert (d / ".draft.tmp").read_text() == "the user's" and not (d / ".im00.png.abcd1234.tmp").exists()
     second = cli("run", d, "-o", d, *FAST, "--kinds", "spatial")
     assert second.code == 0, second.stderr
     assert _files(d) == after_first
