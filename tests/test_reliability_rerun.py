@@ -76,6 +76,19 @@ def test_subset_rerun_with_the_same_settings_keeps_every_other_record(tmp_path):
     assert strict_json(out / "manifest.json")["images"] == [before[2], before[0], before[1]]
 
 
+def test_force_never_deletes_outside_out_whatever_the_manifest_says(tmp_path):
+    src, out = _photos(tmp_path / "in", 1), tmp_path / "out"
+    run([src], out, **{**API, "kinds": ["spatial"]})
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "precious.txt").write_text("keep me")
+    manifest = strict_json(out / "manifest.json")
+    manifest["images"].append({**manifest["images"][0], "output": "../victim", "files": ["precious.txt"]})
+    (out / "manifest.json").write_text(json.dumps(manifest))      # hand-edited
+    run([src], out, **{**API, "kinds": ["self"]}, force=True)
+    assert (tmp_path / "victim" / "precious.txt").read_text() == "keep me"
+    assert [e["output"] for e in strict_json(out / "manifest.json")["images"]] == ["im00"]
+
+
 # ---- files attnviz did not write -------------------------------------------------------------
 
 @pytest.mark.parametrize("foreign", ["manifest.json", "notes.txt", "photos/x.jpg"])

@@ -106,7 +106,7 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
         manifest.sanity = plan.previous["sanity"]["rank_correlation"]     # its first batch is done
     for output, entry in plan.old.items():        # --force over other settings: earlier records go
         if output not in plan.order:
-            _remove(out / output, entry_files(entry))
+            _remove(out, output, entry_files(entry))
     # resumed: the images given to this run an earlier run completed (a subset rerun's others are not counted)
     report = RunReport(out, notes=list(analyser.notes), resumed=sum(1 for s in sources if s.output in plan.kept))
     t0 = time.perf_counter()
@@ -212,7 +212,7 @@ def _analyse_and_write(analyser: Analyser, loaded: list[Result], batch: list, ou
                 raise _stop(e, out / r.output) from None
             r.status, r.error, files = "error", f"cannot write outputs: {e.strerror or e}", None
         if r.output in old and files is not None:     # outputs these settings no longer produce
-            _remove(out / r.output, set(entry_files(old[r.output])) - set(files))
+            _remove(out, r.output, set(entry_files(old[r.output])) - set(files))
         manifest.add(r, files)
         r.maps = []                                   # written; keep memory flat on big folders
 
@@ -233,7 +233,11 @@ def _not_finite(r: Result) -> str | None:
     return None
 
 
-def _remove(folder: Path, names) -> None:
+def _remove(out: Path, output: str, names) -> None:
+    """Delete an earlier record's files; never outside OUT, whatever a (hand-edited) manifest says."""
+    inside = out.resolve()
     for name in names:
-        with contextlib.suppress(OSError):
-            (folder / name).unlink()
+        path = out / output / name
+        with contextlib.suppress(OSError, ValueError):
+            if path.resolve().is_relative_to(inside):
+                path.unlink()
