@@ -110,6 +110,24 @@ def test_failing_file_named_like_markup(tmp_path):
     assert not (tmp_path / "out" / ".attnviz.lock").exists()     # released after exit 1
 
 
+def test_control_characters_in_names_print_on_one_line_and_inert(tmp_path):
+    """A file named with a newline or a terminal escape sequence: one `failed:` line each, escaped."""
+    src = tmp_path / "in"
+    src.mkdir()
+    photo(40, 30).save(src / "good.png")
+    (src / "two\nlines.jpg").write_text("x")
+    (src / "evil\x1b[2Jname.jpg").write_text("x")
+    for quiet in (["-q"], []):
+        res = cli("run", src, "-o", tmp_path / "out", *FAST, "--kinds", "spatial", *quiet)
+        assert res.code == 1 and "\x1b" not in res.stderr
+        assert "evil\\x1b[2Jname.jpg: not an image" in res.stderr and "two\\x0alines.jpg: not an image" in res.stderr
+    failed = [ln for ln in cli("run", src, "-o", tmp_path / "out", *FAST, "--kinds", "spatial", "-q").stderr.splitlines()
+              if ln.startswith("failed:")]
+    assert len(failed) == 2
+    assert {e["source"] for e in strict_json(tmp_path / "out" / "manifest.json")["images"]} == {
+        "good.png", "two\nlines.jpg", "evil\x1b[2Jname.jpg"}          # the manifest keeps them exactly
+
+
 # ---- one run per OUT -------------------------------------------------------------------------
 
 def test_second_run_into_a_busy_out_refuses_at_once(uninterrupted):
