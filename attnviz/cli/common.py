@@ -22,7 +22,7 @@ from attnviz.errors import AttnvizError, one_line
 from attnviz.text import printable
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "out_console",
-           "err_console", "say", "fail", "guard", "Bar", "colormap_option", "query_option", "prompts_from",
+           "err_console", "shown", "say", "fail", "guard", "Bar", "colormap_option", "query_option", "prompts_from",
            "split_kinds", "backbone_name", "command_line", "check_paths"]
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -32,9 +32,18 @@ out_console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
+# control characters (C0, DEL, C1) as \xNN: a file named "a\nb" or "\x1b[2J…" prints on one line, inert
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
+
+
+def shown(text: str) -> str:
+    """`text` as printed: valid UTF-8 (`printable`), control characters escaped."""
+    return printable(str(text)).translate(_CONTROL)
+
+
 def say(label: str, style: str, message: str, console: Console = err_console) -> None:
     """Print `label: message` with the label styled and the message taken literally (never markup)."""
-    console.print(Text.assemble((f"{label}:", style), " ", printable(str(message))),
+    console.print(Text.assemble((f"{label}:", style), " ", shown(message)),
                   highlight=False, soft_wrap=True)
 
 

@@ -11,8 +11,7 @@ from rich.text import Text
 from attnviz.cli.app import app
 from attnviz.cli.common import (EXIT_OK, EXIT_SOME_FAILED, Bar, backbone_name, check_paths, colormap_option,
                                 command_line, err_console, guard, out_console, prompts_from, query_option,
-                                say, split_kinds)
-from attnviz.text import printable
+                                say, shown, split_kinds)
 
 __all__ = ["run", "demo", "evaluate", "agreement_table"]
 
@@ -96,7 +95,7 @@ def finish(report, quiet: bool, title: str) -> None:
 
 def summary(report, title: str) -> None:
     """A short table: images ok and failed, notes, best matches per prompt, time, where."""
-    t = lambda s: Text(printable(str(s)))   # noqa: E731  (user text and file names are data)
+    t = lambda s: Text(shown(s))   # noqa: E731  (user text and file names are data)
     ok = len(report.results) - len(report.failed) + getattr(report, "resumed", 0)
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_row("images ok", Text(str(ok), style="green"))
@@ -138,7 +137,7 @@ def agreement_table(mean: dict) -> None:
 
 def pointing_table(ev, title: str) -> None:
     """Pointing game and energy in box per kind."""
-    table = Table(title=Text(printable(title)), title_justify="left")
+    table = Table(title=Text(shown(title)), title_justify="left")
     for col in ("kind", "pointing game", "energy in box", "maps"):
         table.add_column(col, justify="right" if col != "kind" else "left")
     for kind, frac in ev.pointing_game.items():
@@ -188,5 +187,5 @@ def evaluate(
     pointing_table(ev, f"{out}: pointing game and energy in the boxes")
     if ev.missing:
         say(f"{len(ev.missing)} images have no boxes", "yellow", f"(e.g. {ev.missing[0]})")
-    out_console.print(Text(printable(f"written: {out / 'evaluation.json'} (and pointing_game in manifest.json)")),
+    out_console.print(Text(shown(f"written: {out / 'evaluation.json'} (and pointing_game in manifest.json)")),
                       highlight=False)

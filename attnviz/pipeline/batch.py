@@ -1,45 +1,93 @@
-"""One decoded batch through the engine and onto disk: the work every engine shares."""
+"""Batches and the work every engine shares: lay the images out as one uninterrupted run would,
+analyse one batch (one forward pass) and write its files."""
 from __future__ import annotations
 
 import contextlib
 import errno
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Union
 
 import numpy as np
+from PIL import Image
 
 import attnviz.pipeline.checks as checks
 from attnviz.errors import AttnvizError
-from attnviz.pipeline.analyser import Analyser
+from attnviz.images import ImageSource
+from attnviz.pipeline.analyser import Analyser, decode
 from attnviz.pipeline.outdir import entry_files
 from attnviz.report.outputs import Style, write_outputs
 from attnviz.results import Result
 
-__all__ = ["process_batch", "remove_files"]
+__all__ = ["FATAL", "aligned_batches", "process_batch", "remove_files", "stop"]
 
 # the disk or the folder, not the image: the run cannot go on (exit 2, naming the path)
-_FATAL = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
+FATAL = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
+
+Slot = Union[Result, ImageSource]        # an image to compute (its Result), or a resumed one (its source)
 
 
-def process_batch(analyser: Analyser, loaded: list[Result], good: list, out: Path, style: Style,
-                  prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool,
-                  old: Mapping[str, dict[str, Any]]) -> list[tuple[Result, list[str] | None]]:
-    """Analyse (one forward) and write one decoded batch: each image with the files written for it
-    (None for an error), in input order. A disk that cannot be written stops the run (AttnvizError)."""
-    images = [im for _, im in good]
-    per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
-    outcomes = dict(zip((id(r) for r, _ in good), analyser.analyse_batch(images, per_image) if good else []))
-    image_of = {id(r): im for r, im in good}
-    done: list[tuple[Result, list[str] | None]] = []
+def aligned_batches(sources: list[ImageSource], kept: Mapping[str, dict[str, Any]], batch_size: int,
+                    budget: int) -> Iterator[tuple[list[Result], list[tuple[Slot, Image.Image]]]]:
+    """Decoded batches laid out over every source as one uninterrupted run lays them out (at most
+    `batch_size` files and `budget` decoded pixels; an image over the budget alone), resumed images
+    included: each forward pass then has the same batch size, so its maps the same bits (CPU kernels
+    round differently at other batch sizes). A resumed image in a batch with others to compute is
+    decoded again to fill its slot (never written); batches of resumed images only are skipped.
+    Yields (results to record, (result or resumed source, image) in slot order)."""
+    slots: list[tuple[Slot, Image.Image | None, int]] = []      # (to compute | kept, image, pixels)
+    for src in sources:
+        if src.output in kept:
+            w, h = kept[src.output].get("size") or (0, 0)
+            slot: tuple[Slot, Image.Image | None, int] = (src, None, w * h)
+        else:
+            (r,), good = decode([src])
+            image = good[0][1] if good else None
+            slot = (r, image, image.width * image.height if image else 0)
+        if slot[2] and any(s[2] for s in slots) and sum(s[2] for s in slots) + slot[2] > budget:
+            yield from _fill(slots)
+            slots = []
+        slots.append(slot)
+        if len(slots) >= batch_size:
+            yield from _fill(slots)
+            slots = []
+    yield from _fill(slots)
+
+
+def _fill(slots: list[tuple[Slot, Image.Image | None, int]]
+          ) -> Iterator[tuple[list[Result], list[tuple[Slot, Image.Image]]]]:
+    loaded = [s for s, _, _ in slots if isinstance(s, Result)]
+    if not loaded:
+        return
+    compute = any(image is not None for _, image, _ in slots)
+    batch: list[tuple[Slot, Image.Image]] = []
+    for s, image, _ in slots:
+        if image is not None:
+            batch.append((s, image))
+        elif isinstance(s, ImageSource) and compute:
+            batch += [(s, im) for _, im in decode([s])[1]]
+    yield loaded, batch
+
+
+def process_batch(analyser: Analyser, loaded: list[Result], batch: list[tuple[Slot, Image.Image]], out: Path,
+                  style: Style, prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool,
+                  old: Mapping[str, dict[str, Any]]) -> Iterator[tuple[Result, list[str] | None]]:
+    """Analyse one decoded batch (one forward pass) and write its images' files: yields each Result
+    of `loaded` with the files written for it (None for an error), in input order, as soon as they
+    are on disk. `batch` may hold resumed images (sources) that only fill their slot. A disk that
+    cannot be written stops the run (AttnvizError)."""
+    images = [im for _, im in batch]
+    per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
+    outcomes = dict(zip((id(s) for s, _ in batch), analyser.analyse_batch(images, per_image) if batch else []))
+    image_of = {id(s): im for s, im in batch}
     for r in loaded:
         if id(r) not in outcomes:
-            done.append((r, None))                     # decoding failed: an error record
+            yield r, None                              # decoding failed: an error record
             continue
         r.predictions, r.maps = outcomes[id(r)]
-        problem = _not_finite(r)
+        problem = _unusable(r)
         if problem:
-            r.status, r.error, r.maps = "error", problem, []
-            done.append((r, None))
+            r.status, r.error, r.maps, r.predictions = "error", problem, [], []
+            yield r, None
             continue
         if faithful:
             scores = checks.faithfulness(analyser, image_of[id(r)], r.maps)
@@ -48,24 +96,28 @@ def process_batch(analyser: Analyser, loaded: list[Result], good: list, out: Pat
         try:
             files = write_outputs(out, r, image_of[id(r)], style, boxes.get(r.source, ()))
         except OSError as e:
-            if e.errno in _FATAL:
-                raise AttnvizError(f"cannot write {e.filename or out / r.output}: {e.strerror}; "
-                                   f"manifest.json lists the images written before it (rerun to resume)") from None
+            if e.errno in FATAL:
+                raise stop(e, out / r.output) from None
             r.status, r.error, files = "error", f"cannot write outputs: {e.strerror or e}", None
         if r.output in old and files is not None:     # outputs these settings no longer produce
-            remove_files(out / r.output, set(entry_files(old[r.output])) - set(files))
-        done.append((r, files))
-    return done
+            remove_files(out, r.output, set(entry_files(old[r.output])) - set(files))
+        yield r, files
 
 
-def _not_finite(r: Result) -> str | None:
+def stop(e: OSError, where: Path) -> AttnvizError:
+    """The disk or the folder, not the image: the run stops in one line naming the path (exit 2)."""
+    return AttnvizError(f"cannot write {e.filename or where}: {e.strerror or e}; "
+                        f"manifest.json lists the images written before it (rerun to resume)")
+
+
+def _unusable(r: Result) -> str | None:
     """A one-line reason when this image cannot be drawn honestly: the model produced NaN or Inf, or
     --query lies outside it (a map of the nearest border cell would answer another question)."""
     for m in r.maps:
         if m.meta.get("query_clamped") and r.size:
             x, y = m.meta.get("query_asked", (None, None))
-            return (f"--query {x:g},{y:g} lies outside this {r.size[0]}×{r.size[1]} image"
-                    if x is not None else f"--query lies outside this {r.size[0]}×{r.size[1]} image")
+            where = f" {x:g},{y:g}" if x is not None else ""
+            return f"--query{where} lies outside this {r.size[0]}×{r.size[1]} image"
     if any(not np.isfinite(p.probability) for p in r.predictions):
         return "the model's output is not finite (NaN/Inf): check its weights"
     for m in r.maps:
@@ -74,8 +126,11 @@ def _not_finite(r: Result) -> str | None:
     return None
 
 
-def remove_files(folder: Path, names: Iterable[str]) -> None:
-    """Delete these files of an image folder (those a new run no longer produces)."""
+def remove_files(out: Path, output: str, names: Iterable[str]) -> None:
+    """Delete an earlier record's files; never outside OUT, whatever a (hand-edited) manifest says."""
+    inside = out.resolve()
     for name in names:
-        with contextlib.suppress(OSError):
-            (folder / name).unlink()
+        path = out / output / name
+        with contextlib.suppress(OSError, ValueError):
+            if path.resolve().is_relative_to(inside):
+                path.unlink()

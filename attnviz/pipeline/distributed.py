@@ -54,16 +54,20 @@ def _ray() -> Any:
     return ray
 
 
-def _rows(sources: list[ImageSource], batch_size: int) -> list[dict[str, Any]]:
-    """One row per batch of the local engine (the same images together give the same numbers):
-    paths as hex of their bytes (any encoding survives), the rest as text, in one JSON string."""
+def _rows(sources: list[ImageSource], kept: Mapping[str, Any], batch_size: int) -> list[dict[str, Any]]:
+    """One row per batch of the local engine, resumed images included (the same images together
+    give the same numbers; batches of resumed images only are left out): paths as hex of their
+    bytes (any encoding survives), the rest as text, in one JSON string."""
     chunks = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
-    return [{"batch": json.dumps([[os.fsencode(s.path).hex(), s.source, s.output, s.error, s.source_bytes]
-                                  for s in chunk])} for chunk in chunks]
+    return [{"batch": json.dumps([[os.fsencode(s.path).hex(), s.source, s.output, s.error, s.source_bytes,
+                                   s.output in kept] for s in chunk])}
+            for chunk in chunks if any(s.output not in kept for s in chunk)]
 
 
-def _sources(row: str) -> list[ImageSource]:
-    return [ImageSource(Path(os.fsdecode(bytes.fromhex(p))), s, o, e, b) for p, s, o, e, b in json.loads(row)]
+def _sources(row: str) -> tuple[list[ImageSource], dict[str, Any]]:
+    items = json.loads(row)
+    sources = [ImageSource(Path(os.fsdecode(bytes.fromhex(p))), s, o, e, b) for p, s, o, e, b, _ in items]
+    return sources, {it[2]: {} for it in items if it[5]}
 
 
 class _Worker:
@@ -82,25 +86,28 @@ class _Worker:
         self.pixel_budget = pixel_budget
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from attnviz.pipeline.analyser import decoded_batches
-        from attnviz.pipeline.batch import process_batch
+        from attnviz.pipeline.batch import aligned_batches, process_batch
         out, style, prompts, boxes, faithful, old = self.args
         records = []
-        sources = [s for row in batch["batch"] for s in _sources(str(row))]
-        for loaded, good in decoded_batches(sources, len(sources), self.pixel_budget):
-            for r, files in process_batch(self.analyser, loaded, good, out, style, prompts, boxes, faithful, old):
-                entry = image_entry(r)
-                if files is not None:
-                    entry["files"] = files
-                records.append(json.dumps(entry))
+        for row in batch["batch"]:
+            sources, kept = _sources(str(row))
+            for loaded, slots in aligned_batches(sources, kept, len(sources), self.pixel_budget):
+                for r, files in process_batch(self.analyser, loaded, slots, out, style, prompts, boxes,
+                                              faithful, old):
+                    entry = image_entry(r)
+                    if files is not None:
+                        entry["files"] = files
+                    records.append(json.dumps(entry))
         return {"record": np.array(records, dtype=object)}
 
 
-def ray_records(backbone: Any, analyser: Any, todo: list[ImageSource], out: Path, style: Style, batch_size: int,
+def ray_records(backbone: Any, analyser: Any, sources: list[ImageSource], kept: Mapping[str, Any], out: Path,
+                style: Style, batch_size: int,
                 prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithfulness: bool,
                 old: Mapping[str, dict[str, Any]], pixel_budget: int, options: RayOptions,
                 on_ready: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
-    """Stream the manifest records of `todo`, computed by a Ray actor pool, as they complete.
+    """Stream the manifest records of the images of `sources` not `kept`, computed by a Ray actor
+    pool in the local engine's batches (pixel-budget splits happen inside each), as they complete.
 
     `backbone` is what the run was given (a name, or a Backbone that Ray pickles to each actor)."""
     ray = _ray()
@@ -117,7 +124,7 @@ def ray_records(backbone: Any, analyser: Any, todo: list[ImageSource], out: Path
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = False
-        rows = _rows(todo, batch_size)
+        rows = _rows(sources, kept, batch_size)
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
         done = dataset.map_batches(
             _Worker, batch_size=1, batch_format="numpy",

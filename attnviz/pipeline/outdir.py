@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,10 +21,17 @@ OWN_FILES = {"manifest.json", "evaluation.json", LOCK_NAME,   # top-level files 
              "index.html", "summary.csv", "agreement.csv", "agreement.png"}
 
 
+# what write_atomic's mkstemp and the lock leave when killed: `.original.png.k3j_x9q1.tmp`, `.attnviz.lock.123.tmp`
+_TEMPORARY = re.compile(r"\.(.+\.(png|npz|json)\.[a-z0-9_]{8}|attnviz\.lock\.\d+)\.tmp")
+
+
 def remove_stale_temporaries(out: Path) -> int:
-    """Delete `.NAME.*.tmp` files a killed run left (we hold the lock: nobody else is writing)."""
+    """Delete the temporaries a killed run left (we hold the lock: nobody else is writing); other
+    hidden files are the user's, even when named `.x.tmp` (`run D -o D` writes into their folder)."""
     n = 0
     for p in out.rglob(".*.tmp"):
+        if not _TEMPORARY.fullmatch(p.name):
+            continue
         with contextlib.suppress(OSError):
             p.unlink()
             n += 1

@@ -16,10 +16,10 @@ from typing import Any, Callable, Mapping, Sequence
 import attnviz.pipeline.checks as checks
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
-from attnviz.images import check_inputs, discover
-from attnviz.pipeline.analyser import Analyser, decoded_batches
+from attnviz.images import ImageSource, check_inputs, discover
+from attnviz.pipeline.analyser import Analyser
 from attnviz.pipeline.api import check_batch_size
-from attnviz.pipeline.batch import process_batch, remove_files
+from attnviz.pipeline.batch import FATAL, aligned_batches, process_batch, remove_files, stop
 from attnviz.pipeline.distributed import RayOptions, ray_records
 from attnviz.pipeline.outdir import (entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
@@ -97,13 +97,13 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
                             {"faithfulness": faithfulness, "sanity": sanity})
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
         remote = (backbone, ray or RayOptions()) if engine == "ray" else None
-        report = _execute(analyser, manifest, plan, out, style, prompts or {}, boxes or {}, faithfulness,
-                          sanity, on_start, on_batch, remote)
+        report = _execute(analyser, manifest, plan, sources, out, style, prompts or {}, boxes or {},
+                          faithfulness, sanity, on_start, on_batch, remote)
         report.agreement = write_reports(out, read_manifest(out) or {}, stats)   # from the saved manifest
         return report
 
 
-def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Style,
+def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSource], out: Path, style: Style,
              prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithfulness: bool, sanity: bool,
              on_start: Callable[[int], None] | None, on_batch: Callable[[int], None] | None,
              remote: tuple[Any, RayOptions] | None = None) -> RunReport:
@@ -114,9 +114,10 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
         manifest.sanity = plan.previous["sanity"]["rank_correlation"]     # its first batch is done
     for output, entry in plan.old.items():        # --force over other settings: earlier records go
         if output not in plan.order:
-            remove_files(out / output, entry_files(entry))
-    report = RunReport(out, notes=list(analyser.notes), resumed=sum(1 for o in plan.kept if o in plan.order))
-    t0 = time.perf_counter()
+            remove_files(out, output, entry_files(entry))
+    # resumed: the images given to this run an earlier run completed (a subset rerun's others are not counted)
+    report = RunReport(out, notes=list(analyser.notes), resumed=sum(1 for s in sources if s.output in plan.kept))
+    t0, finished = time.perf_counter(), False
     if on_start:
         on_start(len(plan.todo) + report.resumed)
         if report.resumed and on_batch:
@@ -124,25 +125,27 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
     try:
         batch_size = manifest.head["settings"]["batch_size"]
         if remote is not None:
-            _on_ray(analyser, manifest, plan, out, style, prompts, boxes, faithfulness, sanity, batch_size,
-                    remote, report, on_batch)
-            return report
-        for loaded, good in decoded_batches(plan.todo, batch_size, PIXEL_BUDGET):
-            if sanity and good and manifest.sanity is None:     # the first batch, before its maps
-                images = [im for _, im in good]
-                per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
-                manifest.sanity = checks.sanity(analyser, images, per_image)
-            for r, files in process_batch(analyser, loaded, good, out, style, prompts, boxes, faithfulness,
+            _on_ray(analyser, manifest, plan, sources, out, style, prompts, boxes, faithfulness, sanity,
+                    batch_size, remote, report, on_batch)
+        local = aligned_batches(sources, plan.kept, batch_size, PIXEL_BUDGET) if remote is None else ()
+        for loaded, batch in local:
+            if sanity and batch and manifest.sanity is None:     # the first batch, before its maps
+                per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
+                manifest.sanity = checks.sanity(analyser, [im for _, im in batch], per_image)
+            for r, files in process_batch(analyser, loaded, batch, out, style, prompts, boxes, faithfulness,
                                           plan.old):
                 manifest.add(r, files)
                 r.maps = []                              # recorded; keep memory flat on big folders
                 report.results.append(r)
-            manifest.save(every=MANIFEST_EVERY_S)
+            _save(manifest, MANIFEST_EVERY_S)
             if on_batch:
                 on_batch(len(loaded))
+        _save(manifest, 0.0, seconds=time.perf_counter() - t0)
+        finished = True
     finally:   # also on Ctrl-C or a full disk: the manifest lists every image written so far
-        with contextlib.suppress(OSError):
-            manifest.save(seconds=time.perf_counter() - t0)
+        if not finished:
+            with contextlib.suppress(OSError):
+                manifest.save(seconds=time.perf_counter() - t0)
         report.seconds = time.perf_counter() - t0
         report.forwards += analyser.forwards
         report.rankings = manifest.rankings()
@@ -150,21 +153,29 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Sty
     return report
 
 
-def _on_ray(analyser: Analyser, manifest: Manifest, plan, out: Path, style: Style,
+def _save(manifest: Manifest, every: float, **kw: Any) -> None:
+    """Rewrite the manifest; a disk that refuses it stops the run in one line naming it."""
+    try:
+        manifest.save(every=every, **kw)
+    except OSError as e:
+        raise (stop(e, manifest.path) if e.errno in FATAL else e) from None
+
+
+def _on_ray(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSource], out: Path, style: Style,
             prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithfulness: bool, sanity: bool,
             batch_size: int, remote: tuple[Any, RayOptions], report: RunReport,
             on_batch: Callable[[int], None] | None) -> None:
     """The images of `plan` through a Ray actor pool; records enter the manifest as they come back."""
     backbone, options = remote
     if sanity and plan.todo and manifest.sanity is None:     # on the driver: it has the model too
-        _, good = next(decoded_batches(plan.todo, batch_size, PIXEL_BUDGET))
-        per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
-        manifest.sanity = checks.sanity(analyser, [im for _, im in good], per_image) if good else None
-    for entry in ray_records(backbone, analyser, plan.todo, out, style, batch_size, prompts, boxes,
+        _, batch = next(aligned_batches(sources, plan.kept, batch_size, PIXEL_BUDGET), (None, []))
+        per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
+        manifest.sanity = checks.sanity(analyser, [im for _, im in batch], per_image) if batch else None
+    for entry in ray_records(backbone, analyser, sources, plan.kept, out, style, batch_size, prompts, boxes,
                              faithfulness, plan.old, PIXEL_BUDGET, options):
         manifest.keep(entry)
         report.results.append(Result(entry["source"], Path(entry["source"]), entry["output"], entry["status"],
                                      entry["error"], tuple(entry["size"]) if entry["size"] else None))
-        manifest.save(every=MANIFEST_EVERY_S)
+        _save(manifest, MANIFEST_EVERY_S)
         if on_batch:
             on_batch(1)

@@ -27,8 +27,10 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)      # a full disk fails in write() with no path: name the file
         raise
 
 

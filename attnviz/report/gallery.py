@@ -95,7 +95,8 @@ def _label(image: dict[str, Any]) -> str:
     if image.get("status") != "ok":
         parts.append(f'<span class="err">error: {_e(image.get("error"))}</span>')
     for p in (image.get("predictions") or [])[:3]:
-        parts.append(f"{_e(p['label'])} {100 * p['probability']:.1f} %")
+        prob = p.get("probability")
+        parts.append(f"{_e(p['label'])} {100 * prob:.1f} %" if isinstance(prob, (int, float)) else _e(p["label"]))
     return "<br>".join(parts)
 
 

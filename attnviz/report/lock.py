@@ -26,6 +26,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _claim(path: Path, me: dict) -> bool:
+    """Create the lock holding `me`, complete or not at all: written beside it, then hard-linked into
+    place (which fails when the name exists), so no run ever reads a lock still being written and
+    takes it for a torn one. Without hard links (some network file systems): create it exclusively."""
+    tmp = path.with_name(f"{path.name}.{me['pid']}.tmp")
+    try:
+        tmp.write_text(json.dumps(me), encoding="utf-8")
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 @contextlib.contextmanager
 def locked(out: Path, command: str = "") -> Iterator[None]:
     """Hold OUT/.attnviz.lock for the block; a live holder is a one-line refusal, a dead one is taken over."""
@@ -34,9 +58,7 @@ def locked(out: Path, command: str = "") -> Iterator[None]:
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        if not _claim(path, me):
             try:
                 other = json.loads(path.read_text(encoding="utf-8"))
                 pid, host = int(other["pid"]), str(other["host"])
@@ -50,8 +72,6 @@ def locked(out: Path, command: str = "") -> Iterator[None]:
                 f"{out} is in use by another attnviz run (pid {pid} on {host}, started "
                 f"{other.get('started', '?')}: {other.get('command') or '?'}); wait for it to finish, "
                 f"or write to another -o") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(me, f)
         break
     else:
         raise AttnvizError(f"{out}: cannot take the lock {path}")
