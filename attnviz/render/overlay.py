@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import difflib
 from functools import lru_cache
+from typing import Callable
 
 import matplotlib
 import numpy as np
 from PIL import Image
 
 from attnviz.images import to_rgb
-from attnviz.maps import normalise, upsample
+from attnviz.maps import normalise
 
-__all__ = ["output_size", "colormap_lut", "colorize", "fit", "blend", "overlay"]
+__all__ = ["output_size", "colormap_lut", "colorize", "bilinear", "fit", "blender", "blend", "overlay"]
 
 _SUGGESTED = ("jet", "inferno", "viridis", "magma", "plasma", "turbo", "gray")
 
@@ -47,10 +48,43 @@ def colormap_lut(name: str) -> np.ndarray:
 def colorize(m01: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """Map values in [0, 1] (shape (h, w)) to RGB colours (h, w, 3) uint8, as matplotlib would."""
     lut = colormap_lut(colormap)
-    x = np.nan_to_num(np.asarray(m01, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-    # matplotlib's float -> index rule: floor(x * N), with 1.0 mapped to the last entry
-    idx = np.clip((np.clip(x, 0.0, 1.0) * len(lut)).astype(np.int64), 0, len(lut) - 1)
-    return lut[idx]
+    return lut[_indices(np.asarray(m01), len(lut))]
+
+
+def _indices(x: np.ndarray, n: int) -> np.ndarray:
+    """matplotlib's float -> index rule: floor(x * N), 1.0 to the last entry, NaN to the first."""
+    x = np.nan_to_num(x.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
+    # x * N is exact in float32 for N a power of two (256), so floor matches the float64 rule
+    idx = (np.clip(x, 0.0, 1.0) * np.float32(n)).astype(np.intp)
+    return np.minimum(idx, n - 1, out=idx)
+
+
+@lru_cache(maxsize=64)
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32 weights of a 1-D bilinear resize, pixel centres aligned.
+
+    The same source positions and weights as torch's `interpolate(mode="bilinear",
+    align_corners=False)` (attnviz.maps.upsample): src = (dst + ½)·n_in/n_out − ½, clamped at 0."""
+    scale = np.float32(n_in / n_out)
+    src = np.maximum((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = (src - i0).astype(np.float32)
+    mat = np.zeros((n_out, n_in), dtype=np.float32)
+    rows = np.arange(n_out)
+    np.add.at(mat, (rows, i0), 1 - w1)
+    np.add.at(mat, (rows, i1), w1)
+    mat.setflags(write=False)
+    return mat
+
+
+def bilinear(m: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`attnviz.maps.upsample` as two small matrix products (same geometry; ~10× faster on CPU)."""
+    m = np.asarray(m, dtype=np.float32)
+    h, w = m.shape
+    # einsum, not `@`: BLAS would start its own threads and fight torch's for the cores
+    rows = np.einsum("Hh,hw->Hw", _bilinear_matrix(h, height), m)                  # (height, w)
+    return np.einsum("Hw,Ww->HW", rows, _bilinear_matrix(w, width))               # (height, width)
 
 
 def fit(image: Image.Image, size: int = 512) -> Image.Image:
@@ -71,17 +105,24 @@ def _check_map(m: np.ndarray) -> np.ndarray:
     return arr
 
 
-def blend(base: Image.Image, m: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
-    """Overlay raw map `m` on an already-sized RGB image: normalise, upsample, colourise, blend."""
+def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Callable[[np.ndarray], Image.Image]:
+    """`blend` for many maps over one sized image: the image's share is computed once."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     base = to_rgb(base)
-    m01 = normalise(_check_map(m))
-    up = np.clip(upsample(m01, base.height, base.width), 0.0, 1.0)   # (H, W) order
-    colour = colorize(up, colormap).astype(np.float32)
-    img = np.asarray(base, dtype=np.float32)
-    out = (1.0 - alpha) * img + alpha * colour
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+    under = (1.0 - alpha) * np.asarray(base, dtype=np.float32)          # (H, W, 3)
+    lut = alpha * colormap_lut(colormap).astype(np.float32)              # (N, 3)
+
+    def paint(m: np.ndarray) -> Image.Image:
+        up = bilinear(normalise(_check_map(m)), base.height, base.width)  # (H, W) order
+        out = under + lut[_indices(up, len(lut))]
+        return Image.fromarray(np.clip(np.rint(out, out=out), 0, 255).astype(np.uint8), "RGB")
+    return paint
+
+
+def blend(base: Image.Image, m: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
+    """Overlay raw map `m` on an already-sized RGB image: normalise, upsample, colourise, blend."""
+    return blender(base, colormap, alpha)(m)
 
 
 def overlay(

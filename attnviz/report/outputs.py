@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from attnviz.maps import cell_centre
-from attnviz.render import GridCell, GridRow, blend, channel_bars, channel_depth, fit, grid
-from attnviz.report.atomic import save_npz, save_png
+from attnviz.render import GridCell, GridRow, blender, channel_bars, channel_depth, fit, grid
+from attnviz.report.atomic import FORMATS, save_image, save_npz, save_png
 from attnviz.types import AttentionMap, Result
 
 __all__ = ["Style", "write_outputs", "image_entry", "map_entry"]
@@ -24,15 +24,21 @@ class Style:
     colormap: str = "jet"
     alpha: float = 0.5
     top_k: int = 20           # bars in channel_weights.png
+    format: str = "png"       # overlays (and original): png, jpg or webp; charts and grids stay PNG
+
+    @property
+    def ext(self) -> str:
+        """File suffix of the overlays."""
+        return FORMATS[self.format][0]
 
 
-def map_entry(m: AttentionMap, size: tuple[int, int]) -> dict[str, Any]:
+def map_entry(m: AttentionMap, size: tuple[int, int], ext: str = "png") -> dict[str, Any]:
     """The manifest record of one map: provenance, files and statistics."""
     d = m.data
     finite = d[np.isfinite(d)] if d.size else d
     row, col = np.unravel_index(int(np.nanargmax(d)), d.shape) if finite.size else (0, 0)
     return {"kind": m.kind, "name": m.name, "provenance": m.provenance, "layer": m.layer,
-            "file": f"{m.name}.png", "npz_key": m.name, "shape": list(d.shape),
+            "file": f"{m.name}.{ext}", "npz_key": m.name, "shape": list(d.shape),
             "min": float(finite.min()) if finite.size else None,
             "max": float(finite.max()) if finite.size else None,
             "mean": float(finite.mean()) if finite.size else None,
@@ -41,13 +47,13 @@ def map_entry(m: AttentionMap, size: tuple[int, int]) -> dict[str, Any]:
             **_jsonable(m.meta)}
 
 
-def image_entry(r: Result) -> dict[str, Any]:
+def image_entry(r: Result, ext: str = "png") -> dict[str, Any]:
     """The manifest record of one image (ok or error)."""
     return {"source": r.source, "output": r.output, "status": r.status, "error": r.error,
             "size": list(r.size) if r.size else None,
             "predictions": [{"index": p.index, "label": p.label, "probability": p.probability}
                             for p in r.predictions],
-            "maps": [map_entry(m, r.size) for m in r.maps] if r.size else []}
+            "maps": [map_entry(m, r.size, ext) for m in r.maps] if r.size else []}
 
 
 def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
@@ -57,11 +63,12 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     if not folder.resolve().is_relative_to(out.resolve()):   # image names never escape OUT
         raise OSError(f"output folder {r.output!r} would lie outside {out}")
     fitted = fit(image, style.size)                # resized once, shared by every overlay
-    save_png(folder / "original.png", fitted)
+    save_image(folder / f"original.{style.ext}", fitted, style.format)
+    paint = blender(fitted, style.colormap, style.alpha)    # the image's share computed once
     arrays: dict[str, np.ndarray] = {}
     cells = [GridCell("original", None)]
     for m in r.maps:
-        save_png(folder / f"{m.name}.png", blend(fitted, m.data, style.colormap, style.alpha))
+        save_image(folder / f"{m.name}.{style.ext}", paint(m.data), style.format)
         arrays[m.name] = m.data.astype(np.float32)
         cells.append(GridCell(f"{_title(m)}\n{m.provenance}", m.data))
         if m.weights is not None:
