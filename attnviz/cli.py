@@ -77,6 +77,13 @@ def _colormap(name: str) -> str:
     return name
 
 
+def _format(name: str) -> str:
+    """--format: png, jpg or webp."""
+    if name not in ("png", "jpg", "webp"):
+        raise typer.BadParameter(f"{name!r}: use png, jpg or webp")
+    return name
+
+
 def _fail(message: str, code: int) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -173,6 +180,8 @@ def run(
     top_k: int = typer.Option(20, "--top-k", min=1, help="Channels shown as bars in channel_weights.png."),
     tau: float = typer.Option(0.1, "--tau", min=1e-4, help="Temperature of derived self-attention."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Threads drawing and writing files while the next batch runs (default: one per core; 0: none)."),
+    fmt: str = typer.Option("png", "--format", callback=_format, help="Overlay and original.* file format (charts and grids stay PNG)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random-init weights."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors still print)."),
@@ -186,8 +195,8 @@ def run(
         with _Bar("attnviz", quiet) as bar:
             return run_pipeline(
                 paths, out, backbone=_backbone(backbone, model), kinds=_split(kinds), batch_size=batch_size,
-                style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k),
-                command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=bar.start,
+                style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k, format=fmt),
+                workers=workers, command=shlex.join(["attnviz", *sys.argv[1:]]), on_start=bar.start,
                 on_batch=bar.advance, weights=pretrained or weights, layer=layer,
                 texts=_prompts(text, text_file), query=query, per_word=per_word,
                 contrast=contrast, variant=clip_variant, input_size=input_size, device=device,

@@ -216,15 +216,18 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         on_batch: Callable[[int], None] | None = None,
         prompts: Mapping[str, list[str]] | None = None,
         boxes: Mapping[str, list[Sequence[float]]] | None = None, faithfulness: bool = False,
-        sanity: bool = False, **options) -> RunReport:
+        sanity: bool = False, workers: int | None = None, **options) -> RunReport:
     """Analyse images and write every output plus OUT/manifest.json; see the README for the layout.
 
     `prompts` and `boxes` are keyed by an image's `source`: per-image prompts for text backbones
     that take them, and ground-truth boxes drawn on its grid. `faithfulness` adds deletion and
     insertion AUCs to every map; `sanity` compares the first batch's maps with a randomised model's.
+    `workers` threads draw and write each batch's files while the next batch runs (None: one per
+    core; 0: in this thread); an image enters the manifest once its files are complete.
     """
     from attnviz.report.manifest import Manifest
     from attnviz.report.outputs import Style
+    from attnviz.report.writer import Writer
 
     style = style or Style()
     out = Path(out)
@@ -236,16 +239,15 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     if on_start:
         on_start(len(sources))
     try:
-        for i, batch in enumerate(_batches(sources, batch_size)):
-            loaded = _write_batch(analyser, batch, out, style, prompts or {}, boxes or {}, faithfulness,
-                                  manifest if sanity and i == 0 else None)
-            for r in loaded:
-                manifest.add(r)
-                r.maps = []                      # written; keep memory flat on big folders
-            report.results.extend(loaded)
-            manifest.save(every=MANIFEST_EVERY_S)
-            if on_batch:
-                on_batch(len(batch))
+        with Writer(workers) as writer:
+            for i, batch in enumerate(_batches(sources, batch_size)):
+                _write_batch(analyser, batch, out, style, prompts or {}, boxes or {}, faithfulness,
+                             manifest if sanity and i == 0 else None, writer)
+                _record(writer.finished(), manifest, report)
+                manifest.save(every=MANIFEST_EVERY_S)
+                if on_batch:
+                    on_batch(len(batch))
+            _record(writer.drain(), manifest, report)
     finally:   # also on Ctrl-C: the manifest lists every image written so far
         manifest.save(seconds=time.perf_counter() - t0)
     report.seconds = time.perf_counter() - t0
@@ -255,15 +257,30 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     return report
 
 
+def _record(done, manifest, report: RunReport) -> None:
+    """Results whose files are written (in input order): into the manifest and the report."""
+    for r, error in done:
+        if isinstance(error, OSError):
+            r.status, r.error = "error", f"cannot write outputs: {error}"
+        elif error is not None:
+            raise error
+        manifest.add(r)
+        r.maps = []                      # written; keep memory flat on big folders
+        report.results.append(r)
+
+
 def _write_batch(analyser: Analyser, batch: list[ImageSource], out: Path, style,
-                 prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool = False,
-                 sanity_to=None) -> list[Result]:
-    """Decode, analyse (one forward) and write one batch; failures become error Results."""
+                 prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool,
+                 sanity_to, writer) -> None:
+    """Decode, analyse (one forward) and queue one batch's files on `writer`, in input order."""
     from attnviz import checks
     from attnviz.report.outputs import write_outputs
     loaded, good = _load(batch)
+    images_of = {id(r): im for r, im in good}
     if not good:
-        return loaded
+        for r in loaded:
+            writer.submit(None, tag=r)
+        return
     images = [im for _, im in good]
     per_image = [list(prompts.get(r.source, ())) for r, _ in good] if prompts else None
     if sanity_to:
@@ -274,11 +291,11 @@ def _write_batch(analyser: Analyser, batch: list[ImageSource], out: Path, style,
             scores = checks.faithfulness(analyser, image, maps)
             for m in maps:
                 m.meta["faithfulness"] = scores[m.name]
-        try:
-            write_outputs(out, r, image, style, boxes.get(r.source, ()))
-        except OSError as e:
-            r.status, r.error = "error", f"cannot write outputs: {e}"
-    return loaded
+    for r in loaded:
+        if id(r) in images_of:
+            writer.submit(write_outputs, out, r, images_of[id(r)], style, boxes.get(r.source, ()), tag=r)
+        else:
+            writer.submit(None, tag=r)
 
 
 def _check_out(out: Path, sources: list[ImageSource], paths: Sequence[str | Path]) -> list[ImageSource]:

@@ -32,6 +32,7 @@ class Manifest:
         self._saved = float("-inf")    # monotonic time of the last write
         self.sanity: dict[str, float] | None = None   # kind -> rank correlation with a randomised model
         self.images: list[dict[str, Any]] = []
+        self.ext = style.ext             # file suffix of the overlays (--format)
         self.head = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "attnviz", "version": __version__, "torch": torch.__version__,
@@ -55,7 +56,7 @@ class Manifest:
 
     def add(self, r: Result) -> None:
         """Record one image (call after its files are written)."""
-        self.images.append(image_entry(r))
+        self.images.append(image_entry(r, self.ext))
 
     def rankings(self) -> dict[str, list[dict[str, Any]]]:
         """Per prompt, the images best matching it first ("which photos contain a dog, and where")."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator
 
 __all__ = ["Writer", "default_workers"]
@@ -43,9 +43,12 @@ class Writer:
     def submit(self, fn: Callable[..., Any] | None, *args: Any, tag: Any = None, **kwargs: Any) -> None:
         """Queue fn(*args, **kwargs); `fn=None` queues only `tag` (kept in order, nothing to run).
 
-        Blocks while `depth` tasks are unfinished."""
-        while len(self._queue) >= self.depth and not self._queue[0][1].done():
-            self._queue[0][1].exception()                          # wait for the oldest
+        Blocks while `depth` tasks are unfinished (finished ones wait for `finished`/`drain`)."""
+        while True:
+            running = [f for _, f in self._queue if not f.done()]
+            if len(running) < self.depth:
+                break
+            wait(running, return_when=FIRST_COMPLETED)
         fut: Future = Future()
         if fn is None:
             fut.set_result(None)
