@@ -172,3 +172,16 @@ def test_run_same_files_and_manifest_for_any_worker_count(tmp_path: Path, resnet
         trees.append({k: v for k, v in _files(out).items() if k != "manifest.json"})
     assert images[0] == images[1] and [i["status"] for i in images[0]].count("error") == 1
     assert trees[0] == trees[1] and len(trees[0]) > 5 * 8
+
+
+@pytest.mark.parametrize("mode, size", [("RGB", (97, 61)), ("L", (1, 1)), ("RGB", (3000, 2)), ("RGBA", (5, 4))])
+def test_encode_png_round_trips(mode: str, size: tuple[int, int]) -> None:
+    import io
+    from attnviz.report.atomic import encode_png
+    rng = np.random.default_rng(0)
+    shape = (size[1], size[0]) + ((len(mode),) if len(mode) > 1 else ())
+    img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+    back = Image.open(io.BytesIO(encode_png(img)))
+    back.load()                                        # Pillow checks every chunk's CRC
+    assert back.mode == mode and back.size == size
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(img))
