@@ -60,31 +60,26 @@ def _indices(x: np.ndarray, n: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) float32 weights of a 1-D bilinear resize, pixel centres aligned.
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each output pixel of a 1-D bilinear resize: its two source indices and their weights.
 
     The same source positions and weights as torch's `interpolate(mode="bilinear",
     align_corners=False)` (attnviz.maps.upsample): src = (dst + ½)·n_in/n_out − ½, clamped at 0."""
     scale = np.float32(n_in / n_out)
     src = np.maximum((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
-    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i0 = np.minimum(src.astype(np.intp), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     w1 = (src - i0).astype(np.float32)
-    mat = np.zeros((n_out, n_in), dtype=np.float32)
-    rows = np.arange(n_out)
-    np.add.at(mat, (rows, i0), 1 - w1)
-    np.add.at(mat, (rows, i1), w1)
-    mat.setflags(write=False)
-    return mat
+    return i0, i1, (1 - w1).astype(np.float32), w1
 
 
 def bilinear(m: np.ndarray, height: int, width: int) -> np.ndarray:
-    """`attnviz.maps.upsample` as two small matrix products (same geometry; ~10× faster on CPU)."""
+    """`attnviz.maps.upsample` with gathers and two blends per axis (same geometry, ~20× faster on CPU)."""
     m = np.asarray(m, dtype=np.float32)
-    h, w = m.shape
-    # einsum, not `@`: BLAS would start its own threads and fight torch's for the cores
-    rows = np.einsum("Hh,hw->Hw", _bilinear_matrix(h, height), m)                  # (height, w)
-    return np.einsum("Hw,Ww->HW", rows, _bilinear_matrix(w, width))               # (height, width)
+    i0, i1, w0, w1 = _taps(m.shape[1], width)
+    cols = m[:, i0] * w0 + m[:, i1] * w1                                    # (h, width)
+    j0, j1, v0, v1 = _taps(m.shape[0], height)
+    return cols[j0] * v0[:, None] + cols[j1] * v1[:, None]                  # (height, width)
 
 
 def fit(image: Image.Image, size: int = 512) -> Image.Image:
@@ -105,18 +100,32 @@ def _check_map(m: np.ndarray) -> np.ndarray:
     return arr
 
 
+@lru_cache(maxsize=8)
+def _blend_table(colormap: str, alpha: float) -> np.ndarray:
+    """(256 · N · 3,) uint8: rint((1 − α)·v + α·lut[i, c]) for every byte v, colour i, channel c.
+
+    The same float32 arithmetic a pixel-by-pixel blend does, done once for all 256 values."""
+    lut = alpha * colormap_lut(colormap).astype(np.float32)                 # (N, 3)
+    under = (1.0 - alpha) * np.arange(256, dtype=np.float32)                # (256,)
+    table = np.clip(np.rint(under[:, None, None] + lut[None]), 0, 255).astype(np.uint8)
+    table.setflags(write=False)
+    return table.reshape(-1)                                                 # index (v·N + i)·3 + c
+
+
 def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Callable[[np.ndarray], Image.Image]:
-    """`blend` for many maps over one sized image: the image's share is computed once."""
+    """`blend` for many maps over one sized image: the image's part of the lookup is done once."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     base = to_rgb(base)
-    under = (1.0 - alpha) * np.asarray(base, dtype=np.float32)          # (H, W, 3)
-    lut = alpha * colormap_lut(colormap).astype(np.float32)              # (N, 3)
+    n = len(colormap_lut(colormap))
+    table = _blend_table(colormap, float(alpha))
+    # (H, W, 3) offsets of each pixel's byte v and channel c into the table
+    where = np.asarray(base, dtype=np.int32) * np.int32(3 * n) + np.arange(3, dtype=np.int32)
 
     def paint(m: np.ndarray) -> Image.Image:
         up = bilinear(normalise(_check_map(m)), base.height, base.width)  # (H, W) order
-        out = under + lut[_indices(up, len(lut))]
-        return Image.fromarray(np.clip(np.rint(out, out=out), 0, 255).astype(np.uint8), "RGB")
+        colour = (_indices(up, n) * 3).astype(np.int32)[..., None]         # (H, W, 1)
+        return Image.fromarray(table[where + colour], "RGB")
     return paint
 
 
