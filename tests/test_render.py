@@ -280,3 +280,15 @@ def test_grid_rejects_empty_and_ragged_rows_are_padded() -> None:
             GridRow(solid(20, 20), [GridCell("original"), GridCell("a", np.eye(2)),
                                     GridCell("a very long title " * 10, np.eye(2))])]
     assert grid(rows, cell=64).size == grid_size(2, 3, 64)
+
+
+def test_nice_ticks_and_labels() -> None:
+    from attnviz.render.draw import nice_ticks, tick_label
+    assert nice_ticks(0.0, 1.05, 6) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(-0.5, 2047.5, 6) == [0, 500, 1000, 1500, 2000]
+    assert nice_ticks(-0.135, 0.735, 6) == [0.0, 0.2, 0.4, 0.6]        # only ticks inside the range
+    t = nice_ticks(0.0, 0.09, 5)
+    assert [tick_label(v, t) for v in t] == ["0.00", "0.02", "0.04", "0.06", "0.08"]
+    assert [tick_label(v, [0, 500, 1000]) for v in (0, 500, 1000)] == ["0", "500", "1000"]
+    assert tick_label(-0.2, [-0.2, 0.0, 0.2]) == "\u22120.2"
+    assert nice_ticks(1.0, 1.0) == [1.0]

@@ -185,3 +185,22 @@ def test_encode_png_round_trips(mode: str, size: tuple[int, int]) -> None:
     back.load()                                        # Pillow checks every chunk's CRC
     assert back.mode == mode and back.size == size
     np.testing.assert_array_equal(np.asarray(back), np.asarray(img))
+
+
+def test_cli_format_and_workers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    photo(90, 60, 1).save(tmp_path / "cat.png")
+    out = tmp_path / "out"
+    fast = ["--backbone", "resnet18", "--weights", "none", "--input-size", "64", "--size", "96", "--seed", "0"]
+    proc = subprocess.run([sys.executable, "-m", "attnviz.cli", "run", str(tmp_path / "cat.png"), "-o", str(out),
+                           *fast, "--format", "jpg", "--workers", "1", "-q"],
+                          capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    files = {m["file"] for m in json.loads((out / "manifest.json").read_text())["images"][0]["maps"]}
+    assert files and all(f.endswith(".jpg") and (out / "cat" / f).exists() for f in files)
+    assert (out / "cat" / "original.jpg").exists() and (out / "cat" / "grid.png").exists()
+    bad = subprocess.run([sys.executable, "-m", "attnviz.cli", "run", str(tmp_path / "cat.png"), "-o", str(out),
+                          *fast, "--format", "gif"], capture_output=True, text=True, cwd=root, timeout=300)
+    assert bad.returncode == 2 and "png, jpg or webp" in bad.stderr and "Traceback" not in bad.stderr
