@@ -66,8 +66,10 @@ def save_weights(path: Path) -> None:
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one whole process; its output is shown only on failure."""
+def timed(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MB) of one whole process; its output is shown only on failure.
+
+    CPU seconds (user + system, all threads) move less than wall time on a busy machine."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -78,7 +80,7 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     if proc.returncode not in (0, 1):
         sys.stdout.write(out.decode(errors="replace")[-3000:])
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
-    return wall, usage.ru_maxrss / 1024.0                  # Linux: ru_maxrss in KiB
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0   # ru_maxrss: KiB
 
 
 def attnviz_cmd(inputs: Path, out: Path, backbone: str, weights: str, extra: list[str]) -> list[str]:
@@ -110,25 +112,31 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
             "gradcam": [sys.executable, str(ROOT / "bench" / "contestants.py"), "gradcam"],
             "torchcam": [sys.executable, str(ROOT / "bench" / "contestants.py"), "torchcam"]}
     names = [n for n in ["bare", "attnviz", "gradcam", "torchcam"] if n in args.only.split(",")]
-    runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    runs: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
     for rep in range(args.repeats):
         for name in names:                                   # interleaved: a b c d a b c d
             out = work / f"out_{name}_{rep}"
             cmd = attnviz_cmd(photos, out, "resnet50", str(weights), bs + args.attnviz_args.split()) \
                 if name == "attnviz" else cmds[name] + [str(photos), str(weights), str(out), *bs]
             runs[name].append(timed(cmd))
-            print(f"  {name:9s} rep {rep}: {runs[name][-1][0]:7.2f} s", flush=True)
-    rows = {n: {"ms_per_image": 1000 * statistics.median(w for w, _ in r) / args.images,
-                "peak_rss_mb": max(m for _, m in r), "runs_s": [round(w, 3) for w, _ in r]}
+            print(f"  {name:9s} rep {rep}: {runs[name][-1][0]:7.2f} s wall, {runs[name][-1][1]:7.2f} s CPU",
+                  flush=True)
+    rows = {n: {"ms_per_image": 1000 * statistics.median(w for w, _, _ in r) / args.images,
+                "cpu_ms_per_image": 1000 * statistics.median(c for _, c, _ in r) / args.images,
+                "peak_rss_mb": max(m for _, _, m in r), "runs_s": [round(w, 3) for w, _, _ in r],
+                "cpu_s": [round(c, 3) for _, c, _ in r]}
             for n, r in runs.items()}
-    ratios = {f"b/{k[0]}": rows["attnviz"]["ms_per_image"] / rows[n]["ms_per_image"]
-              for k, n in [("a", "bare"), ("c", "gradcam"), ("d", "torchcam")]
-              if "attnviz" in rows and n in rows}
+    pairs = [(k, n) for k, n in [("a", "bare"), ("c", "gradcam"), ("d", "torchcam")]
+             if "attnviz" in rows and n in rows]
+    ratios = {f"b/{k}": rows["attnviz"]["ms_per_image"] / rows[n]["ms_per_image"] for k, n in pairs}
+    ratios.update({f"cpu b/{k}": rows["attnviz"]["cpu_ms_per_image"] / rows[n]["cpu_ms_per_image"]
+                   for k, n in pairs})
     print(f"\n{args.images} photos ≤ 640 px, ResNet-50 at 224, batch {args.batch_size}, "
           f"median of {args.repeats} whole processes")
-    print(f"{'contestant':34s} {'ms/image':>9s} {'peak RSS MB':>12s}")
+    print(f"{'contestant':34s} {'ms/image':>9s} {'CPU ms/image':>13s} {'peak RSS MB':>12s}")
     for n, r in rows.items():
-        print(f"{LABELS[n]:34s} {r['ms_per_image']:9.1f} {r['peak_rss_mb']:12.0f}")
+        print(f"{LABELS[n]:34s} {r['ms_per_image']:9.1f} {r['cpu_ms_per_image']:13.1f} "
+              f"{r['peak_rss_mb']:12.0f}")
     print("  ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
     return {"mode": "compare", "images": args.images, "batch_size": args.batch_size,
             "repeats": args.repeats, "attnviz_args": args.attnviz_args, "rows": rows, "ratios": ratios}
@@ -140,16 +148,17 @@ def demo(args: argparse.Namespace, work: Path) -> dict:
     for n in [int(c) for c in args.counts.split(",")]:
         scenes = work / f"scenes_{n}"
         make_scenes(scenes, n)
-        walls, rss = [], []
+        walls, cpus, rss = [], [], []
         for rep in range(args.repeats):
-            wall, mb = timed(attnviz_cmd(scenes, work / f"out_demo_{n}_{rep}", "demo", "DEFAULT",
+            wall, cpu, mb = timed(attnviz_cmd(scenes, work / f"out_demo_{n}_{rep}", "demo", "DEFAULT",
                                          ["--batch-size", str(args.batch_size)] + args.attnviz_args.split()))
             walls.append(wall)
+            cpus.append(cpu)
             rss.append(mb)
             print(f"  demo {n:5d} images rep {rep}: {wall:7.2f} s, {n / wall:6.2f} images/s, "
-                  f"peak RSS {mb:.0f} MB", flush=True)
+                  f"CPU {cpu:.1f} s, peak RSS {mb:.0f} MB", flush=True)
         rows[str(n)] = {"images_per_s": n / statistics.median(walls), "peak_rss_mb": max(rss),
-                        "runs_s": [round(w, 3) for w in walls]}
+                        "runs_s": [round(w, 3) for w in walls], "cpu_s": [round(c, 3) for c in cpus]}
     return {"mode": "demo", "batch_size": args.batch_size, "repeats": args.repeats,
             "attnviz_args": args.attnviz_args, "rows": rows}
 
