@@ -204,3 +204,21 @@ def test_cli_format_and_workers(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "attnviz.cli", "run", str(tmp_path / "cat.png"), "-o", str(out),
                           *fast, "--format", "gif"], capture_output=True, text=True, cwd=root, timeout=300)
     assert bad.returncode == 2 and "png, jpg or webp" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_writer_on_error_finishes_started_tasks_and_drops_the_rest() -> None:
+    started, finished = [], []
+    gate = threading.Event()
+
+    def task(i: int) -> None:
+        started.append(i)
+        gate.wait(2)
+        finished.append(i)
+    with pytest.raises(KeyboardInterrupt):
+        with Writer(1, depth=10) as w:
+            for i in range(5):
+                w.submit(task, i, tag=i)
+            time.sleep(0.05)
+            threading.Timer(0.3, gate.set).start()     # task 0 is still running when we leave
+            raise KeyboardInterrupt
+    assert started == finished == [0]                  # the running task ended; queued ones never began
