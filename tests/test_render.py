@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from attnviz.render import (
-    CHART_SIZE, GridCell, GridRow, channel_bars, channel_figure, colorize, fit, grid,
+    CHART_SIZE, GridCell, GridRow, bar_axes, channel_bars, channel_depth, colorize, fit, grid,
     grid_layout, grid_size, output_size, overlay, top_channels,
 )
+from attnviz.render.charts import _BAR, _DOT, _TOP
 from attnviz.render.grid import BACKGROUND, BOX_COLOUR, LETTERBOX
 
 JET_HI = tuple(int(v) for v in matplotlib.colormaps["jet"](1.0, bytes=True)[:3])   # dark red
@@ -146,26 +147,73 @@ def test_top_channels_order_ties_and_k_larger_than_c() -> None:
         top_channels(np.zeros(0), 1)
 
 
-def test_channel_bars_image_and_labels() -> None:
+def _runs(line: np.ndarray, colour: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """(start, end) of each run of `colour` along a line of RGB pixels."""
+    hit = np.all(line == colour, axis=-1).astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], hit, [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def test_channel_bars_heights_order_and_no_global_state() -> None:
     before = dict(matplotlib.rcParams)
     w = np.random.default_rng(0).random(512).astype(np.float32)
     img = channel_bars(w, 20, "channel weights · layer4 · derived")
     assert img.mode == "RGB" and img.size == CHART_SIZE == (1000, 450)
-    assert np.asarray(img).std() > 10                      # something was drawn
-    fig = channel_figure(w, 20, "channel weights · layer4 · derived")
-    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    expected = [str(i) for i in np.argsort(-w, kind="stable")[:20]]
-    assert labels == expected
-    heights = [p.get_height() for p in fig.axes[0].patches]
-    np.testing.assert_allclose(heights, np.sort(w)[::-1][:20], rtol=1e-6)
-    assert fig._suptitle.get_text() == "channel weights · layer4 · derived"
+    a = np.asarray(img)
+    bars, dist = bar_axes(w, 20, "channel weights · layer4 · derived")
+    zero = round(bars.py(0.0))
+    runs = _runs(a[zero - 2, : bars.box[2] + 1], _BAR)        # just above the axis: every bar
+    assert len(runs) == 20
+    top = np.sort(w)[::-1][:20]
+    heights = []
+    for (x0, x1), v in zip(runs, top):
+        column = a[:zero, (x0 + x1) // 2]
+        heights.append(zero - min(s for s, _ in _runs(column, _BAR)))
+        assert abs(x1 - x0 - 0.8 * (bars.px(1) - bars.px(0))) <= 1.5   # bar width 0.8 of a slot
+    # pixel heights proportional to the weights (independent of the axis limits)
+    np.testing.assert_allclose(np.array(heights) / heights[0], top / top[0], atol=1.5 / heights[0])
+    # right axes: the top k filled orange left of the dashed cut, the rest blue
+    y = round(dist.py(0.05))
+    assert np.abs(a[y, round(dist.px(5))].astype(int) - [243, 203, 177]).max() <= 2   # 0.35·_TOP + 0.65·white
+    assert np.abs(a[y, round(dist.px(150))].astype(int) - [202, 218, 235]).max() <= 2  # 0.25·_BAR + 0.75·white
     assert dict(matplotlib.rcParams) == before               # no global state touched
 
 
-def test_channel_bars_k_larger_than_c() -> None:
-    fig = channel_figure(np.array([0.2, 0.7, 0.1]), 20)
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "0", "2"]
-    assert channel_bars(np.array([0.2, 0.7, 0.1]), 20).size == CHART_SIZE
+def test_channel_bars_k_larger_than_c_and_negative_weights() -> None:
+    w = np.array([0.2, 0.7, -0.1])
+    img = np.asarray(channel_bars(w, 20))
+    assert img.shape == (CHART_SIZE[1], CHART_SIZE[0], 3)
+    bars, _ = bar_axes(w, 20)
+    assert (bars.x0, bars.x1) == (-0.6, 2.6) and bars.y0 < -0.1 and bars.y1 > 0.7
+    # bar 2 (channel 2, weight −0.1) hangs below the zero line, bar 0 (channel 1) stands on it
+    x2, x0 = round(bars.px(2)), round(bars.px(0))
+    assert tuple(img[round(bars.py(-0.05)), x2]) == _BAR and tuple(img[round(bars.py(0.05)), x2]) != _BAR
+    assert tuple(img[round(bars.py(0.65)), x0]) == _BAR and tuple(img[round(bars.py(0.75)), x0]) != _BAR
+
+
+def test_channel_depth_cells_follow_the_histograms() -> None:
+    rng = np.random.default_rng(0)
+    gates = [("a", rng.random(64) * 0.5), ("b", 0.5 + rng.random(32) * 0.5), ("c", np.full(8, 0.9))]
+    img = channel_depth(gates, "gates", bins=10)
+    a = np.asarray(img)
+    assert img.size == (1000, 300)
+    hist = np.stack([np.histogram(w, np.linspace(0, 1, 11))[0] / len(w) for _, w in gates])
+    want = matplotlib.colormaps["magma"]((hist - hist.min()) / (hist.max() - hist.min()), bytes=True)
+    # find the heat area: the widest run of non-white pixels on the middle row of gate "b"
+    magma = {tuple(int(v) for v in c[:3]) for c in matplotlib.colormaps["magma"](np.arange(256), bytes=True)}
+    ys = [y for y in range(a.shape[0]) if tuple(a[y, 500]) in magma]
+    top, bottom = min(ys), max(ys) + 1
+    xs = [x for x in range(a.shape[1]) if tuple(a[(top + bottom) // 2, x]) in magma]
+    left, right = min(xs), max(xs[: xs.index(min(xs)) + 1] + [x for x in xs if x < 880]) + 1
+    for g in range(3):
+        for b in range(10):
+            y = top + int((g + 0.5) * (bottom - top) / 3)
+            x = left + int((b + 0.5) * (right - left) / 10)
+            if abs(x - (left + gates[g][1].mean() * (right - left))) < 8:
+                continue                                      # the mean dot sits here
+            assert tuple(a[y, x]) == tuple(int(v) for v in want[g, b, :3]), (g, b)
+    y_c = top + int(2.5 * (bottom - top) / 3)                    # gate "c": mean 0.9, a dot
+    assert tuple(a[y_c, round(left + 0.9 * (right - left))]) == _DOT
 
 
 # ---- grid -------------------------------------------------------------------------------------------
@@ -232,3 +280,15 @@ def test_grid_rejects_empty_and_ragged_rows_are_padded() -> None:
             GridRow(solid(20, 20), [GridCell("original"), GridCell("a", np.eye(2)),
                                     GridCell("a very long title " * 10, np.eye(2))])]
     assert grid(rows, cell=64).size == grid_size(2, 3, 64)
+
+
+def test_nice_ticks_and_labels() -> None:
+    from attnviz.render.draw import nice_ticks, tick_label
+    assert nice_ticks(0.0, 1.05, 6) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(-0.5, 2047.5, 6) == [0, 500, 1000, 1500, 2000]
+    assert nice_ticks(-0.135, 0.735, 6) == [0.0, 0.2, 0.4, 0.6]        # only ticks inside the range
+    t = nice_ticks(0.0, 0.09, 5)
+    assert [tick_label(v, t) for v in t] == ["0.00", "0.02", "0.04", "0.06", "0.08"]
+    assert [tick_label(v, [0, 500, 1000]) for v in (0, 500, 1000)] == ["0", "500", "1000"]
+    assert tick_label(-0.2, [-0.2, 0.0, 0.2]) == "\u22120.2"
+    assert nice_ticks(1.0, 1.0) == [1.0]

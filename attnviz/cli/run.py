@@ -49,7 +49,8 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random-init weights."),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster; the ray extra)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray: the cluster to join (auto: the one `ray start` runs here); default: a local one."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray: actors, each with its own copy of the model (default: one per CPU of the cluster)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Local: threads that draw and write files while the next batch runs (default: one per core; 0: none). Ray: actors, each with its own model (default: one per CPU of the cluster)."),
+    fmt: str = typer.Option("png", "--format", help="Overlays and original: png, jpg or webp (charts, grids and maps.npz keep theirs)."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="Ray: GPUs per actor (a fraction shares a GPU)."),
     resume: bool = typer.Option(True, "--resume", help="Keep the images an earlier run into OUT completed with the same settings (the default)."),
     force: bool = typer.Option(False, "--force", help="Recompute every image even if OUT holds a run with other settings or files attnviz did not write; outputs the new settings no longer produce are removed."),
@@ -67,14 +68,15 @@ def run(
         with Bar("attnviz run", quiet) as bar:
             return run_pipeline(
                 inputs, out, backbone=backbone_name(backbone, model), kinds=split_kinds(kinds),
-                batch_size=batch_size, style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k),
+                batch_size=batch_size, style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k,
+                                                   format=fmt),
                 command=command_line(), on_start=bar.start, on_batch=bar.advance,
                 weights=pretrained or weights, layer=layer, texts=tuple(prompts_from(text, text_file)),
                 query=query, per_word=per_word, contrast=contrast, variant=clip_variant, slide=slide,
                 input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
                 native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
-                stats=stats, engine=engine,
-                ray=RayOptions(address, workers, gpus_per_worker) if engine == "ray" else None)
+                stats=stats, engine=engine, workers=workers if engine == "local" else None,
+                ray=RayOptions(address, workers or None, gpus_per_worker) if engine == "ray" else None)
 
     report = guard(go, debug)
     finish(report, quiet, "attnviz run")

@@ -15,10 +15,11 @@ from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource
 from attnviz.pipeline.analyser import Analyser, decode
 from attnviz.pipeline.outdir import entry_files
-from attnviz.report.outputs import Style, write_outputs
+from attnviz.report.outputs import Style, write_outputs, written
 from attnviz.results import Result
 
-__all__ = ["FATAL", "aligned_batches", "process_batch", "remove_files", "stop"]
+__all__ = ["FATAL", "aligned_batches", "analysed", "write_one", "written_or_error", "process_batch",
+           "remove_files", "stop"]
 
 # the disk or the folder, not the image: the run cannot go on (exit 2, naming the path)
 FATAL = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
@@ -68,13 +69,11 @@ def _fill(slots: list[tuple[Slot, Image.Image | None, int]]
     yield loaded, batch
 
 
-def process_batch(analyser: Analyser, loaded: list[Result], batch: list[tuple[Slot, Image.Image]], out: Path,
-                  style: Style, prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool,
-                  old: Mapping[str, dict[str, Any]]) -> Iterator[tuple[Result, list[str] | None]]:
-    """Analyse one decoded batch (one forward pass) and write its images' files: yields each Result
-    of `loaded` with the files written for it (None for an error), in input order, as soon as they
-    are on disk. `batch` may hold resumed images (sources) that only fill their slot. A disk that
-    cannot be written stops the run (AttnvizError)."""
+def analysed(analyser: Analyser, loaded: list[Result], batch: list[tuple[Slot, Image.Image]],
+             prompts: Mapping[str, list[str]], faithful: bool) -> Iterator[tuple[Result, Image.Image | None]]:
+    """Analyse one decoded batch (one forward pass): yields each Result of `loaded` in input order
+    with its image to draw, or None when it is an error record (undecodable, NaN, --query outside).
+    `batch` may hold resumed images (sources) that only fill their slot."""
     images = [im for _, im in batch]
     per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
     outcomes = dict(zip((id(s) for s, _ in batch), analyser.analyse_batch(images, per_image) if batch else []))
@@ -93,15 +92,42 @@ def process_batch(analyser: Analyser, loaded: list[Result], batch: list[tuple[Sl
             scores = checks.faithfulness(analyser, image_of[id(r)], r.maps)
             for m in r.maps:
                 m.meta["faithfulness"] = scores[m.name]
-        try:
-            files = write_outputs(out, r, image_of[id(r)], style, boxes.get(r.source, ()))
-        except OSError as e:
-            if e.errno in FATAL:
-                raise stop(e, out / r.output) from None
-            r.status, r.error, files = "error", f"cannot write outputs: {e.strerror or e}", None
-        if r.output in old and files is not None:     # outputs these settings no longer produce
-            remove_files(out, r.output, set(entry_files(old[r.output])) - set(files))
-        yield r, files
+        yield r, image_of[id(r)]
+
+
+def write_one(out: Path, r: Result, image: Image.Image, style: Style, boxes: Mapping[str, list],
+              old: Mapping[str, dict[str, Any]]) -> list[str]:
+    """Write one image's files (and remove the ones an earlier run with other settings left)."""
+    files = write_outputs(out, r, image, style, boxes.get(r.source, ()))
+    if r.output in old:                                # outputs these settings no longer produce
+        remove_files(out, r.output, set(entry_files(old[r.output])) - set(files))
+    return files
+
+
+def written_or_error(r: Result, error: BaseException | None, out: Path, style: Style) -> list[str] | None:
+    """The files of a written image (None for an error record); a full or read-only disk stops the run."""
+    if error is None:
+        return written(r, style.ext) if r.status == "ok" else None
+    if not isinstance(error, OSError):
+        raise error
+    if error.errno in FATAL:
+        raise stop(error, out / r.output) from None
+    r.status, r.error = "error", f"cannot write outputs: {error.strerror or error}"
+    return None
+
+
+def process_batch(analyser: Analyser, loaded: list[Result], batch: list[tuple[Slot, Image.Image]], out: Path,
+                  style: Style, prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithful: bool,
+                  old: Mapping[str, dict[str, Any]]) -> Iterator[tuple[Result, list[str] | None]]:
+    """`analysed` and `write_one` in this thread: each Result with its files, as soon as they are on disk."""
+    for r, image in analysed(analyser, loaded, batch, prompts, faithful):
+        error = None
+        if image is not None:
+            try:
+                write_one(out, r, image, style, boxes, old)
+            except Exception as e:  # noqa: BLE001  (sorted by written_or_error)
+                error = e
+        yield r, written_or_error(r, error, out, style)
 
 
 def stop(e: OSError, where: Path) -> AttnvizError:

@@ -19,13 +19,15 @@ from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, check_inputs, discover
 from attnviz.pipeline.analyser import Analyser
 from attnviz.pipeline.api import check_batch_size
-from attnviz.pipeline.batch import FATAL, aligned_batches, process_batch, remove_files, stop
+from attnviz.pipeline.batch import (FATAL, aligned_batches, analysed, remove_files, stop, write_one,
+                                    written_or_error)
 from attnviz.pipeline.distributed import RayOptions, ray_records
 from attnviz.pipeline.outdir import (entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
 from attnviz.report.folder import write_reports
 from attnviz.report.manifest import Manifest
 from attnviz.report.outputs import Style
+from attnviz.report.writer import Writer
 from attnviz.results import Result
 
 __all__ = ["run", "RunReport", "MANIFEST_EVERY_S", "PIXEL_BUDGET"]
@@ -65,7 +67,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         prompts: Mapping[str, list[str]] | None = None,
         boxes: Mapping[str, list[Sequence[float]]] | None = None, faithfulness: bool = False,
         sanity: bool = False, force: bool = False, own: Sequence[str] = (), stats: bool = False,
-        engine: str = "local", ray: RayOptions | None = None, **options: Any) -> RunReport:
+        engine: str = "local", ray: RayOptions | None = None, workers: int | None = None,
+        **options: Any) -> RunReport:
     """Analyse images and write every output plus OUT/manifest.json; see the README for the layout.
 
     `prompts` and `boxes` are keyed by an image's `source`: per-image prompts for text backbones
@@ -73,10 +76,14 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     insertion AUCs to every map; `sanity` compares the first batch's maps with a randomised model's.
     A rerun with the same settings resumes (images already complete are kept); other settings are
     refused unless `force`. `own`: top-level names in OUT the caller wrote (not foreign files).
-    `engine="ray"` runs the images on a Ray cluster (`ray`: address, workers, GPUs per worker).
+    `engine="ray"` runs the images on a Ray cluster (`ray`: address, workers, GPUs per worker);
+    locally, `workers` threads draw and write each batch's files while the next batch runs (None: one
+    per core; 0: in this thread) — the files are the same for any number.
     Every run also writes OUT/index.html and OUT/summary.csv; `stats` adds OUT/agreement.csv/.png.
     """
     check_batch_size(batch_size)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise AttnvizError(f"--workers {workers!r}: use a whole number ≥ 0")
     if engine not in ("local", "ray"):
         raise AttnvizError(f"--engine {engine!r}: use local or ray")
     style = style or Style()
@@ -98,7 +105,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
         remote = (backbone, ray or RayOptions()) if engine == "ray" else None
         report = _execute(analyser, manifest, plan, sources, out, style, prompts or {}, boxes or {},
-                          faithfulness, sanity, on_start, on_batch, remote)
+                          faithfulness, sanity, on_start, on_batch, remote, workers)
         report.agreement = write_reports(out, read_manifest(out) or {}, stats)   # from the saved manifest
         return report
 
@@ -106,7 +113,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
 def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSource], out: Path, style: Style,
              prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithfulness: bool, sanity: bool,
              on_start: Callable[[int], None] | None, on_batch: Callable[[int], None] | None,
-             remote: tuple[Any, RayOptions] | None = None) -> RunReport:
+             remote: tuple[Any, RayOptions] | None = None, workers: int | None = None) -> RunReport:
     manifest.order = plan.order
     for entry in plan.kept.values():
         manifest.keep(entry)
@@ -128,18 +135,16 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
             _on_ray(analyser, manifest, plan, sources, out, style, prompts, boxes, faithfulness, sanity,
                     batch_size, remote, report, on_batch)
         local = aligned_batches(sources, plan.kept, batch_size, PIXEL_BUDGET) if remote is None else ()
-        for loaded, batch in local:
-            if sanity and batch and manifest.sanity is None:     # the first batch, before its maps
-                per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
-                manifest.sanity = checks.sanity(analyser, [im for _, im in batch], per_image)
-            for r, files in process_batch(analyser, loaded, batch, out, style, prompts, boxes, faithfulness,
-                                          plan.old):
-                manifest.add(r, files)
-                r.maps = []                              # recorded; keep memory flat on big folders
-                report.results.append(r)
-            _save(manifest, MANIFEST_EVERY_S)
-            if on_batch:
-                on_batch(len(loaded))
+        with Writer(workers) as writer:     # files drawn and written while the next batch runs
+            for loaded, batch in local:
+                if sanity and batch and manifest.sanity is None:     # the first batch, before its maps
+                    per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
+                    manifest.sanity = checks.sanity(analyser, [im for _, im in batch], per_image)
+                for r, image in analysed(analyser, loaded, batch, prompts, faithfulness):
+                    writer.submit(write_one if image is not None else None, out, r, image, style, boxes,
+                                  plan.old, tag=r)
+                _record(writer.finished(), manifest, report, out, style, on_batch)
+            _record(writer.drain(), manifest, report, out, style, on_batch)
         _save(manifest, 0.0, seconds=time.perf_counter() - t0)
         finished = True
     finally:   # also on Ctrl-C or a full disk: the manifest lists every image written so far
@@ -151,6 +156,21 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
         report.rankings = manifest.rankings()
         report.notes += [n for n in analyser.backbone.notes if n not in report.notes]
     return report
+
+
+def _record(done, manifest: Manifest, report: RunReport, out: Path, style: Style,
+            on_batch: Callable[[int], None] | None) -> None:
+    """Images whose files are written (in input order): into the manifest, the report and the bar."""
+    n = 0
+    for r, error in done:
+        manifest.add(r, written_or_error(r, error, out, style))
+        r.maps = []                                  # recorded; keep memory flat on big folders
+        report.results.append(r)
+        n += 1
+    if n:
+        _save(manifest, MANIFEST_EVERY_S)
+        if on_batch:
+            on_batch(n)
 
 
 def _save(manifest: Manifest, every: float, **kw: Any) -> None:

@@ -1,18 +1,24 @@
-"""Channel-weight charts: the top-k channels as labelled bars beside the sorted weight distribution."""
+"""Channel-weight charts drawn with PIL (no matplotlib figure: ~100× faster, no global state).
+
+`channel_bars`: the top-k channels as labelled bars beside the sorted weight distribution;
+`channel_depth`: every native gate's weight histogram, first block to last."""
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from PIL import Image
+from PIL import Image, ImageDraw
 
-__all__ = ["CHART_SIZE", "top_channels", "channel_figure", "channel_bars", "channel_depth"]
+from attnviz.render.draw import Axes, clip, font, mix, nice_ticks, text, tick_label, vtext, width
+from attnviz.render.overlay import colorize
+
+__all__ = ["CHART_SIZE", "top_channels", "bar_axes", "channel_bars", "channel_depth"]
 
 CHART_SIZE = (1000, 450)      # (width, height) in pixels of every channel_bars image
-_DPI = 100
-_BAR = "#2b6cb0"
-_TOP = "#dd6b20"
+_BAR = (43, 108, 176)         # #2b6cb0
+_TOP = (221, 107, 32)         # #dd6b20
+_DOT = (56, 178, 172)         # #38b2ac, mean gate weight
+_WHITE = (255, 255, 255)
+# font sizes in pixels: matplotlib's 13, 11, 10 and 9 pt at 100 dpi
+_SUPTITLE, _TITLE, _LABEL, _TICK = 18, 15, 14, 12
 
 
 def _weights(weights: np.ndarray) -> np.ndarray:
@@ -32,82 +38,145 @@ def top_channels(weights: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(w[i])) for i in order]
 
 
-def _canvas_to_image(fig: Figure) -> Image.Image:
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    return Image.fromarray(np.ascontiguousarray(rgba[..., :3]), "RGB")
+def _limits(lo: float, hi: float, sticky_zero: bool) -> tuple[float, float]:
+    """Data limits with matplotlib's 5 % margins; bars keep 0 as an edge (sticky) when they start there."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        lo, hi = 0.0, 1.0
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.05 * (hi - lo)
+    a, b = lo - pad, hi + pad
+    if sticky_zero and lo == 0.0:
+        a = 0.0
+    if sticky_zero and hi == 0.0:
+        b = 0.0
+    return a, b
 
 
-def _bars(ax, top: list[tuple[int, float]], n: int) -> None:
-    k = len(top)
-    xs = np.arange(k)
-    vals = [v if np.isfinite(v) else 0.0 for _, v in top]
-    ax.bar(xs, vals, color=_BAR, width=0.8, zorder=2)
-    labels = [str(i) for i, _ in top]
-    longest = max(len(s) for s in labels)
-    rotate = k * longest > 72                          # too many digits to sit side by side
-    ax.set_xticks(xs, labels, rotation=90 if rotate else 0,
-                  fontsize=9 if k <= 32 else max(5, 9 - (k - 32) // 16))
-    ax.set_xlim(-0.6, k - 0.4)
-    ax.set_xlabel("channel index (ranked by weight)")
-    ax.set_ylabel("weight")
-    ax.set_title(f"top {k} of {n} channels", fontsize=11)
-    ax.grid(axis="y", alpha=0.35, zorder=0)
-    ax.axhline(0.0, color="0.3", linewidth=0.8, zorder=3)
-    ax.spines[["top", "right"]].set_visible(False)
-    if k <= 12:                                        # room to print each value on its bar
-        for x, v in zip(xs, vals):
-            ax.annotate(f"{v:.3g}", (x, v), xytext=(0, 3 if v >= 0 else -3),
-                        textcoords="offset points", ha="center",
-                        va="bottom" if v >= 0 else "top", fontsize=8)
+def _fill(img: Image.Image, points: list[tuple[float, float]], colour: tuple[int, int, int],
+          alpha: float) -> None:
+    """A polygon at opacity `alpha` over what is already drawn (grid lines show through)."""
+    if len(points) < 3:
+        return
+    x0 = int(min(x for x, _ in points))
+    y0 = int(min(y for _, y in points))
+    x1 = int(max(x for x, _ in points)) + 2
+    y1 = int(max(y for _, y in points)) + 2
+    mask = Image.new("L", (x1 - x0, y1 - y0), 0)           # only the polygon's bounding box
+    ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in points], fill=round(255 * alpha))
+    img.paste(colour, (x0, y0), mask)
 
 
-def _distribution(ax, w: np.ndarray, k: int) -> None:
-    n = w.size
-    ranked = np.sort(np.where(np.isnan(w), -np.inf, w))[::-1]
-    finite = np.isfinite(ranked)
-    ranks = np.arange(n)
-    y = np.where(finite, ranked, np.nan)
-    base = min(0.0, float(np.nanmin(y))) if finite.any() else 0.0
-    rest = ranks >= k - 1                                # share the boundary point with the top k
-    ax.fill_between(ranks[rest], base, y[rest], color=_BAR, alpha=0.25, linewidth=0, zorder=1)
-    ax.plot(ranks, y, color=_BAR, linewidth=1.4, zorder=2,
-            marker="o" if n <= 40 else None, markersize=3)
-    cut = float(np.nanmin(y[:k])) if finite[:k].any() else float("nan")
-    label = f"top {k}" + (f" (weight ≥ {cut:.3g})" if np.isfinite(cut) else "")
-    ax.fill_between(ranks[:k], base, y[:k], color=_TOP, alpha=0.35, linewidth=0, zorder=1,
-                    label=label)
-    ax.plot(ranks[:k], y[:k], color=_TOP, linewidth=2.2, zorder=3)
-    if k < n:
-        ax.axvline(k - 0.5, color=_TOP, linestyle="--", linewidth=0.9, zorder=3)
-    ax.set_xlim(-0.5, max(n - 0.5, 1.0))
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-    ax.set_xlabel("rank (0 = largest)")
-    ax.set_ylabel("weight")
-    ax.set_title(f"all {n} weights, sorted", fontsize=11)
-    ax.grid(alpha=0.35, zorder=0)
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(loc="upper right", fontsize=9, frameon=False)
+def _dashed(draw: ImageDraw.ImageDraw, x: float, top: float, bottom: float, colour) -> None:
+    for y in range(int(top), int(bottom), 6):
+        draw.line((x, y, x, min(y + 3, bottom)), fill=colour)
 
 
-def channel_figure(weights: np.ndarray, top_k: int = 20, title: str = "") -> Figure:
-    """The chart as a matplotlib Figure (left axes: top-k bars; right axes: sorted weights)."""
+def _layout(top_labels: list[str], k: int, title: str) -> tuple[int, int, int, bool]:
+    """Top and bottom pixel rows of both axes, the bar tick font size, and whether labels turn."""
+    rotate = k * max(len(s) for s in top_labels) > 72          # too many digits side by side
+    size = _TICK if k <= 32 else max(7, _TICK - (k - 32) // 16)
+    tall = max(width(s, font(size)) for s in top_labels) if rotate else size
+    top = (8 + _SUPTITLE + 10 if title else 8) + _TITLE + 10
+    bottom = CHART_SIZE[1] - 8 - _LABEL - 8 - round(tall) - 8
+    return top, bottom, size, rotate
+
+
+def bar_axes(weights: np.ndarray, top_k: int = 20, title: str = "") -> tuple[Axes, Axes]:
+    """The two data → pixel axes of `channel_bars`: bars (x = rank among the top k) and distribution."""
     w = _weights(weights)
     top = top_channels(w, top_k)
-    fig = Figure(figsize=(CHART_SIZE[0] / _DPI, CHART_SIZE[1] / _DPI), dpi=_DPI,
-                 layout="constrained", facecolor="white")
-    left, right = fig.subplots(1, 2, width_ratios=[3, 2])
-    _bars(left, top, w.size)
-    _distribution(right, w, len(top))
-    if title:
-        fig.suptitle(title, fontsize=13)
-    return fig
+    k, n = len(top), w.size
+    vals = np.array([v if np.isfinite(v) else 0.0 for _, v in top])
+    t, b, _, _ = _layout([str(i) for i, _ in top], k, title)
+    y0, y1 = _limits(min(0.0, vals.min()), max(0.0, vals.max()), sticky_zero=True)
+    finite = w[np.isfinite(w)]
+    d0, d1 = _limits(min(0.0, finite.min()) if finite.size else 0.0,
+                     finite.max() if finite.size else 1.0, sticky_zero=False)
+
+    def left_edge(x0: int, ticks: list[float]) -> int:     # room for tick labels and the y label
+        return x0 + 8 + _LABEL + 10 + round(max(width(tick_label(v, ticks), font(_TICK)) for v in ticks))
+    lb = left_edge(0, nice_ticks(y0, y1, 6))
+    rb = left_edge(600, nice_ticks(d0, d1, 6))
+    return (Axes((lb, t, 585, b), -0.6, k - 0.4, y0, y1),
+            Axes((rb, t, CHART_SIZE[0] - 12, b), -0.5, max(n - 0.5, 1.0), d0, d1))
 
 
 def channel_bars(weights: np.ndarray, top_k: int = 20, title: str = "") -> Image.Image:
     """A CHART_SIZE RGB chart: the top-k channels as labelled bars and all C weights sorted."""
-    return _canvas_to_image(channel_figure(weights, top_k, title))
+    w = _weights(weights)
+    top = top_channels(w, top_k)
+    k, n = len(top), w.size
+    bars, dist = bar_axes(w, top_k, title)
+    img = Image.new("RGB", CHART_SIZE, _WHITE)
+    draw = ImageDraw.Draw(img)
+    if title:
+        text(draw, (CHART_SIZE[0] / 2, 8), clip(title, font(_SUPTITLE), CHART_SIZE[0] - 16),
+             font(_SUPTITLE), anchor="ma")
+    labels = [str(i) for i, _ in top]
+    _, _, size, rotate = _layout(labels, k, title)
+    # left: the top k as bars, labelled with their channel index
+    xs = list(range(k))
+    bars.frame(img, draw, xs, nice_ticks(bars.y0, bars.y1, 6), labels, font(size), rotate_x=rotate,
+               xlabel="channel index (ranked by weight)", ylabel="weight", label_font=font(_LABEL),
+               yfont=font(_TICK))
+    for x, (_, v) in zip(xs, top):
+        v = v if np.isfinite(v) else 0.0
+        a, b = sorted((bars.py(0.0), bars.py(v)))
+        draw.rectangle((round(bars.px(x - 0.4)), round(a), round(bars.px(x + 0.4)) - 1, round(b) - 1),
+                       fill=_BAR)
+        if k <= 12:                                        # room to print each value on its bar
+            text(draw, (bars.px(x), bars.py(v) + (-3 if v >= 0 else 3)), f"{v:.3g}", font(11),
+                 anchor="md" if v >= 0 else "ma")
+    zero = round(bars.py(0.0))
+    draw.line((bars.box[0], zero, bars.box[2], zero), fill=(77, 77, 77))
+    _title(draw, bars, f"top {k} of {n} channels")
+    _distribution(img, draw, dist, w, k)
+    return img
+
+
+def _title(draw: ImageDraw.ImageDraw, ax: Axes, s: str) -> None:
+    left, top, right, _ = ax.box
+    text(draw, ((left + right) / 2, top - 8), clip(s, font(_TITLE), right - left), font(_TITLE),
+         anchor="md")
+
+
+def _distribution(img: Image.Image, draw: ImageDraw.ImageDraw, ax: Axes, w: np.ndarray, k: int) -> None:
+    """Right: all C weights sorted, the top k in orange up to a dashed cut, a legend with the cut."""
+    n = w.size
+    ranked = np.sort(np.where(np.isnan(w), -np.inf, w))[::-1]
+    keep = np.isfinite(ranked)
+    xs, ys = ax.px(np.arange(n)[keep]), ax.py(ranked[keep])
+    pts = list(zip(xs.tolist(), ys.tolist()))
+    ranks = np.arange(n)[keep]
+    xticks = [float(v) for v in nice_ticks(ax.x0, ax.x1, 6) if float(v).is_integer()] or [0.0]
+    ax.frame(img, draw, xticks, nice_ticks(ax.y0, ax.y1, 6), [str(int(v)) for v in xticks],
+             font(_TICK), grid_x=True, xlabel="rank (0 = largest)", ylabel="weight",
+             label_font=font(_LABEL))
+    base = ax.py(min(0.0, float(ranked[keep].min())) if keep.any() else 0.0)
+    rest = [p for p, r in zip(pts, ranks) if r >= k - 1]     # shares its first point with the top k
+    head = [p for p, r in zip(pts, ranks) if r < k]
+    if rest:
+        _fill(img, rest + [(rest[-1][0], base), (rest[0][0], base)], _BAR, 0.25)
+    if head:
+        _fill(img, head + [(head[-1][0], base), (head[0][0], base)], _TOP, 0.35)
+    if len(pts) > 1:
+        draw.line(pts, fill=_BAR, width=2)
+    if len(head) > 1:
+        draw.line(head, fill=_TOP, width=3)
+    if n <= 40:
+        for x, y in pts:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=_BAR)
+    if k < n:
+        _dashed(draw, ax.px(k - 0.5), ax.box[1], ax.box[3], _TOP)
+    cut = float(ranked[:k][keep[:k]].min()) if keep[:k].any() else float("nan")
+    legend = f"top {k}" + (f" (weight ≥ {cut:.3g})" if np.isfinite(cut) else "")
+    f = font(_TICK)
+    x = ax.box[2] - 8 - width(legend, f)
+    y = ax.box[1] + 10
+    draw.rectangle((x - 32, y - 5, x - 8, y + 5), fill=mix(_TOP, 0.35))
+    text(draw, (x, y), legend, f, anchor="lm")
+    _title(draw, ax, f"all {n} weights, sorted")
 
 
 def channel_depth(gates: list[tuple[str, np.ndarray]], title: str = "", bins: int = 40) -> Image.Image:
@@ -117,17 +186,48 @@ def channel_depth(gates: list[tuple[str, np.ndarray]], title: str = "", bins: in
     edges = np.linspace(0.0, 1.0, bins + 1)
     hist = np.stack([np.histogram(np.clip(_weights(w), 0, 1), edges)[0] / max(len(w), 1)
                      for _, w in gates])                                   # (gates, bins)
-    height = max(3.0, 0.28 * len(gates) + 1.6)
-    fig = Figure(figsize=(CHART_SIZE[0] / _DPI, height), dpi=_DPI, layout="constrained")
-    ax = fig.add_subplot()
-    im = ax.imshow(hist, aspect="auto", cmap="magma", extent=(0, 1, len(gates) - 0.5, -0.5),
-                   interpolation="nearest")
-    means = [float(np.mean(w)) for _, w in gates]
-    ax.plot(means, range(len(gates)), "o", color="#38b2ac", ms=4, label="mean weight")
-    ax.set_yticks(range(len(gates)), [f"{name}  (C={len(w)})" for name, w in gates], fontsize=7)
-    ax.set_xlabel("gate weight s (0 = channel suppressed, 1 = passed)")
-    ax.set_xlim(0, 1)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.colorbar(im, ax=ax, label="fraction of the gate's channels", pad=0.01)
-    fig.suptitle(title or "channel gates, first block (top) to last (bottom)")
-    return _canvas_to_image(fig)
+    n = len(gates)
+    size = (CHART_SIZE[0], round(100 * max(3.0, 0.28 * n + 1.6)))
+    img = Image.new("RGB", size, _WHITE)
+    draw = ImageDraw.Draw(img)
+    title = title or "channel gates, first block (top) to last (bottom)"
+    text(draw, (size[0] / 2, 8), clip(title, font(_SUPTITLE), size[0] - 16), font(_SUPTITLE), anchor="ma")
+    names = [clip(f"{name}  (C={len(w)})", font(10), 0.4 * size[0]) for name, w in gates]
+    left = 12 + round(max(width(s, font(10)) for s in names))
+    box = (left, 8 + _SUPTITLE + 14, size[0] - 120, size[1] - 8 - _LABEL - 8 - _TICK - 10)
+    ax = Axes(box, 0.0, 1.0, n - 0.5, -0.5)                 # first gate on top
+    lo, hi = float(hist.min()), float(hist.max())
+    heat = colorize((hist - lo) / (hi - lo) if hi > lo else np.zeros_like(hist), "magma")
+    img.paste(Image.fromarray(heat, "RGB").resize((box[2] - box[0], box[3] - box[1]),
+                                                  Image.Resampling.NEAREST), box[:2])
+    xt = nice_ticks(0.0, 1.0, 6)
+    ax.frame(img, draw, xt, list(range(n)), [tick_label(v, xt) for v in xt], font(_TICK), grid_y=False,
+             xlabel="gate weight s (0 = channel suppressed, 1 = passed)", ylabels=names,
+             yfont=font(10), label_font=font(_LABEL))
+    for i, (_, w) in enumerate(gates):
+        x, y = ax.px(float(np.mean(w))), ax.py(i)
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=_DOT)
+    lx, ly = box[2] - 8 - width("mean weight", font(11)), box[3] - 16
+    draw.rectangle((lx - 26, ly - 10, box[2] - 4, ly + 10), fill=_WHITE, outline=(204, 204, 204))
+    draw.ellipse((lx - 18, ly - 4, lx - 10, ly + 4), fill=_DOT)
+    text(draw, (lx, ly), "mean weight", font(11), anchor="lm")
+    _colour_bar(img, draw, (box[2] + 12, box[1], box[2] + 30, box[3]), lo, hi)
+    return img
+
+
+def _colour_bar(img: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int],
+                lo: float, hi: float) -> None:
+    """The depth chart's vertical magma bar: `lo` at the bottom, `hi` at the top, with ticks."""
+    x0, y0, x1, y1 = box
+    ramp = colorize(np.linspace(1.0, 0.0, y1 - y0)[:, None].repeat(x1 - x0, 1), "magma")
+    img.paste(Image.fromarray(ramp, "RGB"), (x0, y0))
+    draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
+    top = hi if hi > lo else lo + 1.0
+    ticks = nice_ticks(lo, top, 5)
+    for v in ticks:
+        y = y1 - (v - lo) / (top - lo) * (y1 - y0)
+        draw.line((x1, y, x1 + 3, y), fill=(0, 0, 0))
+        text(draw, (x1 + 6, y), tick_label(v, ticks), font(_TICK), anchor="lm")
+    room = max(width(tick_label(v, ticks), font(_TICK)) for v in ticks)
+    vtext(img, (x1 + 14 + room + _LABEL * 0.7, (y0 + y1) / 2), "fraction of the gate's channels",
+          font(_LABEL))

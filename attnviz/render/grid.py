@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence
 
-import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from attnviz.render.overlay import blend, colorize, colormap_lut, fit
+from attnviz.render.draw import AnyFont, clip, font, text, width
+from attnviz.render.overlay import blender, colorize, colormap_lut, fit
 
 __all__ = ["GridCell", "GridRow", "GridLayout", "grid_layout", "grid_size", "grid",
            "BACKGROUND", "LETTERBOX", "BOX_COLOUR"]
@@ -22,8 +20,6 @@ BOX_COLOUR = (255, 255, 255)      # ground-truth box outline, edged in black
 TEXT = (20, 20, 20)
 TITLE_LINES = 2                   # a cell title is at most this many lines (longer ones are cut)
 CAPTION = "each map min–max normalised to [0, 1]"
-
-AnyFont = Union[ImageFont.FreeTypeFont, ImageFont.ImageFont]
 
 
 @dataclass
@@ -84,47 +80,7 @@ def grid_size(n_rows: int, n_cols: int, cell: int = 256) -> tuple[int, int]:
     return g.pad + n_cols * (g.cell + g.pad), g.pad + n_rows * g.row_h + g.legend_h
 
 
-@lru_cache(maxsize=16)
-def _font(size: int, bold: bool = False) -> AnyFont:
-    """DejaVu Sans from matplotlib (wide Unicode coverage), else Pillow's default font."""
-    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-    try:
-        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
-    except (OSError, ImportError):
-        pass
-    try:
-        return ImageFont.load_default(size=size)          # scalable, Pillow >= 10.1 with FreeType
-    except (TypeError, OSError, ImportError, AttributeError):
-        return ImageFont.load_default()
-
-
-def _safe(text: str, font: AnyFont) -> str:
-    if isinstance(font, ImageFont.FreeTypeFont):
-        return text
-    return text.encode("latin-1", "replace").decode("latin-1")   # the bitmap font is Latin-1 only
-
-
-def _width(text: str, font: AnyFont) -> float:
-    return font.getlength(_safe(text, font))
-
-
-def _clip(text: str, font: AnyFont, width: float) -> str:
-    """`text` cut with an ellipsis so that it fits in `width` pixels."""
-    if _width(text, font) <= width:
-        return text
-    lo, hi = 0, len(text)
-    while lo < hi:                                            # longest prefix that fits with "…"
-        mid = (lo + hi + 1) // 2
-        if _width(text[:mid].rstrip() + "…", font) <= width:
-            lo = mid
-        else:
-            hi = mid - 1
-    return text[:lo].rstrip() + "…" if lo else ""
-
-
-def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font: AnyFont,
-          fill: tuple[int, int, int] = TEXT) -> None:
-    draw.text(xy, _safe(text, font), font=font, fill=fill)
+_font, _width, _clip, _text = font, width, clip, text      # shared with the charts (render/draw.py)
 
 
 def _draw_box(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
@@ -146,9 +102,9 @@ def _draw_box(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
 
 
 def _cell_image(base: Image.Image, row: GridRow, cell: GridCell, g: GridLayout,
-                colormap: str, alpha: float) -> Image.Image:
+                paint: Callable[[np.ndarray], Image.Image]) -> Image.Image:
     """The square cell: the (overlaid) fitted image centred on the letterbox colour, boxes drawn."""
-    shown = base if cell.map is None else blend(base, cell.map, colormap, alpha)
+    shown = base if cell.map is None else paint(cell.map)
     square = Image.new("RGB", (g.cell, g.cell), LETTERBOX)
     offset = ((g.cell - base.width) // 2, (g.cell - base.height) // 2)
     square.paste(shown, offset)
@@ -211,6 +167,7 @@ def grid(rows: Sequence[GridRow], colormap: str = "jet", alpha: float = 0.5,
         label = _clip(row.label, bold, sheet.width - 2 * g.pad)
         _text(draw, (g.pad, top + (g.label_h - g.pad - g.line) // 2), label, bold)
         base = fit(row.image, cell)
+        paint = blender(base, colormap, alpha)                 # the image's share, once per row
         for c, item in enumerate(row.cells):
             left = g.pad + c * (g.cell + g.pad)
             lines = item.title.split("\n")
@@ -221,7 +178,7 @@ def grid(rows: Sequence[GridRow], colormap: str = "jet", alpha: float = 0.5,
                 text = _clip(text, font, g.cell)
                 tx = left + (g.cell - _width(text, font)) / 2
                 _text(draw, (tx, top + g.label_h + i * g.line - 2), text, font)
-            sheet.paste(_cell_image(base, row, item, g, colormap, alpha),
+            sheet.paste(_cell_image(base, row, item, g, paint),
                         (left, top + g.label_h + g.title_h))
     _legend(sheet, draw, g, 2 * g.pad + len(rows) * g.row_h, colormap)
     return sheet

@@ -5,14 +5,30 @@ import io
 import json
 import math
 import os
+import struct
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["write_atomic", "save_png", "save_npz", "save_json"]
+__all__ = ["PNG_LEVEL", "FORMATS", "encode_png", "write_atomic", "save_png", "save_image", "save_npz",
+           "save_json"]
+
+# PNG: every row "Up"-filtered (minus the row above) and deflated at zlib level 1. Measured on 7
+# of attnviz's own pictures (overlays, grids, a chart): Pillow at level 1 (it tries 5 filters on
+# every row) takes 1.8× as long, level 3 (the old setting) 3.3×, its default 6 9.7×, for files
+# 3 %, 9 % and 20 % smaller. Level 0 would write files 3–5× larger.
+PNG_LEVEL = 1
+# --format for overlays: file suffix and Pillow save options (JPEG q90 4:2:0 encodes 11× faster
+# than our PNG into files 4× smaller; WebP method 0 is as fast as our PNG, files 7× smaller)
+FORMATS = {"png": ("png", None),
+           "jpg": ("jpg", dict(format="JPEG", quality=90)),
+           "webp": ("webp", dict(format="WEBP", quality=90, method=0))}
+_EPOCH = (1980, 1, 1, 0, 0, 0)    # fixed zip member time: maps.npz is byte-for-byte reproducible
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -34,14 +50,56 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         raise
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(image: Image.Image, level: int = PNG_LEVEL) -> bytes:
+    """An 8-bit RGB or L image as PNG bytes: one fixed filter (Up), zlib `level`; others via Pillow."""
+    if image.mode not in ("RGB", "L"):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", compress_level=level)
+        return buf.getvalue()
+    a = np.asarray(image)
+    h, w = a.shape[:2]
+    rows = a.reshape(h, -1)                                     # (h, w·channels) bytes
+    raw = np.empty((h, rows.shape[1] + 1), dtype=np.uint8)
+    raw[:, 0] = 2                                               # filter type 2: Up
+    raw[:1, 1:] = rows[:1]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:], dtype=np.uint8)   # mod 256, as PNG says
+    colour = 2 if image.mode == "RGB" else 0
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + _chunk(b"IEND", b""))
+
+
 def save_png(path: Path, image: Image.Image) -> None:
-    """Save a PIL image as PNG, atomically."""
-    write_atomic(path, lambda f: image.save(f, format="PNG", compress_level=3))
+    """Save a PIL image as PNG (see `encode_png`), atomically."""
+    data = encode_png(image)
+    write_atomic(path, lambda f: f.write(data))
+
+
+def save_image(path: Path, image: Image.Image, fmt: str = "png") -> None:
+    """Save a PIL image as `fmt` (a key of FORMATS), atomically; `path` keeps the suffix it has."""
+    options = FORMATS[fmt][1]
+    if options is None:
+        save_png(path, image)
+    else:
+        write_atomic(path, lambda f: image.save(f, **options))
+
+
+def _npz(f: io.BufferedWriter, arrays: dict[str, np.ndarray]) -> None:
+    """What np.savez_compressed writes, with fixed member times (np.load reads it the same)."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with z.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Save arrays to an .npz (compressed), atomically."""
-    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+    """Save arrays to an .npz (compressed, reproducible bytes), atomically."""
+    write_atomic(path, lambda f: _npz(f, arrays))
 
 
 def strict(obj: Any) -> Any:

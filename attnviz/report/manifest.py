@@ -34,6 +34,7 @@ class Manifest:
         self.sanity: dict[str, float] | None = None   # kind -> rank correlation with a randomised model
         self.entries: dict[str, dict[str, Any]] = {}  # output folder -> record, once its files are written
         self.order: list[str] = []                    # output folders in manifest order (set by the runner)
+        self.ext = style.ext             # file suffix of the overlays (--format)
         self.head = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "attnviz", "version": __version__, "torch": torch.__version__,
@@ -74,7 +75,7 @@ class Manifest:
 
     def add(self, r: Result, files: list[str] | None = None) -> None:
         """Record one image (call after its files are written)."""
-        entry = image_entry(r)
+        entry = image_entry(r, self.ext)
         if files is not None:
             entry["files"] = files
         self.entries[r.output] = entry

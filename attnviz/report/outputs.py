@@ -10,8 +10,8 @@ from PIL import Image
 
 from attnviz.errors import AttnvizError
 from attnviz.maps import cell_centre
-from attnviz.render import GridCell, GridRow, blend, channel_bars, channel_depth, fit, grid
-from attnviz.report.atomic import save_npz, save_png
+from attnviz.render import GridCell, GridRow, blender, channel_bars, channel_depth, fit, grid
+from attnviz.report.atomic import FORMATS, save_image, save_npz, save_png
 from attnviz.results import AttentionMap, Result
 
 __all__ = ["MAX_SIZE", "Style", "write_outputs", "written", "image_entry", "map_entry"]
@@ -28,6 +28,12 @@ class Style:
     colormap: str = "jet"
     alpha: float = 0.5
     top_k: int = 20           # bars in channel_weights.png
+    format: str = "png"       # overlays (and original): png, jpg or webp; charts and grids stay PNG
+
+    @property
+    def ext(self) -> str:
+        """File suffix of the overlays."""
+        return FORMATS[self.format][0]
 
     def __post_init__(self) -> None:
         """One-line errors for values no picture can be drawn with."""
@@ -37,15 +43,17 @@ class Style:
             raise AttnvizError(f"--alpha {self.alpha!r}: use a number from 0 to 1")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise AttnvizError(f"--top-k {self.top_k!r}: use a whole number ≥ 1")
+        if self.format not in FORMATS:
+            raise AttnvizError(f"--format {self.format!r}: use one of {', '.join(FORMATS)}")
 
 
-def map_entry(m: AttentionMap, size: tuple[int, int]) -> dict[str, Any]:
+def map_entry(m: AttentionMap, size: tuple[int, int], ext: str = "png") -> dict[str, Any]:
     """The manifest record of one map: provenance, files and statistics."""
     d = m.data
     finite = d[np.isfinite(d)] if d.size else d
     row, col = np.unravel_index(int(np.nanargmax(d)), d.shape) if finite.size else (0, 0)
     return {"kind": m.kind, "name": m.name, "provenance": m.provenance, "layer": m.layer,
-            "file": f"{m.name}.png", "npz_key": m.name, "shape": list(d.shape),
+            "file": f"{m.name}.{ext}", "npz_key": m.name, "shape": list(d.shape),
             "min": float(finite.min()) if finite.size else None,
             "max": float(finite.max()) if finite.size else None,
             "mean": float(finite.mean()) if finite.size else None,
@@ -54,14 +62,14 @@ def map_entry(m: AttentionMap, size: tuple[int, int]) -> dict[str, Any]:
             **_jsonable(m.meta)}
 
 
-def image_entry(r: Result) -> dict[str, Any]:
+def image_entry(r: Result, ext: str = "png") -> dict[str, Any]:
     """The manifest record of one image (ok or error)."""
     return {"source": r.source, **({"source_bytes": r.source_bytes} if r.source_bytes else {}),
             "output": r.output, "status": r.status, "error": r.error,
             "size": list(r.size) if r.size else None,
             "predictions": [{"index": p.index, "label": p.label, "probability": p.probability}
                             for p in r.predictions],
-            "maps": [map_entry(m, r.size) for m in r.maps] if r.size else []}
+            "maps": [map_entry(m, r.size, ext) for m in r.maps] if r.size else []}
 
 
 def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
@@ -71,11 +79,12 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     if not folder.resolve().is_relative_to(out.resolve()):   # image names never escape OUT
         raise OSError(f"output folder {r.output!r} would lie outside {out}")
     fitted = fit(image, style.size)                # resized once, shared by every overlay
-    save_png(folder / "original.png", fitted)
+    save_image(folder / f"original.{style.ext}", fitted, style.format)
+    paint = blender(fitted, style.colormap, style.alpha)    # the image's share computed once
     arrays: dict[str, np.ndarray] = {}
     cells = [GridCell("original", None)]
     for m in r.maps:
-        save_png(folder / f"{m.name}.png", blend(fitted, m.data, style.colormap, style.alpha))
+        save_image(folder / f"{m.name}.{style.ext}", paint(m.data), style.format)
         arrays[m.name] = m.data.astype(np.float32)
         cells.append(GridCell(f"{_title(m)}\n{m.provenance}", m.data))
         if m.weights is not None:
@@ -87,14 +96,14 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     row = GridRow(image, cells, label=r.source, boxes=[tuple(b) for b in boxes])
     save_png(folder / "grid.png", grid([row], style.colormap, style.alpha))
     save_npz(folder / "maps.npz", arrays)
-    return written(r)
+    return written(r, style.ext)
 
 
-def written(r: Result) -> list[str]:
+def written(r: Result, ext: str = "png") -> list[str]:
     """The files `write_outputs` writes for `r`, relative to its folder (the manifest's "files")."""
-    files = ["original.png"]
+    files = [f"original.{ext}"]
     for m in r.maps:
-        files.append(f"{m.name}.png")
+        files.append(f"{m.name}.{ext}")
         if m.weights is not None:
             files.append(f"{m.name}_weights.png")
         if any(k.startswith("gate:") for k in m.extras):
