@@ -16,6 +16,7 @@ from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
 from attnviz.images import check_inputs, discover
 from attnviz.kinds import Batch
+from attnviz.maps import query_point
 from attnviz.pipeline.analyser import Analyser, decoded_batches
 from attnviz.pipeline.outdir import read_manifest
 from attnviz.pipeline.runner import PIXEL_BUDGET
@@ -83,13 +84,8 @@ def _record(m: AttentionMap) -> dict[str, Any]:
 
 
 def _point(meta: dict[str, Any], size: tuple[int, int]) -> tuple[float, float] | None:
-    """The query (image pixels) of a self map that is one query's row, as fractions of the image
-    (the received/rollout maps average over every query: no mark)."""
-    q = meta.get("query")
-    if meta.get("kind") != "self" or not isinstance(q, (list, tuple)) or len(q) != 2 \
-            or any(w in str(meta.get("name")) for w in ("received", "rollout")):
-        return None
-    return float(q[0]) / size[0], float(q[1]) / size[1]
+    """The query of a self map that is one query's row, as fractions of the image."""
+    return query_point(str(meta.get("kind")), str(meta.get("name")), meta, size)
 
 
 def _add(item: _Image, maps: Sequence[AttentionMap], kinds: set[str] | None, prefix: str = "") -> None:

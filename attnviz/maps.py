@@ -11,7 +11,8 @@ import torch.nn.functional as F
 EPS = 1e-6  # guards a zero standard deviation (spec: ẑ)
 
 __all__ = ["EPS", "Layout", "zscore", "normalise", "upsample", "gaussian_kernel", "to_grid",
-           "query_cell", "inside", "cell_centre"]
+           "query_cell", "inside", "cell_centre",
+           "FLAT_RTOL", "FLAT_ATOL", "is_flat", "query_point"]
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,30 @@ def cell_centre(cell: tuple[int, int], size: tuple[int, int], grid: tuple[int, i
     """Centre (x, y) in image pixels of feature cell (row, col)."""
     (row, col), (w, h), (gh, gw) = cell, size, grid
     return [round((col + 0.5) * w / gw, 2), round((row + 0.5) * h / gh, 2)]
+
+
+FLAT_RTOL = 1e-5    # range ≤ this × max |value|: the map is flat (float noise, nothing to show)
+FLAT_ATOL = 1e-9    # … or range ≤ this, whatever the magnitude
+
+
+def is_flat(m: np.ndarray) -> bool:
+    """A map with no real contrast: range ≤ FLAT_RTOL × magnitude, or ≤ FLAT_ATOL (or not finite).
+
+    Such a map is float noise (random-init EfficientNet's channel map spans ±6e-12): it is drawn in
+    one colour and labelled "flat", never stretched to full contrast."""
+    v = np.asarray(m, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return True
+    span = float(v.max() - v.min())
+    return span <= max(FLAT_RTOL * float(np.abs(v).max()), FLAT_ATOL)
+
+
+def query_point(kind: str, name: str, meta: dict, size: tuple[int, int]) -> tuple[float, float] | None:
+    """The query of a self map that is one query's row, as fractions (x/w, y/h) of an image of `size`;
+    None for every other map (received and rollout maps average over every query: no mark)."""
+    q = meta.get("query")
+    if kind != "self" or not isinstance(q, (list, tuple)) or len(q) != 2 \
+            or any(w in name for w in ("received", "rollout")):
+        return None
+    return float(q[0]) / size[0], float(q[1]) / size[1]

@@ -16,7 +16,7 @@ from attnviz.render import bilinear, overlay
 from attnviz.report.atomic import save_npz
 from attnviz.report.outputs import Style, image_entry, write_outputs
 from attnviz.report.writer import Writer
-from attnviz.types import AttentionMap, Prediction, Result
+from attnviz.results import AttentionMap, Prediction, Result
 from tests.conftest import photo
 
 

@@ -8,7 +8,7 @@ centre :func:`attnviz.maps.cell_centre`, ``x = (col + 0.5)·W / w``, ``y = (row 
 a hit is :func:`attnviz.report.evaluate.pointing_hit` (the closed box ``[x0, x1] × [y0, y1]``
 widened by ``tolerance`` pixels; a world box's ``x1``/``y1`` are exclusive pixel indices, i.e.
 the box's right/bottom edges in continuous coordinates, as :class:`~attnviz.report.evaluate.Box`
-expects) and rank correlations are :func:`attnviz.checks.spearman`. Energy in box and the
+expects) and rank correlations are :func:`attnviz.metrics.spearman`. Energy in box and the
 random copies of the sanity check differ from the shared code on purpose: see
 :func:`energy_in_box` and :func:`randomised_demo`.
 """
@@ -74,7 +74,7 @@ def randomised_demo(model: DemoNet, calibration: torch.Tensor, seed: int = 0) ->
     BatchNorm statistics re-estimated on ``calibration`` images (one pass, train mode, no
     gradient), as a ``demo`` backbone.
 
-    Not :func:`attnviz.checks.randomised` (``attnviz run --sanity``), for two reasons.
+    Not :func:`attnviz.pipeline.checks.randomised` (``attnviz run --sanity``), for two reasons.
     (1) Calibration: re-initialising resets the statistics to mean 0 / variance 1, which do not
     fit a random stem; uncalibrated, its output has std ≈ 0.04 (calibrated ≈ 1) and the random
     spatial gate is all but constant (spatial std 0.002, calibrated 0.06). (2) nn.MultiheadAttention

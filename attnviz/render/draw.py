@@ -165,3 +165,9 @@ class Axes:
         if ylabel:
             room = max((width(s, yf) for s in ylabels), default=0)
             vtext(img, (left - 12 - room - lf.size * 0.7, (top + bottom) / 2), ylabel, lf)
+
+
+def ring(draw: ImageDraw.ImageDraw, x: float, y: float, r: float) -> None:
+    """A query marker: a black ring on a white one, visible on any colour."""
+    draw.ellipse((x - r - 1, y - r - 1, x + r + 1, y + r + 1), outline=(255, 255, 255), width=4)
+    draw.ellipse((x - r, y - r, x + r, y + r), outline=(0, 0, 0), width=2)

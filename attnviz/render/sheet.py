@@ -17,15 +17,14 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from attnviz.maps import upsample
+from attnviz.maps import FLAT_ATOL, FLAT_RTOL, is_flat, upsample
+from attnviz.render.draw import ring
 from attnviz.render.overlay import blend, colorize, colormap_lut, fit
 
 __all__ = ["SCALES", "FLAT_RTOL", "FLAT_ATOL", "RANDOM_BAND", "SheetCell", "SheetRow", "SheetLayout",
            "sheet_layout", "sheet_size", "is_flat", "cell_ranges", "render_pages"]
 
 SCALES = ("cell", "row", "shared")
-FLAT_RTOL = 1e-5    # range ≤ this × max |value|: the map is flat (float noise, nothing to show)
-FLAT_ATOL = 1e-9    # … or range ≤ this, whatever the magnitude
 RANDOM_BAND = "random weights — maps mean nothing"
 BACKGROUND, TEXT, MISSING = (255, 255, 255), (20, 20, 20), (200, 200, 200)
 LETTERBOX, BAND, HEADER = (128, 128, 128), (176, 0, 32), (232, 235, 240)
@@ -88,16 +87,6 @@ def sheet_size(n_rows: int, n_cols: int, cell: int = 256, random: bool = False) 
     g = sheet_layout(cell, random)
     return (g.pad + g.label_w + g.pad + (n_cols + 1) * (g.cell + g.pad),
             g.top + n_rows * g.row_h + g.legend_h)
-
-
-def is_flat(m: np.ndarray) -> bool:
-    """A map with no real contrast: range ≤ FLAT_RTOL × magnitude, or ≤ FLAT_ATOL (or not finite)."""
-    v = np.asarray(m, np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return True
-    span = float(v.max() - v.min())
-    return span <= max(FLAT_RTOL * float(np.abs(v).max()), FLAT_ATOL)
 
 
 def cell_ranges(rows: Sequence[SheetRow], scale: str) -> list[list[tuple[float, float] | None]]:
@@ -184,9 +173,7 @@ def _cell(base: Image.Image, c: SheetCell | None, lo_hi, g: SheetLayout, colorma
     if c.point is not None:                  # the query this self map is the row of: a ring, black on white
         x = (g.cell - base.width) // 2 + c.point[0] * base.width
         y = (g.cell - base.height) // 2 + c.point[1] * base.height
-        r = max(4, g.cell // 28)
-        draw.ellipse((x - r - 1, y - r - 1, x + r + 1, y + r + 1), outline=(255, 255, 255), width=4)
-        draw.ellipse((x - r, y - r, x + r, y + r), outline=(0, 0, 0), width=2)
+        ring(draw, x, y, max(4, g.cell // 28))
     if flat:
         draw.rectangle((0, 0, font.getlength("flat") + 2 * g.pad, g.line + g.pad // 2), fill=(0, 0, 0))
         draw.text((g.pad, g.pad // 4), "flat", font=font, fill=(255, 255, 255))
