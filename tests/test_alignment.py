@@ -46,14 +46,16 @@ def _centroids(model, layer: str, layout: Layout, size: int, cells, inputs: int 
     return [(float(a), float(b)) for a, b in res]
 
 
-FAMILIES = [("resnet18", 128), ("regnet_y_400mf", 128), ("efficientnet_b0", 128),
-            ("mobilenet_v3_small", 128),
-            pytest.param("convnext_tiny", 128, marks=pytest.mark.slow),
-            pytest.param("densenet121", 128, marks=pytest.mark.slow)]
+# (name, input size, off before): ConvNeXt downsamples by non-overlapping 4×4/s4 and 2×2/s2 patches,
+# so its block centres were already right (0.01 cell); the others' stride-2 3×3 convs were not.
+FAMILIES = [("resnet18", 128, True), ("regnet_y_400mf", 128, True), ("efficientnet_b0", 128, True),
+            ("mobilenet_v3_small", 128, True),
+            pytest.param("convnext_tiny", 128, False, marks=pytest.mark.slow),
+            pytest.param("densenet121", 128, True, marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("name,size", FAMILIES)
-def test_drawn_centres_match_the_gradient_centroid(name, size):
+@pytest.mark.parametrize("name,size,off_before", FAMILIES)
+def test_drawn_centres_match_the_gradient_centroid(name, size, off_before):
     bb = _backbone(name, size)
     an = Analyser(bb, ["spatial"])
     (_, maps), = an.analyse_batch([Image.new("RGB", (size, size), MEAN_RGB)])
@@ -72,7 +74,7 @@ def test_drawn_centres_match_the_gradient_centroid(name, size):
     print(f"{name}: drawn centre vs gradient centroid, worst of {cells}: block centres {before:.2f} cell, "
           f"measured {after:.2f} cell")
     assert after <= 0.15
-    assert before > 0.15            # the test can fail: block centres are off on these models
+    assert (before > 0.15) == off_before     # the test can fail: block centres are off on these models
 
 
 def test_uniform_geometry_is_todays_bilinear_and_queries_round_trip():
