@@ -135,7 +135,11 @@ class Analyser:
         self.notes += self.inventory.notes()    # attention found but not drawn natively, and why
         self.heads = [config.self_layer or attention[-1]] if attention else []   # per-head maps: one layer
         self.forwards = 0   # forward passes run so far (one per batch)
-        self.aligner = Aligner(bb, config.align)   # measured cell centres, on first use
+        self.aligner = Aligner(bb, config.align)   # measured cell centres
+        # measured now, so that every batch is still ONE forward (other layers: on first use)
+        near = [self.inventory.nearest_gate(k, self.layer) for k in ("spatial", "channel")]
+        for name in [self.layer, *(g.name for g in near if g is not None)] if self.kinds else []:
+            self.aligner.geometry(name)
 
     def twin(self, backbone: Backbone) -> Analyser:
         """The same kinds and settings on another backbone (the sanity check's randomised model)."""
