@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnviz.geometry import Geometry, nearest_cell, resample
+
 EPS = 1e-6  # guards a zero standard deviation (spec: ẑ)
 
 __all__ = ["EPS", "Layout", "zscore", "normalise", "upsample", "gaussian_kernel", "to_grid",
@@ -66,18 +68,29 @@ def normalise(m: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def upsample(m: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an (h, w) map to (height, width), pixel centres aligned."""
+def upsample(m: np.ndarray, height: int, width: int, geometry: Geometry | None = None) -> np.ndarray:
+    """Bilinear resize of an (h, w) map to (height, width), pixel centres aligned.
+
+    With a `geometry` (a CNN layer's measured cell centres) cell (r, c)'s value lands at its
+    measured centre instead of the centre of its block (see attnviz.geometry)."""
+    if geometry is not None and geometry.fits(np.shape(m)):
+        return resample(m, height, width, geometry)
     t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
     out = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
     return out[0, 0].numpy()
 
 
-def query_cell(xy: tuple[float, float], size: tuple[int, int], grid: tuple[int, int]) -> tuple[int, int]:
+def query_cell(xy: tuple[float, float], size: tuple[int, int], grid: tuple[int, int],
+               geometry: Geometry | None = None) -> tuple[int, int]:
     """Image pixel (x, y) of an image of `size` (w, h) -> feature cell (row, col) of `grid` (H, W).
 
-    A point outside the image goes to the nearest border cell (see `inside`)."""
+    The cell whose centre is nearest (its block, without a geometry); a point outside the image
+    goes to the nearest border cell (see `inside`)."""
     (x, y), (w, h), (gh, gw) = xy, size, grid
+    if geometry is not None and geometry.fits(grid):
+        xs, ys = geometry.centres((w, h))
+        cx, cy = min(max(x, 0.0), float(w)), min(max(y, 0.0), float(h))
+        return nearest_cell(cy, ys), nearest_cell(cx, xs)
     fx = min(max(x / w, 0.0), 1.0)       # clamp first: a huge query must not overflow int()
     fy = min(max(y / h, 0.0), 1.0)
     return min(int(fy * gh), gh - 1), min(int(fx * gw), gw - 1)
@@ -88,9 +101,13 @@ def inside(xy: tuple[float, float], size: tuple[int, int]) -> bool:
     return 0 <= xy[0] <= size[0] and 0 <= xy[1] <= size[1]
 
 
-def cell_centre(cell: tuple[int, int], size: tuple[int, int], grid: tuple[int, int]) -> list[float]:
-    """Centre (x, y) in image pixels of feature cell (row, col)."""
+def cell_centre(cell: tuple[int, int], size: tuple[int, int], grid: tuple[int, int],
+                geometry: Geometry | None = None) -> list[float]:
+    """Centre (x, y) in image pixels of feature cell (row, col): measured with a geometry, else its block's."""
     (row, col), (w, h), (gh, gw) = cell, size, grid
+    if geometry is not None and geometry.fits(grid):
+        xs, ys = geometry.centres((w, h))
+        return [round(float(xs[col]), 2), round(float(ys[row]), 2)]
     return [round((col + 0.5) * w / gw, 2), round((row + 0.5) * h / gh, 2)]
 
 

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from attnviz.geometry import Geometry
 from attnviz.maps import cell_centre, normalise, upsample
 
 __all__ = ["Box", "SANITY_LIMIT", "peak", "pointing_hit", "energy_in_boxes", "chance_rate", "ranks",
@@ -28,13 +29,14 @@ class Box:
     label: str | None = None
 
 
-def peak(m: np.ndarray, size: tuple[int, int]) -> list[float]:
-    """Centre (x, y), in pixels of an image of `size` (w, h), of the map's largest finite cell."""
+def peak(m: np.ndarray, size: tuple[int, int], geometry: Geometry | None = None) -> list[float]:
+    """Centre (x, y), in pixels of an image of `size` (w, h), of the map's largest finite cell
+    (where its layer's `geometry` places that cell, when given)."""
     finite = np.isfinite(m)
     if not finite.any():
-        return cell_centre((0, 0), size, m.shape)
+        return cell_centre((0, 0), size, m.shape, geometry)
     row, col = np.unravel_index(int(np.argmax(np.where(finite, m, -np.inf))), m.shape)
-    return cell_centre((int(row), int(col)), size, m.shape)
+    return cell_centre((int(row), int(col)), size, m.shape, geometry)
 
 
 def pointing_hit(point: Sequence[float], boxes: Sequence[Box], tolerance: float = 0.0) -> bool:
@@ -44,10 +46,12 @@ def pointing_hit(point: Sequence[float], boxes: Sequence[Box], tolerance: float 
                for b in boxes)
 
 
-def energy_in_boxes(m: np.ndarray, size: tuple[int, int], boxes: Sequence[Box]) -> float:
-    """Share of the display-normalised map, upsampled to the image (w, h), that falls inside the boxes."""
+def energy_in_boxes(m: np.ndarray, size: tuple[int, int], boxes: Sequence[Box],
+                    geometry: Geometry | None = None) -> float:
+    """Share of the display-normalised map, upsampled to the image (w, h) (by its layer's
+    `geometry`, when given), that falls inside the boxes."""
     w, h = size
-    up = upsample(normalise(m), h, w)
+    up = upsample(normalise(m), h, w, geometry)
     inside = np.zeros((h, w), dtype=bool)
     for b in boxes:
         inside[max(int(b.y0), 0):int(np.ceil(b.y1)), max(int(b.x0), 0):int(np.ceil(b.x1))] = True
@@ -56,9 +60,9 @@ def energy_in_boxes(m: np.ndarray, size: tuple[int, int], boxes: Sequence[Box]) 
 
 
 def chance_rate(shape: tuple[int, int], size: tuple[int, int], boxes: Sequence[Box],
-                tolerance: float = 0.0) -> float:
+                tolerance: float = 0.0, geometry: Geometry | None = None) -> float:
     """Hit rate of a uniformly random cell: the share of cell centres inside any box."""
-    return float(np.mean([pointing_hit(cell_centre((i, j), size, shape), boxes, tolerance)
+    return float(np.mean([pointing_hit(cell_centre((i, j), size, shape, geometry), boxes, tolerance)
                           for i in range(shape[0]) for j in range(shape[1])]))
 
 

@@ -7,7 +7,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from attnviz.geometry import Geometry
+
 Provenance = Literal["native", "derived"]
+OUTLIER_MODES = ("keep", "mask", "interpolate")   # what --outliers does to high-norm patch tokens
 
 
 @dataclass
@@ -27,6 +30,12 @@ class AttentionMap:
     def shape(self) -> tuple[int, int]:
         """(H, W) of the map."""
         return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def geometry(self) -> Geometry | None:
+        """Where its cells lie in the image (meta "geometry", set by the Analyser); None: their blocks' centres."""
+        g = Geometry.from_record(self.meta.get("geometry"))
+        return g if g is not None and g.fits(self.shape) else None
 
 
 @dataclass
@@ -72,3 +81,4 @@ class Options:
     contrast: bool = False                      # native cross: also each prompt minus the others' mean
     variant: str = "value"                      # CLIP patch tokens: a variant (value, clear, sclip, naclip, plain) or "all"
     slide: tuple[int, int, int] | None = None   # CLIP --slide: (window, stride, short side) in pixels
+    outliers: str = "keep"                      # high-norm patch tokens: keep | mask (NaN) | interpolate

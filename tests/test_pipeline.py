@@ -7,6 +7,7 @@ import torch
 
 from attnviz.errors import AttnvizError
 from attnviz.pipeline import Analyser, analyse
+from attnviz.maps import cell_centre
 from tests.conftest import photo
 
 
@@ -63,11 +64,15 @@ def test_hooks_removed_when_the_forward_fails(resnet18_small):
 
 
 def test_query_selects_the_self_attention_row(resnet18_small):
-    an = Analyser(resnet18_small, ["self"], layer="layer3", query=(79.0, 0.0))   # top-right
+    an = Analyser(resnet18_small, ["self"], layer="layer3", query=(79.0, 0.0), align=False)   # top-right
     (_, maps), = an.analyse_batch([photo(80, 40)])
     m = maps[0]
     assert m.name == "self" and m.meta["query_cell"] == [0, 3]
-    assert m.meta["query"] == [70.0, 5.0]     # centre of cell (row 0, col 3) of 4×4 on 80×40
+    assert m.meta["query"] == [70.0, 5.0]     # centre of block (row 0, col 3) of 4×4 on 80×40
+    (_, aligned), = Analyser(resnet18_small, ["self"], layer="layer3", query=(79.0, 0.0)).analyse_batch([photo(80, 40)])
+    g = aligned[0].geometry                   # measured centres: the same cell, drawn where it looks
+    assert aligned[0].meta["query_cell"] == [0, 3] and g is not None
+    assert aligned[0].meta["query"] == cell_centre((0, 3), (80, 40), (4, 4), g) != [70.0, 5.0]
     assert m.data.argmax() == 3               # a position attends most to itself
     np.testing.assert_allclose(m.data.sum(), 1.0, atol=1e-5)
 

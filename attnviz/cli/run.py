@@ -37,6 +37,8 @@ def run(
     sanity: bool = typer.Option(False, "--sanity", help="Also compare the first batch's maps with a fully randomised model's (rank correlation; ≥ 0.3 is flagged)."),
     stats: bool = typer.Option(False, "--stats", help="Also write agreement.csv/.png: per image and pair of kinds, Spearman's rho and the IoU of the top-20 % regions."),
     derived_only: bool = typer.Option(False, "--derived-only", help="Derive channel, spatial, mixed and self from --layer even where the model has its own attention modules (to compare with the native maps)."),
+    align: bool = typer.Option(True, "--align/--no-align", help="Draw each CNN cell at its measured receptive-field centre (gradient centroid, measured once per backbone, layer and input size); --no-align: at the centre of its block, as before."),
+    outliers: str = typer.Option("keep", "--outliers", help="Patch tokens of outlying norm (ViT artifact tokens, listed as outlier_tokens): keep (the map as computed), mask (left blank), or interpolate (their neighbours' mean)."),
     self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, max=2048, help="Model input side, 16 to 2048 (default: the weights' own, usually 224)."),
     size: int = typer.Option(512, "--size", min=16, max=8192, help="Longest side of the written pictures, 16 to 8192."),
@@ -76,6 +78,7 @@ def run(
                 input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
                 native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
                 stats=stats, engine=engine, workers=workers if engine == "local" else None,
+                align=align, outliers=outliers,
                 ray=RayOptions(address, workers or None, gpus_per_worker) if engine == "ray" else None)
 
     report = guard(go, debug)

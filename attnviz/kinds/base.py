@@ -9,6 +9,7 @@ import torch
 
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
+from attnviz.geometry import Geometry
 from attnviz.maps import to_grid
 from attnviz.probes.attention import WindowAttention
 from attnviz.probes.gates import Gate
@@ -36,6 +37,14 @@ class Batch:
     windows: dict[str, WindowAttention] = field(default_factory=dict)   # Swin window attention
     aux: dict[str, Any] = field(default_factory=dict)      # what the backbone's forward returned beside logits
     cache: dict[str, Any] = field(default_factory=dict)   # results one kind shares with another
+    aligner: Any = None   # .geometry(layer, grid) -> measured cell centres (pipeline.align.Aligner)
+
+    def geometry(self, layer: str | None = None, grid: tuple[int, ...] | None = None) -> Geometry | None:
+        """Where the cells of `layer` (default: the chosen one) lie, when measured and of `grid`."""
+        if self.aligner is None:
+            return None
+        g = self.aligner.geometry(layer or self.layer, grid)
+        return g if g is not None and (grid is None or g.fits(grid)) else None
 
     def features(self, layer: str | None = None) -> torch.Tensor:
         """A captured layer as a float32 feature map (B, C, H, W)."""

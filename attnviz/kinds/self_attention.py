@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnviz.geometry import Geometry
 from attnviz.kinds.base import Batch, Kind, register_kind
+from attnviz.kinds.outliers import RULE, apply_outliers, outlier_cells, token_norms
 from attnviz.kinds.spatial import peak_fraction, spatial_logits
 from attnviz.maps import cell_centre, inside, query_cell
 from attnviz.probes.attention import cls_attention, query_attention, received_attention, rollout
@@ -37,13 +39,15 @@ def _queries(batch: Batch) -> tuple[list[tuple[float, float]], str]:
     if batch.options.query is not None:
         x, y = batch.options.query
         return [(x / w, y / h) for w, h in batch.sizes], "--query"
-    peaks = batch.cache.get("spatial_peak") or peak_fraction(spatial_logits(batch.features()))
+    peaks = batch.cache.get("spatial_peak") or peak_fraction(spatial_logits(batch.features()), batch.geometry())
     return peaks, "spatial peak"
 
 
-def _query_meta(frac: tuple[float, float], size: tuple[int, int], grid: tuple[int, int], source: str) -> dict:
-    cell = query_cell(frac, (1, 1), grid)
-    meta = {"query": cell_centre(cell, size, grid), "query_cell": list(cell), "query_source": source}
+def _query_meta(frac: tuple[float, float], size: tuple[int, int], grid: tuple[int, int], source: str,
+                geometry: Geometry | None = None) -> dict:
+    """The query's cell (nearest measured centre, when the layer has a geometry) and its centre."""
+    cell = query_cell(frac, (1, 1), grid, geometry)
+    meta = {"query": cell_centre(cell, size, grid, geometry), "query_cell": list(cell), "query_source": source}
     if not inside(frac, (1, 1)):
         meta["query_clamped"] = True     # --query lies outside this image: the image is an error
         meta["query_asked"] = [round(frac[0] * size[0], 2), round(frac[1] * size[1], 2)]
@@ -73,7 +77,8 @@ class SelfAttention(Kind):
         tau = batch.options.tau
         out = []
         for i in range(f.shape[0]):
-            meta = {**_query_meta(queries[i], batch.sizes[i], grid, source), "tau": tau}
+            meta = {**_query_meta(queries[i], batch.sizes[i], grid, source, batch.geometry(grid=grid)),
+                    "tau": tau}
             row, col = meta["query_cell"]
             a_row, received = row_and_received(f[i], row * grid[1] + col, tau)   # (N,), (N,)
             out.append([
@@ -104,22 +109,29 @@ class SelfAttention(Kind):
             roll, token = torch.stack([rolled[i, j] for i, j in enumerate(idx)]), "query position"
         main, roll, received = as_grid(main), as_grid(roll), as_grid(received_attention(a, prefix))
         per_head = per_head.reshape(per_head.shape[0], per_head.shape[1], *grid).cpu().numpy()
+        outliers = _outliers(batch, prefix, grid)
+        mode = batch.options.outliers
         out = []
         for i in range(a.shape[0]):
+            cells = outliers[i] if outliers is not None else []
+            fix = lambda m: apply_outliers(m, cells, mode)   # noqa: E731  keep | mask | interpolate
             maps = [
-                AttentionMap("self", "self", "native", last, main[i],
+                AttentionMap("self", "self", "native", last, fix(main[i]),
                              meta={"token": token, "heads_module": head_layer},
-                             extras={"heads": per_head[i]}),
-                AttentionMap("self", "self-rollout", "native", last, roll[i],
+                             extras={"heads": fix(per_head[i])}),
+                AttentionMap("self", "self-rollout", "native", last, fix(roll[i]),
                              meta={"token": token, "layers": len(modules)}),
-                AttentionMap("self", "self-received", "native", last, received[i]),
+                AttentionMap("self", "self-received", "native", last, fix(received[i])),
             ]
             if batch.options.query is not None:
                 meta = _query_meta(queries[i], batch.sizes[i], grid, source)
                 row, col = meta["query_cell"]
                 m = query_attention(a[i:i + 1], prefix + row * grid[1] + col, prefix)[0]
                 maps.append(AttentionMap("self", "self-query", "native", last,
-                                         m.reshape(grid).cpu().numpy(), meta=meta))
+                                         fix(m.reshape(grid).cpu().numpy()), meta=meta))
+            if outliers is not None:
+                for m in maps:
+                    m.meta.update({"outlier_tokens": cells, "outliers": mode, "outlier_rule": RULE})
             out.append(maps)
         return out
 
@@ -129,9 +141,19 @@ class SelfAttention(Kind):
         queries, source = _queries(batch)
         out = []
         for i in range(len(batch.sizes)):
-            meta = {**_query_meta(queries[i], batch.sizes[i], wa.grid, source), "window": list(wa.window)}
+            meta = {**_query_meta(queries[i], batch.sizes[i], wa.grid, source, batch.geometry(name, wa.grid)),
+                    "window": list(wa.window)}
             row, col = meta["query_cell"]
             heads = wa.query_map(row, col)[i]                             # (heads, H, W)
             out.append([AttentionMap("self", "self", "native", name, heads.mean(dim=0).numpy(),
                                      meta=meta, extras={"heads": heads.numpy()})])
         return out
+
+
+def _outliers(batch: Batch, prefix: int, grid: tuple[int, int]) -> list[list[list[int]]] | None:
+    """Per image, the patch tokens of outlying norm at the captured layer (None: it holds no tokens)."""
+    info = batch.backbone.layers.get(batch.layer)
+    if info is None or info.layout.kind != "NLC" or tuple(info.layout.grid or ()) != tuple(grid) \
+            or batch.layer not in batch.outputs:
+        return None
+    return outlier_cells(token_norms(batch.outputs[batch.layer], info.layout.prefix, grid))

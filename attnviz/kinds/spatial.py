@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnviz.geometry import Geometry
 from attnviz.kinds.base import Batch, Kind, register_kind
 from attnviz.maps import gaussian_kernel, zscore
 from attnviz.results import AttentionMap
@@ -23,10 +24,15 @@ def spatial_logits(f: torch.Tensor) -> torch.Tensor:
     return F.conv2d(pooled[:, None], kernel, padding=3)[:, 0]           # (B, H, W)
 
 
-def peak_fraction(m: torch.Tensor) -> list[tuple[float, float]]:
-    """Peak cell centre of each (H, W) map as (x, y) fractions of the image: (B, H, W) -> B pairs."""
+def peak_fraction(m: torch.Tensor, geometry: Geometry | None = None) -> list[tuple[float, float]]:
+    """Peak cell centre of each (H, W) map as (x, y) fractions of the image: (B, H, W) -> B pairs.
+
+    Where the layer's `geometry` places the cell, when given; else the centre of its block."""
     h, w = m.shape[1:]
     cells = [divmod(int(i), w) for i in m.flatten(1).argmax(dim=1)]
+    if geometry is not None and geometry.fits((h, w)):
+        xs, ys = geometry.centres((1, 1))
+        return [(float(xs[c]), float(ys[r])) for r, c in cells]
     return [((c + 0.5) / w, (r + 0.5) / h) for r, c in cells]
 
 
@@ -44,6 +50,6 @@ class Spatial(Kind):
         else:
             m = torch.sigmoid(spatial_logits(batch.features()))                  # (B, H, W)
             layer, provenance, meta = batch.layer, "derived", {}
-        batch.cache["spatial_peak"] = peak_fraction(m)
+        batch.cache["spatial_peak"] = peak_fraction(m, batch.geometry(layer, tuple(m.shape[1:])))
         return [[AttentionMap("spatial", "spatial", provenance, layer, g.cpu().numpy(), meta=dict(meta))]
                 for g in m]

@@ -16,9 +16,10 @@ from attnviz.backbones.clip_slide import parse_slide
 from attnviz.errors import AttnvizError, ImageError
 from attnviz.images import ImageSource, load_image, to_rgb
 from attnviz.kinds import Batch, get_kinds
+from attnviz.pipeline.align import Aligner
 from attnviz.probes import capture
 from attnviz.probes.locate import Inventory, locate
-from attnviz.results import AttentionMap, Options, Prediction, Result
+from attnviz.results import OUTLIER_MODES, AttentionMap, Options, Prediction, Result
 
 __all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode", "decoded_batches", "MAX_INPUT"]
 
@@ -44,6 +45,8 @@ class AnalyserConfig:
     variant: str = "value"                        # CLIP patch tokens: a variant, or "all" side by side
     slide: tuple[int, int, int] | None = None     # CLIP --slide: (window, stride, short side) in pixels
     native: bool = True                           # False: derive every kind from `layer`
+    align: bool = True                            # place CNN cells at their measured receptive-field centres
+    outliers: str = "keep"                        # high-norm patch tokens: keep | mask | interpolate
 
     def __post_init__(self) -> None:
         """Check what can be checked before any model is loaded (one-line AttnvizErrors)."""
@@ -59,6 +62,8 @@ class AnalyserConfig:
             raise AttnvizError(f"--clip-variant {self.variant!r}: use one of {', '.join(CHOICES)}")
         slide = parse_slide(self.slide)                    # "224,112" or a tuple; one line when malformed
         object.__setattr__(self, "slide", slide.as_tuple() if slide else None)
+        if self.outliers not in OUTLIER_MODES:
+            raise AttnvizError(f"--outliers {self.outliers!r}: use one of {', '.join(OUTLIER_MODES)}")
         if not (isinstance(self.tau, (int, float)) and self.tau > 0 and math.isfinite(self.tau)):
             raise AttnvizError(f"--tau {self.tau!r}: use a positive number")
         if not isinstance(self.top, int) or self.top < 1:
@@ -80,7 +85,7 @@ class AnalyserConfig:
         """The settings the kinds read."""
         return Options(tau=self.tau, query=self.query, texts=self.texts, self_layer=self.self_layer,
                        per_word=self.per_word, contrast=self.contrast, variant=self.variant,
-                       slide=self.slide)
+                       slide=self.slide, outliers=self.outliers)
 
     def settings(self) -> dict[str, Any]:
         """JSON-ready form (the manifest's record of what was asked)."""
@@ -130,6 +135,11 @@ class Analyser:
         self.notes += self.inventory.notes()    # attention found but not drawn natively, and why
         self.heads = [config.self_layer or attention[-1]] if attention else []   # per-head maps: one layer
         self.forwards = 0   # forward passes run so far (one per batch)
+        self.aligner = Aligner(bb, config.align)   # measured cell centres
+        # measured now, so that every batch is still ONE forward (other layers: on first use)
+        near = [self.inventory.nearest_gate(k, self.layer) for k in ("spatial", "channel")]
+        for name in [self.layer, *(g.name for g in near if g is not None)] if self.kinds else []:
+            self.aligner.geometry(name)
 
     def twin(self, backbone: Backbone) -> Analyser:
         """The same kinds and settings on another backbone (the sanity check's randomised model)."""
@@ -175,11 +185,14 @@ class Analyser:
         self.forwards += 1
         batch = Batch(bb, self.layer, cap.outputs, logits, [im.size for im in images],
                       self.options, self.plans, inventory=self.inventory, gates=cap.gates,
-                      gate_inputs=cap.gate_inputs, attention=cap.attention, windows=cap.windows, aux=aux)
+                      gate_inputs=cap.gate_inputs, attention=cap.attention, windows=cap.windows, aux=aux,
+                      aligner=self.aligner)
         maps: list[list[AttentionMap]] = [[] for _ in images]
         for kind in self.kinds:
             for i, per_image in enumerate(kind.compute(batch)):
                 maps[i].extend(per_image)
+        for per_image in maps:
+            self.aligner.stamp(per_image)       # each map's cell → pixel mapping (manifest "geometry")
         return [(self._predictions(row), m) for row, m in zip(logits, maps)]
 
     def _predictions(self, logits: torch.Tensor) -> list[Prediction]:

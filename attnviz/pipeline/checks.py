@@ -32,7 +32,7 @@ def faithfulness(analyser: Analyser, image: Image.Image, maps: Sequence[Attentio
     fractions = torch.linspace(0, 1, steps + 1)
     inputs = []
     for m in maps:
-        rank = torch.from_numpy(upsample(normalise(m.data), s, s)).flatten().argsort(descending=True)
+        rank = torch.from_numpy(upsample(normalise(m.data), s, s, m.geometry)).flatten().argsort(descending=True)
         for f in fractions:
             mask = torch.zeros(s * s, dtype=torch.bool)
             mask[rank[:int(round(float(f) * s * s))]] = True

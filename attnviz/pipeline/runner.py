@@ -7,6 +7,7 @@ whose files are complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attnviz.pipeline.checks as checks
 from attnviz.backbones import Backbone
+from attnviz.backbones.weights import RANDOM_NOTE
 from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, check_inputs, discover
 from attnviz.pipeline.analyser import Analyser
@@ -100,6 +102,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
             earlier = []
         sources = discover(paths, outputs_filter(out, paths, earlier))
         analyser = Analyser(backbone, kinds, **options)
+        if not analyser.backbone.pretrained:        # every grid says so, not only the terminal
+            style = dataclasses.replace(style, banner=RANDOM_NOTE)
         manifest = Manifest(out, analyser, style, batch_size, command,
                             {"faithfulness": faithfulness, "sanity": sanity})
         plan = plan_run(out, sources, manifest.fingerprint, force, own)

@@ -7,7 +7,9 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from attnviz.render.draw import AnyFont, clip, font, text, width
+from attnviz.geometry import Geometry
+from attnviz.maps import is_flat
+from attnviz.render.draw import AnyFont, clip, font, ring, text, width
 from attnviz.render.overlay import blender, colorize, colormap_lut, fit
 
 __all__ = ["GridCell", "GridRow", "GridLayout", "grid_layout", "grid_size", "grid",
@@ -15,6 +17,7 @@ __all__ = ["GridCell", "GridRow", "GridLayout", "grid_layout", "grid_size", "gri
 
 BACKGROUND = (255, 255, 255)      # sheet
 LABEL_BAND = (232, 235, 240)      # behind each row label
+BANNER = (176, 0, 32)             # the warning band (random weights)
 LETTERBOX = (128, 128, 128)       # around an image that does not fill its square cell
 BOX_COLOUR = (255, 255, 255)      # ground-truth box outline, edged in black
 TEXT = (20, 20, 20)
@@ -24,10 +27,13 @@ CAPTION = "each map min–max normalised to [0, 1]"
 
 @dataclass
 class GridCell:
-    """One cell: a title and a raw (h, w) map, or None for the original image."""
+    """One cell: a title and a raw (h, w) map, or None for the original image; where its cells lie
+    (`geometry`), and the query it is the row of (`point`, fractions of the image) to mark."""
 
     title: str
     map: np.ndarray | None = None
+    geometry: Geometry | None = None
+    point: tuple[float, float] | None = None
 
 
 @dataclass
@@ -74,10 +80,12 @@ def grid_layout(cell: int = 256) -> GridLayout:
                       title_h=TITLE_LINES * line, bar_h=max(10, cell // 14))
 
 
-def grid_size(n_rows: int, n_cols: int, cell: int = 256) -> tuple[int, int]:
-    """(width, height) of a grid: width = pad + cols*(cell+pad); height = pad + rows*row_h + legend_h."""
+def grid_size(n_rows: int, n_cols: int, cell: int = 256, banner: bool = False) -> tuple[int, int]:
+    """(width, height) of a grid: width = pad + cols*(cell+pad); height = pad + rows*row_h + legend_h
+    (+ one label band for a banner)."""
     g = grid_layout(cell)
-    return g.pad + n_cols * (g.cell + g.pad), g.pad + n_rows * g.row_h + g.legend_h
+    return (g.pad + n_cols * (g.cell + g.pad),
+            g.pad + n_rows * g.row_h + g.legend_h + (g.label_h if banner else 0))
 
 
 _font, _width, _clip, _text = font, width, clip, text      # shared with the charts (render/draw.py)
@@ -104,10 +112,18 @@ def _draw_box(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
 def _cell_image(base: Image.Image, row: GridRow, cell: GridCell, g: GridLayout,
                 paint: Callable[[np.ndarray], Image.Image]) -> Image.Image:
     """The square cell: the (overlaid) fitted image centred on the letterbox colour, boxes drawn."""
-    shown = base if cell.map is None else paint(cell.map)
+    shown = base if cell.map is None else paint(cell.map, cell.geometry)
     square = Image.new("RGB", (g.cell, g.cell), LETTERBOX)
     offset = ((g.cell - base.width) // 2, (g.cell - base.height) // 2)
     square.paste(shown, offset)
+    if cell.point is not None:                 # the query this map is the row of
+        ring(ImageDraw.Draw(square), offset[0] + cell.point[0] * base.width,
+             offset[1] + cell.point[1] * base.height, max(4, g.cell // 28))
+    if cell.map is not None and is_flat(cell.map):      # drawn in one colour: say why
+        draw = ImageDraw.Draw(square)
+        f = _font(g.font)
+        draw.rectangle((0, 0, _width("flat", f) + 2 * g.pad, g.line), fill=(0, 0, 0))
+        draw.text((g.pad, 1), "flat", font=f, fill=(255, 255, 255))
     if row.boxes:
         draw = ImageDraw.Draw(square)
         scale = (base.width / row.image.width, base.height / row.image.height)
@@ -145,8 +161,9 @@ def _legend(sheet: Image.Image, draw: ImageDraw.ImageDraw, g: GridLayout, top: i
 
 
 def grid(rows: Sequence[GridRow], colormap: str = "jet", alpha: float = 0.5,
-         cell: int = 256) -> Image.Image:
-    """A comparison sheet of size `grid_size(len(rows), max cells per row, cell)`, RGB."""
+         cell: int = 256, banner: str = "") -> Image.Image:
+    """A comparison sheet of size `grid_size(len(rows), max cells per row, cell, bool(banner))`, RGB;
+    `banner` (e.g. the random-weights warning) is a red band across the top."""
     if not rows:
         raise ValueError("a grid needs at least one row")
     n_cols = max(len(r.cells) for r in rows)
@@ -156,13 +173,21 @@ def grid(rows: Sequence[GridRow], colormap: str = "jet", alpha: float = 0.5,
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     colormap_lut(colormap)                                    # unknown name -> ValueError, early
     g = grid_layout(cell)
-    sheet = Image.new("RGB", grid_size(len(rows), n_cols, cell), BACKGROUND)
+    sheet = Image.new("RGB", grid_size(len(rows), n_cols, cell, bool(banner)), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     font = _font(g.font)
+    shift = g.label_h if banner else 0
+    if banner:
+        bold = _font(g.font, bold=True)
+        draw.rectangle((0, 0, sheet.width - 1, g.label_h - 1), fill=BANNER)
+        shown = _clip(f"⚠ {banner} ⚠", bold, sheet.width - 2 * g.pad)
+        draw.text(((sheet.width - _width(shown, bold)) / 2, (g.label_h - g.line) / 2 + 1), shown,
+                  font=bold, fill=(255, 255, 255))
     for r, row in enumerate(rows):
-        top = g.pad + r * g.row_h
-        draw.rectangle((0, top - g.pad // 2, sheet.width - 1, top + g.label_h - g.pad // 2 - 1),
-                       fill=LABEL_BAND)
+        top = shift + g.pad + r * g.row_h
+        if row.label:                                          # no empty bands between rows
+            draw.rectangle((0, top - g.pad // 2, sheet.width - 1, top + g.label_h - g.pad // 2 - 1),
+                           fill=LABEL_BAND)
         bold = _font(g.font, bold=True)
         label = _clip(row.label, bold, sheet.width - 2 * g.pad)
         _text(draw, (g.pad, top + (g.label_h - g.pad - g.line) // 2), label, bold)
@@ -180,5 +205,5 @@ def grid(rows: Sequence[GridRow], colormap: str = "jet", alpha: float = 0.5,
                 _text(draw, (tx, top + g.label_h + i * g.line - 2), text, font)
             sheet.paste(_cell_image(base, row, item, g, paint),
                         (left, top + g.label_h + g.title_h))
-    _legend(sheet, draw, g, 2 * g.pad + len(rows) * g.row_h, colormap)
+    _legend(sheet, draw, g, shift + 2 * g.pad + len(rows) * g.row_h, colormap)
     return sheet

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 
 from attnviz.images import to_rgb
-from attnviz.maps import normalise
+from attnviz.geometry import Geometry, resample
+from attnviz.maps import is_flat, normalise
 
 __all__ = ["output_size", "colormap_lut", "colorize", "bilinear", "fit", "blender", "blend", "overlay"]
 
@@ -112,7 +113,7 @@ def _blend_table(colormap: str, alpha: float) -> np.ndarray:
     return table.reshape(-1)                                                 # index (v·N + i)·3 + c
 
 
-def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Callable[[np.ndarray], Image.Image]:
+def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Callable[..., Image.Image]:
     """`blend` for many maps over one sized image: the image's part of the lookup is done once."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -122,16 +123,23 @@ def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Cal
     # (H, W, 3) offsets of each pixel's byte v and channel c into the table
     where = np.asarray(base, dtype=np.int32) * np.int32(3 * n) + np.arange(3, dtype=np.int32)
 
-    def paint(m: np.ndarray) -> Image.Image:
-        up = bilinear(normalise(_check_map(m)), base.height, base.width)  # (H, W) order
+    def paint(m: np.ndarray, geometry: Geometry | None = None) -> Image.Image:
+        arr = _check_map(m)
+        m01 = np.zeros_like(arr) if is_flat(arr) else normalise(arr)       # float noise: one colour
+        if geometry is not None and geometry.fits(arr.shape):              # measured cell centres
+            up = resample(m01, base.height, base.width, geometry)
+        else:
+            up = bilinear(m01, base.height, base.width)                   # (H, W) order
         colour = (_indices(up, n) * 3).astype(np.int32)[..., None]         # (H, W, 1)
         return Image.fromarray(table[where + colour], "RGB")
     return paint
 
 
-def blend(base: Image.Image, m: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
-    """Overlay raw map `m` on an already-sized RGB image: normalise, upsample, colourise, blend."""
-    return blender(base, colormap, alpha)(m)
+def blend(base: Image.Image, m: np.ndarray, colormap: str = "jet", alpha: float = 0.5,
+          geometry: Geometry | None = None) -> Image.Image:
+    """Overlay raw map `m` on an already-sized RGB image: normalise, upsample (each cell at its
+    measured centre when a `geometry` is given), colourise, blend. A flat map is one colour."""
+    return blender(base, colormap, alpha)(m, geometry)
 
 
 def overlay(

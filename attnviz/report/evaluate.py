@@ -10,7 +10,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from attnviz.errors import AttnvizError, one_line
-from attnviz.metrics import Box, energy_in_boxes, pointing_hit
+from attnviz.geometry import Geometry
+from attnviz.metrics import Box, energy_in_boxes, peak, pointing_hit
 from attnviz.report.atomic import save_json
 from attnviz.report.tables import write_summary_csv
 from attnviz.report.lock import locked
@@ -157,8 +158,11 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
                 if targets is None:
                     continue
                 key = "cross" if m["kind"] == "cross" else m["name"]
-                hit = pointing_hit([float(v) for v in m["peak"]], targets, tolerance)
-                share = energy_in_boxes(arrays[m["npz_key"]], size, targets)
+                g = Geometry.from_record(m.get("geometry"))    # measured cell centres, if recorded
+                data = arrays[m["npz_key"]]
+                point = peak(data, size, g) if g is not None else [float(v) for v in m["peak"]]
+                hit = pointing_hit(point, targets, tolerance)
+                share = energy_in_boxes(data, size, targets, g)
                 hits.setdefault(key, []).append(hit)
                 energy.setdefault(key, []).append(share)
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:

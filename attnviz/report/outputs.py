@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from attnviz.errors import AttnvizError
-from attnviz.maps import cell_centre
+from attnviz.maps import cell_centre, is_flat, query_point
 from attnviz.render import GridCell, GridRow, blender, channel_bars, channel_depth, fit, grid
+from attnviz.render.draw import ring
 from attnviz.report.atomic import FORMATS, save_image, save_npz, save_png
 from attnviz.results import AttentionMap, Result
 
@@ -29,6 +30,7 @@ class Style:
     alpha: float = 0.5
     top_k: int = 20           # bars in channel_weights.png
     format: str = "png"       # overlays (and original): png, jpg or webp; charts and grids stay PNG
+    banner: str = ""          # a warning across every grid (the random-weights band)
 
     @property
     def ext(self) -> str:
@@ -57,7 +59,7 @@ def map_entry(m: AttentionMap, size: tuple[int, int], ext: str = "png") -> dict[
             "min": float(finite.min()) if finite.size else None,
             "max": float(finite.max()) if finite.size else None,
             "mean": float(finite.mean()) if finite.size else None,
-            "peak": cell_centre((int(row), int(col)), size, d.shape),
+            "peak": cell_centre((int(row), int(col)), size, d.shape, m.geometry),
             "npz_extras": [f"{m.name}_weights"] * (m.weights is not None) + [f"{m.name}_{k}" for k in m.extras],
             **_jsonable(m.meta)}
 
@@ -84,17 +86,23 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     arrays: dict[str, np.ndarray] = {}
     cells = [GridCell("original", None)]
     for m in r.maps:
-        save_image(folder / f"{m.name}.{style.ext}", paint(m.data), style.format)
+        point = query_point(m.kind, m.name, m.meta, image.size)
+        shown = paint(m.data, m.geometry)
+        if point is not None:                       # the query this map is the row of
+            ring(ImageDraw.Draw(shown), point[0] * shown.width, point[1] * shown.height,
+                 max(4, min(shown.size) // 40))
+        save_image(folder / f"{m.name}.{style.ext}", shown, style.format)
         arrays[m.name] = m.data.astype(np.float32)
-        cells.append(GridCell(f"{_title(m)}\n{m.provenance}", m.data))
+        flat = " · flat" if is_flat(m.data) else ""
+        cells.append(GridCell(f"{_title(m)}\n{m.provenance}{flat}", m.data, m.geometry, point))
         if m.weights is not None:
             arrays[f"{m.name}_weights"] = m.weights.astype(np.float32)
             title = f"{m.name} weights · {m.layer} · {m.provenance} · {len(m.weights)} channels"
             save_png(folder / f"{m.name}_weights.png", channel_bars(m.weights, style.top_k, title))
         arrays.update({f"{m.name}_{k}": v.astype(np.float32) for k, v in m.extras.items()})
         _write_extras(folder, m, image, style)
-    row = GridRow(image, cells, label=r.source, boxes=[tuple(b) for b in boxes])
-    save_png(folder / "grid.png", grid([row], style.colormap, style.alpha))
+    for name, rows in zip(grid_names(len(cells)), _grid_pages(image, cells, r.source, boxes)):
+        save_png(folder / name, grid(rows, style.colormap, style.alpha, banner=style.banner))
     save_npz(folder / "maps.npz", arrays)
     return written(r, style.ext)
 
@@ -110,13 +118,34 @@ def written(r: Result, ext: str = "png") -> list[str]:
             files.append("channel_depth.png")
         if m.extras.get("heads") is not None:
             files.append(f"{m.name}-heads.png")
-    return list(dict.fromkeys([*files, "grid.png", "maps.npz"]))
+    return list(dict.fromkeys([*files, *grid_names(len(r.maps) + 1), "maps.npz"]))
+
+
+GRID_COLUMNS = 12           # cells per grid row; more maps wrap onto further rows
+GRID_ROWS = 40              # rows per grid picture (about 15 MP at 256 px cells); more: grid-2.png …
+
+
+def grid_names(n_cells: int) -> list[str]:
+    """grid.png, then grid-2.png, grid-3.png … when the cells need more than GRID_ROWS rows, so that
+    no picture passes Pillow's decompression-bomb limit (2,500 prompts make 6 pictures, not one)."""
+    rows = -(-n_cells // GRID_COLUMNS)
+    return ["grid.png"] + [f"grid-{k}.png" for k in range(2, -(-rows // GRID_ROWS) + 1)]
+
+
+def _grid_pages(image: Image.Image, cells: list[GridCell], label: str, boxes) -> list[list[GridRow]]:
+    rows = [GridRow(image, cells[i:i + GRID_COLUMNS], label=label if i == 0 else "",
+                    boxes=[tuple(b) for b in boxes]) for i in range(0, len(cells), GRID_COLUMNS)]
+    return [rows[i:i + GRID_ROWS] for i in range(0, len(rows), GRID_ROWS)]
 
 
 def _title(m: AttentionMap) -> str:
     """Grid title: the map name, or for cross maps the prompt (and which variant of it)."""
     if m.kind != "cross":
         return m.name
+    return "cross · " + _prompt_title(m)
+
+
+def _prompt_title(m: AttentionMap) -> str:
     variant = f" · {m.meta['variant']}" if len(m.meta.get("variants", ())) > 1 else ""   # CLIP side by side
     if "word" in m.meta:
         return f"{m.meta['prompt']} · word: {m.meta['word']}{variant}"
@@ -134,7 +163,8 @@ def _write_extras(folder: Path, m: AttentionMap, image: Image.Image, style: Styl
         cells = [GridCell(f"head {h}", heads[h]) for h in range(len(heads))]
         rows = [GridRow(image, cells[i:i + 6], label=f"{m.name} · {m.layer} · {m.provenance}"
                         if i == 0 else "") for i in range(0, len(cells), 6)]
-        save_png(folder / f"{m.name}-heads.png", grid(rows, style.colormap, style.alpha, cell=160))
+        save_png(folder / f"{m.name}-heads.png", grid(rows, style.colormap, style.alpha, cell=160,
+                                                      banner=style.banner))
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:

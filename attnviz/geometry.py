@@ -1,0 +1,179 @@
+"""Where each feature cell looks: per-axis cell centres in model-input pixels, and resampling by them.
+
+A CNN's cell i does not sit at the centre of its block of the image, (i + ½)·S/n: 3×3/pad-1 and
+7×7/pad-3 stride-2 convolutions put its receptive field near i·stride, and border cells are pulled
+inwards because their field is cut by the padding. `probes.receptive` measures each cell's centre
+(the centroid of mean |∂cell/∂input|); a `Geometry` keeps it per axis, as an affine map
+x = a·(i + ½) + b where that fits within `AFFINE_TOLERANCE` cell, else as the measured table.
+All positions are continuous pixel coordinates (pixel j spans [j, j + 1), its centre is j + ½);
+the model sees the whole image squashed to S², so model-input x is image x·W/S.
+Without a geometry (token grids, whose patch centres are exact) every function here is the
+uniform rule (i + ½)·W/n, and `upsample_axis` is bilinear with align_corners=False.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["AFFINE_TOLERANCE", "Axis", "Geometry", "uniform_centres", "axis_samples", "axis_matrix",
+           "resample", "nearest_cell"]
+
+AFFINE_TOLERANCE = 0.05   # largest residual (in cells) an affine fit may leave; else keep the table
+
+
+def uniform_centres(n: int, extent: float) -> np.ndarray:
+    """Centres of n equal blocks of `extent` pixels: (i + ½)·extent/n, shape (n,)."""
+    return (np.arange(n, dtype=np.float64) + 0.5) * extent / n
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Cell centres along one axis, in model-input pixels: affine a·(i + ½) + b, or a table."""
+
+    n: int                          # cells along this axis
+    a: float                        # fitted stride (pixels per cell)
+    b: float                        # fitted offset (pixels)
+    residual: float                 # largest |table − affine| in cells
+    table: tuple[float, ...]        # the measured centres
+
+    @classmethod
+    def fit(cls, centres: Sequence[float]) -> Axis:
+        """Least-squares affine fit of measured centres (monotone by construction of the CNN)."""
+        c = np.maximum.accumulate(np.asarray(centres, dtype=np.float64))   # guard noise: never go back
+        i = np.arange(len(c)) + 0.5
+        a, b = np.polyfit(i, c, 1) if len(c) > 1 else (1.0, float(c[0]) - 0.5)
+        step = abs(a) if abs(a) > 1e-9 else 1.0
+        residual = float(np.max(np.abs(a * i + b - c)) / step)
+        return cls(len(c), float(a), float(b), residual, tuple(round(float(v), 3) for v in c))
+
+    @property
+    def affine(self) -> bool:
+        """Is the affine fit used (else the table)?"""
+        return self.residual <= AFFINE_TOLERANCE
+
+    def centres(self) -> np.ndarray:
+        """The centres drawn, in model-input pixels: (n,)."""
+        if self.affine:
+            return self.a * (np.arange(self.n) + 0.5) + self.b
+        return np.asarray(self.table, dtype=np.float64)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready form (the manifest's per-layer mapping)."""
+        out: dict[str, Any] = {"mode": "affine" if self.affine else "table", "a": round(self.a, 4),
+                               "b": round(self.b, 4), "residual_cells": round(self.residual, 4)}
+        if not self.affine:
+            out["centres"] = list(self.table)
+        return out
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any], n: int) -> Axis:
+        """Inverse of `record` (a table record keeps its table; affine ones need n)."""
+        table = tuple(r.get("centres") or (r["a"] * (np.arange(n) + 0.5) + r["b"]).round(3).tolist())
+        residual = float(r.get("residual_cells", 0.0))
+        if r.get("mode") == "table":
+            residual = max(residual, AFFINE_TOLERANCE * 2)   # stays a table after a round trip
+        return cls(n, float(r["a"]), float(r["b"]), residual, table)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Measured cell centres of one layer at one input size: rows (y) and columns (x)."""
+
+    rows: Axis
+    cols: Axis
+    input_size: int                  # S: the model saw S×S pixels
+    method: str = "gradient centroid"
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H, W) of the maps this geometry places."""
+        return self.rows.n, self.cols.n
+
+    def centres(self, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Cell centres in pixels of an image of `size` (w, h): xs (W cells,), ys (H cells,)."""
+        w, h = size
+        return self.cols.centres() * w / self.input_size, self.rows.centres() * h / self.input_size
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready form: how cells were placed (manifest `geometry`)."""
+        return {"method": self.method, "input_size": self.input_size, "grid": list(self.grid),
+                "x": self.cols.record(), "y": self.rows.record()}
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any] | None) -> Geometry | None:
+        """A Geometry from its record; None for no record or an exact (uniform) one."""
+        if not r or "x" not in r or "y" not in r:
+            return None
+        h, w = r["grid"]
+        return cls(Axis.from_record(r["y"], h), Axis.from_record(r["x"], w), int(r["input_size"]),
+                   r.get("method", "gradient centroid"))
+
+    def fits(self, grid: Sequence[int]) -> bool:
+        """Does it place maps of this (H, W)?"""
+        return tuple(grid) == self.grid
+
+
+def _axis_centres(n: int, extent: int, geometry: Geometry | None, axis: str) -> np.ndarray:
+    """Centres of n cells along x or y of an image `extent` pixels long, in its pixels."""
+    if geometry is None:
+        return uniform_centres(n, extent)
+    a = geometry.cols if axis == "x" else geometry.rows
+    return a.centres() * extent / geometry.input_size
+
+
+def axis_samples(centres: np.ndarray, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output pixel j (centre j + ½): cells i0, i1 and weight t, value = (1−t)·m[i0] + t·m[i1].
+
+    Outside the first/last centre the value is that cell's (as bilinear with align_corners=False).
+    With uniform centres this is exactly torch's bilinear resampling along one axis."""
+    c = np.asarray(centres, dtype=np.float64)
+    p = np.arange(n_out, dtype=np.float64) + 0.5
+    n = len(c)
+    if n == 1:
+        zero = np.zeros(n_out, dtype=np.int64)
+        return zero, zero, np.zeros(n_out)
+    i1 = np.clip(np.searchsorted(c, p, side="right"), 1, n - 1)
+    i0 = i1 - 1
+    gap = np.maximum(c[i1] - c[i0], 1e-12)
+    t = np.clip((p - c[i0]) / gap, 0.0, 1.0)
+    return i0, i1, t
+
+
+def axis_matrix(centres: np.ndarray, n_out: int) -> np.ndarray:
+    """The (n_out, n) interpolation matrix of `axis_samples` (rows sum to 1): out = M @ m."""
+    i0, i1, t = axis_samples(centres, n_out)
+    m = np.zeros((n_out, len(centres)), dtype=np.float32)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1 - t)
+    np.add.at(m, (rows, i1), t)
+    return m
+
+
+def _gather(m: np.ndarray, axis: int, samples: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    i0, i1, t = samples
+    a, b = np.take(m, i0, axis=axis), np.take(m, i1, axis=axis)
+    shape = [1] * m.ndim
+    shape[axis] = -1
+    t = t.reshape(shape)
+    # where t is 0 or 1 only one cell counts, so a NaN neighbour does not spread over the whole span
+    return np.where(t <= 0, a, np.where(t >= 1, b, (1 - t) * a + t * b))
+
+
+def resample(m: np.ndarray, height: int, width: int, geometry: Geometry | None = None) -> np.ndarray:
+    """An (h, w) map resampled to (height, width) so that cell (r, c)'s value lies at its centre."""
+    m = np.asarray(m, dtype=np.float32)
+    h, w = m.shape
+    if geometry is not None and not geometry.fits((h, w)):
+        geometry = None
+    ys = _axis_centres(h, height, geometry, "y")
+    xs = _axis_centres(w, width, geometry, "x")
+    out = _gather(_gather(m, 0, axis_samples(ys, height)), 1, axis_samples(xs, width))
+    return out.astype(np.float32)
+
+
+def nearest_cell(x: float, centres: np.ndarray) -> int:
+    """The cell whose centre is nearest to x (ties to the lower cell)."""
+    c = np.asarray(centres, dtype=np.float64)
+    return int(np.argmin(np.abs(c - x)))
