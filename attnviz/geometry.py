@@ -114,6 +114,14 @@ class Geometry:
         """Does it place maps of this (H, W)?"""
         return tuple(grid) == self.grid
 
+    def drawn(self) -> Geometry:
+        """The geometry pictures are drawn with: each axis's affine fit. A table's border cells are
+        pulled inwards (their field is cut by the padding), and resampling through them would smear
+        the border cells' values flat across the border band (streaks); peaks, queries and scores
+        keep the measured table."""
+        return Geometry(*(Axis(a.n, a.a, a.b, 0.0, a.table) for a in (self.rows, self.cols)),
+                        self.input_size, self.method)
+
 
 def _axis_centres(n: int, extent: int, geometry: Geometry | None, axis: str) -> np.ndarray:
     """Centres of n cells along x or y of an image `extent` pixels long, in its pixels."""

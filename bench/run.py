@@ -47,10 +47,7 @@ def make_scenes(folder: Path, n: int) -> None:
     """n generated demo-world scenes (96×96 PNG)."""
     import numpy as np
     from PIL import Image
-    try:
-        from attnviz.zoo.world import make_scene          # after the pipeline restructure
-    except ImportError:
-        from attnviz.zoo.world import make_scene
+    from attnviz.zoo.world import make_scene
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(11)
     for i in range(n):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnviz.geometry import Geometry
 from tests.conftest import photo
 
 ATTNVIZ = str(Path(sys.executable).parent / "attnviz")
@@ -86,7 +87,9 @@ def test_manifest_records_every_image_and_map(nested_run):
         assert m["provenance"] == "derived" and (out / good["output"] / m["file"]).exists()
         assert m["min"] == pytest.approx(float(data.min())) and m["max"] == pytest.approx(float(data.max()))
         row, col = np.unravel_index(data.argmax(), data.shape)
-        assert m["peak"] == [(col + 0.5) * 90 / 2, (row + 0.5) * 60 / 2]
+        geometry = Geometry.from_record(m["geometry"])      # the layer's measured cell centres
+        xs, ys = geometry.centres((90, 60))
+        assert m["peak"] == [round(float(xs[col]), 2), round(float(ys[row]), 2)]
     kinds = [m["kind"] for m in good["maps"]]
     assert kinds == ["channel", "spatial", "mixed-serial", "mixed-parallel", "self", "self", "cross"]
 

@@ -17,7 +17,7 @@ from attnviz.kinds import KINDS
 from attnviz.pipeline import Analyser
 from attnviz.report.outputs import Style, image_entry, write_outputs
 from attnviz.results import Result
-from tests.conftest import calibrate_bn, photo
+from tests.conftest import photo
 
 TINY_CLIP = "attnviz-tiny-contract"
 ENTRY_KEYS = {"kind", "name", "provenance", "layer", "file", "npz_key", "shape", "min", "max", "mean", "peak",
@@ -90,12 +90,8 @@ def demo_analyser():
 
 
 @pytest.fixture(scope="module")
-def derived_analyser():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        bb = load_backbone("resnet18", "none", input_size=64, seed=0)
-    calibrate_bn(bb.model, torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
-    return Analyser(bb, None, texts=("tabby cat",))
+def derived_analyser(resnet18_small):
+    return Analyser(resnet18_small, None, texts=("tabby cat",))
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attnviz.geometry import Geometry
+
 from attnviz.maps import upsample
 from attnviz.pipeline import run
 from attnviz.report.agreement import top_iou
@@ -63,8 +65,11 @@ def test_summary_csv_matches_the_npz_maps(stats_run):
             assert float(r["entropy"]) == pytest.approx(_entropy(data), abs=1e-5)
             row, col = np.unravel_index(data.argmax(), data.shape)
             w, h = image["size"]
-            assert float(r["peak_x"]) == pytest.approx((col + 0.5) * w / data.shape[1], abs=0.01)
-            assert float(r["peak_y"]) == pytest.approx((row + 0.5) * h / data.shape[0], abs=0.01)
+            geometry = Geometry.from_record(m.get("geometry"))   # the layer's measured cell centres
+            xs, ys = geometry.centres((w, h)) if geometry else (
+                (np.arange(data.shape[1]) + 0.5) * w / data.shape[1], (np.arange(data.shape[0]) + 0.5) * h / data.shape[0])
+            assert float(r["peak_x"]) == pytest.approx(float(xs[col]), abs=0.01)
+            assert float(r["peak_y"]) == pytest.approx(float(ys[row]), abs=0.01)
             assert r["top1_label"] == image["predictions"][0]["label"]
             assert float(r["top1_probability"]) == pytest.approx(image["predictions"][0]["probability"])
             checked += 1

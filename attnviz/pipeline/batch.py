@@ -139,16 +139,16 @@ def stop(e: OSError, where: Path) -> AttnvizError:
 def _unusable(r: Result) -> str | None:
     """A one-line reason when this image cannot be drawn honestly: the model produced NaN or Inf, or
     --query lies outside it (a map of the nearest border cell would answer another question)."""
-    for m in r.maps:
-        if m.meta.get("query_clamped") and r.size:
-            x, y = m.meta.get("query_asked", (None, None))
-            where = f" {x:g},{y:g}" if x is not None else ""
-            return f"--query{where} lies outside this {r.size[0]}×{r.size[1]} image"
     if any(not np.isfinite(p.probability) for p in r.predictions):
         return "the model's output is not finite (NaN/Inf): check its weights"
     for m in r.maps:
         if not np.isfinite(m.data).all() or (m.weights is not None and not np.isfinite(m.weights).all()):
             return f"map {m.name} is not finite (NaN/Inf): check the model's weights"
+    for m in r.maps:
+        if m.meta.get("query_clamped") and r.size:
+            x, y = m.meta.get("query_asked", (None, None))
+            where = f" {x:g},{y:g}" if x is not None else ""
+            return f"--query{where} lies outside this {r.size[0]}×{r.size[1]} image"
     return None
 
 

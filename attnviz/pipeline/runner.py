@@ -139,7 +139,8 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
             _on_ray(analyser, manifest, plan, sources, out, style, prompts, boxes, faithfulness, sanity,
                     batch_size, remote, report, on_batch)
         local = aligned_batches(sources, plan.kept, batch_size, PIXEL_BUDGET) if remote is None else ()
-        with Writer(workers) as writer:     # files drawn and written while the next batch runs
+        writer = Writer(workers)            # files drawn and written while the next batch runs
+        try:
             for loaded, batch in local:
                 if sanity and batch and manifest.sanity is None:     # the first batch, before its maps
                     per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
@@ -149,6 +150,13 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
                                   plan.old, tag=r)
                 _record(writer.finished(), manifest, report, out, style, on_batch)
             _record(writer.drain(), manifest, report, out, style, on_batch)
+        except BaseException:               # Ctrl-C, a full disk: keep what is already on disk
+            done = list(writer.finished())
+            writer.close(cancel=True)
+            with contextlib.suppress(Exception):
+                _record(done, manifest, report, out, style, None)
+            raise
+        writer.close()
         _save(manifest, 0.0, seconds=time.perf_counter() - t0)
         finished = True
     finally:   # also on Ctrl-C or a full disk: the manifest lists every image written so far

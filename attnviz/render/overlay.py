@@ -127,7 +127,7 @@ def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Cal
         arr = _check_map(m)
         m01 = np.zeros_like(arr) if is_flat(arr) else normalise(arr)       # float noise: one colour
         if geometry is not None and geometry.fits(arr.shape):              # measured cell centres
-            up = resample(m01, base.height, base.width, geometry)
+            up = resample(m01, base.height, base.width, geometry.drawn())
         else:
             up = bilinear(m01, base.height, base.width)                   # (H, W) order
         colour = (_indices(up, n) * 3).astype(np.int32)[..., None]         # (H, W, 1)

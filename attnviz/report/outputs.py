@@ -46,7 +46,8 @@ class Style:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise AttnvizError(f"--top-k {self.top_k!r}: use a whole number ≥ 1")
         if self.format not in FORMATS:
-            raise AttnvizError(f"--format {self.format!r}: use one of {', '.join(FORMATS)}")
+            names = list(FORMATS)
+            raise AttnvizError(f"--format {self.format!r}: use {', '.join(names[:-1])} or {names[-1]}")
 
 
 def map_entry(m: AttentionMap, size: tuple[int, int], ext: str = "png") -> dict[str, Any]:
