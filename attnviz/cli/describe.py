@@ -9,9 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from attnviz.cli.app import app
-from attnviz.cli.common import backbone_name, guard, out_console
+from attnviz.cli.common import backbone_name, guard, out_console, shown
 from attnviz.errors import AttnvizError
-from attnviz.text import printable
 
 __all__ = ["layers", "inspect_model", "backbones", "kinds"]
 
@@ -24,7 +23,7 @@ _DEBUG = typer.Option(False, "--debug", help="Show tracebacks.")
 
 def _table(title: str, columns: tuple[str, ...]) -> Table:
     """A table whose first column (module names) folds and whose others never wrap."""
-    table = Table(title=Text(printable(title)))
+    table = Table(title=Text(shown(title)))
     table.add_column(columns[0], overflow="fold", min_width=28)
     for col in columns[1:]:
         table.add_column(col, no_wrap=True)
@@ -44,7 +43,7 @@ def _load_quietly(backbone: str, input_size: Optional[int], debug: bool):
 
 
 def _t(value: object) -> Text:
-    return Text(printable(str(value)))
+    return Text(shown(str(value)))
 
 
 @app.command()
@@ -89,7 +88,7 @@ def inspect_model(
         where = f"native ({native[kind]})" if kind in native else "derived"
         out_console.print(_t(f"  {kind:15s} {where}"), highlight=False)
     for line in inv.notes():      # attention found but not drawn natively, and why
-        out_console.print(Text(printable(f"  {line}"), style="yellow"), highlight=False)
+        out_console.print(Text(shown(f"  {line}"), style="yellow"), highlight=False)
 
 
 @app.command()
