@@ -86,6 +86,8 @@ def inspect_model(
     native = inv.native_kinds(bb.tokens is not None)
     for kind in KINDS:
         where = f"native ({native[kind]})" if kind in native else "derived"
+        if kind == "cross" and bb.native_cross:       # the backbone reads its own text→image attention
+            where = "native (the model's own text→image attention)"
         out_console.print(_t(f"  {kind:15s} {where}"), highlight=False)
     for line in inv.notes():      # attention found but not drawn natively, and why
         out_console.print(Text(shown(f"  {line}"), style="yellow"), highlight=False)
