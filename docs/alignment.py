@@ -27,7 +27,7 @@ SIZE, SCALE = 224, 2
 def panel(base: Image.Image, m: np.ndarray, geometry, dot: tuple[float, float], title: str) -> Image.Image:
     """The map over the image (upsampled by `geometry`), the dot (white ring) and the drawn peak (cross)."""
     w, h = base.size
-    heat = (matplotlib.colormaps["jet"](np.clip(upsample(normalise(m), h, w, geometry), 0, 1))[..., :3] * 255)
+    heat = (matplotlib.colormaps["jet"](np.clip(upsample(normalise(m), h, w, geometry.drawn() if geometry else None), 0, 1))[..., :3] * 255)
     out = Image.blend(base, Image.fromarray(heat.astype(np.uint8)), 0.5)
     d = ImageDraw.Draw(out)
     x, y = dot[0] * SCALE, dot[1] * SCALE
