@@ -151,7 +151,7 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
                 _record(writer.finished(), manifest, report, out, style, on_batch)
             _record(writer.drain(), manifest, report, out, style, on_batch)
         except BaseException:               # Ctrl-C, a full disk: keep what is already on disk
-            done = list(writer.finished())
+            done = list(writer.settle())
             writer.close(cancel=True)
             with contextlib.suppress(Exception):
                 _record(done, manifest, report, out, style, None)

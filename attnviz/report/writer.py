@@ -73,6 +73,17 @@ class Writer:
             tag, fut = self._queue.popleft()
             yield tag, fut.exception()
 
+    def settle(self) -> Iterator[tuple[Any, BaseException | None]]:
+        """On an interruption: cancel the tasks not started, let the running ones finish, and hand
+        back (in order) the leading tasks that completed — their files are whole and can be kept."""
+        for _, fut in self._queue:
+            fut.cancel()
+        wait([f for _, f in self._queue if not f.cancelled()])
+        while self._queue and not self._queue[0][1].cancelled():
+            tag, fut = self._queue.popleft()
+            yield tag, fut.exception()
+        self._queue.clear()
+
     def close(self, cancel: bool = False) -> None:
         """Stop the threads; `cancel` drops tasks not yet started (their files are never begun)."""
         if cancel:
