@@ -17,7 +17,8 @@ from attnviz.errors import AttnvizError
 from attnviz.images import check_inputs, discover
 from attnviz.kinds import Batch
 from attnviz.maps import query_point
-from attnviz.pipeline.analyser import Analyser, decoded_batches
+from attnviz.pipeline.analyser import Analyser
+from attnviz.pipeline.batch import aligned_batches
 from attnviz.pipeline.outdir import read_manifest
 from attnviz.pipeline.runner import PIXEL_BUDGET
 from attnviz.probes.base import LayerTap
@@ -150,7 +151,7 @@ def _compute(paths: Sequence[str | Path], by: str, backbone: str | Backbone, kin
     if on_start:
         on_start(len(sources))
     items: list[_Image] = []
-    for loaded, good in decoded_batches(sources, batch_size, PIXEL_BUDGET):
+    for loaded, good in aligned_batches(sources, {}, batch_size, PIXEL_BUDGET):
         report.failed += [(r.source, r.error or "") for r in loaded if r.status != "ok"]
         images = [im for _, im in good]
         if images and by == "layers":

@@ -5,7 +5,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
@@ -21,7 +21,7 @@ from attnviz.probes import capture
 from attnviz.probes.locate import Inventory, locate
 from attnviz.results import OUTLIER_MODES, AttentionMap, Options, Prediction, Result
 
-__all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode", "decoded_batches", "MAX_INPUT"]
+__all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode", "MAX_INPUT"]
 
 MAX_INPUT = 2048   # model input side: larger inputs cost GBs per image in every backbone
 
@@ -234,26 +234,3 @@ def decode(sources: list[ImageSource]) -> tuple[list[Result], list[tuple[Result,
     """Decode a batch; unusable files become error Results, the rest go on."""
     pairs = [_decode_one(src) for src in sources]
     return [r for r, _ in pairs], [(r, im) for r, im in pairs if im is not None]
-
-
-def decoded_batches(sources: list[ImageSource], batch_size: int, pixel_budget: int
-                    ) -> Iterator[tuple[list[Result], list[tuple[Result, Image.Image]]]]:
-    """Decode files one by one into batches of at most `batch_size` images and `pixel_budget`
-    decoded pixels (an image larger than the budget is a batch of its own)."""
-    results: list[Result] = []
-    good: list[tuple[Result, Image.Image]] = []
-    pixels = 0
-    for src in sources:
-        r, image = _decode_one(src)
-        if image is not None and good and pixels + image.width * image.height > pixel_budget:
-            yield results, good
-            results, good, pixels = [], [], 0
-        results.append(r)
-        if image is not None:
-            good.append((r, image))
-            pixels += image.width * image.height
-        if len(results) >= batch_size:
-            yield results, good
-            results, good, pixels = [], [], 0
-    if results:
-        yield results, good
