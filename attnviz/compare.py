@@ -14,6 +14,7 @@ from PIL import Image
 
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
+from attnviz.geometry import Geometry
 from attnviz.images import check_inputs, discover
 from attnviz.kinds import Batch
 from attnviz.maps import query_point
@@ -54,7 +55,7 @@ class _Image:
     image: Image.Image
     label: str
     size: tuple[int, int] = (1, 1)                                        # the original's (width, height)
-    maps: dict[str, tuple[str, str, Any, Any]] = field(default_factory=dict)   # key -> (title, group, array, point)
+    maps: dict[str, tuple[str, str, Any, Any, Any]] = field(default_factory=dict)   # key -> (title, group, array, point, geometry)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -98,7 +99,7 @@ def _add(item: _Image, maps: Sequence[AttentionMap], kinds: set[str] | None, pre
         key, title = column(record)
         item.maps[f"{prefix}\n{key}" if prefix else key] = (
             f"{prefix}\n{title} · {m.provenance}" if prefix else f"{title} · {m.provenance}", key, m.data,
-            _point(record, item.size))
+            _point(record, item.size), m.geometry)
 
 
 def _forward_layers(analysers: list[Analyser], images: list[Image.Image]
@@ -113,12 +114,14 @@ def _forward_layers(analysers: list[Analyser], images: list[Image.Image]
     per_layer = []
     for a in analysers:
         batch = Batch(bb, a.layer, tap.outputs, logits, [im.size for im in images], a.options, a.plans,
-                      inventory=a.inventory, aux=aux)
+                      inventory=a.inventory, aux=aux, aligner=a.aligner)
         maps: list[list[AttentionMap]] = [[] for _ in images]
         with torch.no_grad():
             for kind in a.kinds:
                 for i, found in enumerate(kind.compute(batch)):
                     maps[i].extend(found)
+        for found in maps:
+            a.aligner.stamp(found)          # each map drawn where its cells look, as `run` draws it
         per_layer.append(maps)
     return [a0._predictions(row) for row in logits], per_layer
 
@@ -202,7 +205,8 @@ def _from_run(out: Path, kinds: list[str] | None, cell: int, report: CompareRepo
         for m in entry.get("maps", []):
             if (wanted is None or m["kind"] in wanted) and m.get("npz_key") in arrays:
                 key, title = column(m)
-                item.maps[key] = (f"{title} · {m['provenance']}", key, arrays[m["npz_key"]], _point(m, size))
+                item.maps[key] = (f"{title} · {m['provenance']}", key, arrays[m["npz_key"]], _point(m, size),
+                                  Geometry.from_record(m.get("geometry")))
         items.append(item)
     bb = manifest.get("backbone") or {}
     report.random = not bb.get("pretrained", True)
@@ -257,7 +261,7 @@ def compare(paths: Sequence[str | Path], output: str | Path, *, by: str = "kinds
                                                            if report.failed else ""))
     keys = list(dict.fromkeys(k for it in items for k in it.maps))
     titles = {k: t for it in items for k, (t, *_) in it.maps.items()}
-    rows = [SheetRow(it.image, it.label, [SheetCell(it.maps[k][2], it.maps[k][1], it.maps[k][3])
+    rows = [SheetRow(it.image, it.label, [SheetCell(it.maps[k][2], it.maps[k][1], it.maps[k][3], it.maps[k][4])
                                           if k in it.maps else None for k in keys]) for it in items]
     title = f"attnviz compare · {what} · by {by} · scale {scale}"
     pages = render_pages([titles[k] for k in keys], rows, per_page=per_page, scale=scale, colormap=colormap,

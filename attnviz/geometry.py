@@ -1,26 +1,36 @@
-"""Where each feature cell looks: per-axis cell centres in model-input pixels, and resampling by them.
+"""Where each feature cell looks: per-axis receptive fields in model-input pixels, and drawing by them.
 
 A CNN's cell i does not sit at the centre of its block of the image, (i + ½)·S/n: 3×3/pad-1 and
 7×7/pad-3 stride-2 convolutions put its receptive field near i·stride, and border cells are pulled
-inwards because their field is cut by the padding. `probes.receptive` measures each cell's centre
-(the centroid of mean |∂cell/∂input|); a `Geometry` keeps it per axis, as an affine map
-x = a·(i + ½) + b where that fits within `AFFINE_TOLERANCE` cell, else as the measured table.
+inwards because their field is cut by the padding. `probes.receptive` measures each cell's
+effective receptive field E_i (mean |∂cell/∂input|): its centroid (the cell's centre: peaks,
+queries) and its spread (standard deviation). A `Geometry` keeps both per axis (the fields of a
+convolutional stack are separable to first order).
+
+Drawing by receptive field: E_i is approximated by a Gaussian whose part on the image has the
+measured centroid and spread (`gaussian_field`: border fields are cut by the image edge), given
+unit mass over the image, and the heat at pixel p is Σ_i m_i·E_i(p) / Σ_i E_i(p) — each
+pixel carries the cell values weighted by how much each cell depends on it. Separable, so it is
+two small matrices: heat = Ky·m·Kxᵀ (`axis_kernel`, rows normalised). A record without spreads
+(written before they were measured) is drawn linearly between its centres.
 All positions are continuous pixel coordinates (pixel j spans [j, j + 1), its centre is j + ½);
 the model sees the whole image squashed to S², so model-input x is image x·W/S.
-Without a geometry (token grids, whose patch centres are exact) every function here is the
-uniform rule (i + ½)·W/n, and `upsample_axis` is bilinear with align_corners=False.
+Without a geometry (token grids, whose patch centres are exact; --no-align) every function here is
+the uniform rule (i + ½)·W/n, and resampling is bilinear with align_corners=False.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["AFFINE_TOLERANCE", "Axis", "Geometry", "uniform_centres", "axis_samples", "axis_matrix",
-           "resample", "nearest_cell"]
+__all__ = ["AFFINE_TOLERANCE", "MIN_SPREAD", "Axis", "Geometry", "uniform_centres", "axis_samples",
+           "axis_matrix", "axis_kernel", "gaussian_field", "resample", "nearest_cell"]
 
 AFFINE_TOLERANCE = 0.05   # largest residual (in cells) an affine fit may leave; else keep the table
+MIN_SPREAD = 0.25         # smallest spread drawn, in cells (a degenerate measurement stays finite)
 
 
 def uniform_centres(n: int, extent: float) -> np.ndarray:
@@ -37,16 +47,19 @@ class Axis:
     b: float                        # fitted offset (pixels)
     residual: float                 # largest |table − affine| in cells
     table: tuple[float, ...]        # the measured centres
+    mu: tuple[float, ...] = ()      # each cell's field: Gaussian centre … (empty: not measured)
+    sigma: tuple[float, ...] = ()   # … and spread, whose part on the image has the measured moments
 
     @classmethod
-    def fit(cls, centres: Sequence[float]) -> Axis:
+    def fit(cls, centres: Sequence[float], mu: Sequence[float] = (), sigma: Sequence[float] = ()) -> Axis:
         """Least-squares affine fit of measured centres (monotone by construction of the CNN)."""
         c = np.maximum.accumulate(np.asarray(centres, dtype=np.float64))   # guard noise: never go back
         i = np.arange(len(c)) + 0.5
         a, b = np.polyfit(i, c, 1) if len(c) > 1 else (1.0, float(c[0]) - 0.5)
         step = abs(a) if abs(a) > 1e-9 else 1.0
         residual = float(np.max(np.abs(a * i + b - c)) / step)
-        return cls(len(c), float(a), float(b), residual, tuple(round(float(v), 3) for v in c))
+        r3 = lambda v: tuple(round(float(x), 3) for x in v)   # noqa: E731
+        return cls(len(c), float(a), float(b), residual, r3(c), r3(mu), r3(sigma))
 
     @property
     def affine(self) -> bool:
@@ -63,8 +76,10 @@ class Axis:
         """JSON-ready form (the manifest's per-layer mapping)."""
         out: dict[str, Any] = {"mode": "affine" if self.affine else "table", "a": round(self.a, 4),
                                "b": round(self.b, 4), "residual_cells": round(self.residual, 4)}
-        if not self.affine:
+        if not self.affine or self.sigma:
             out["centres"] = list(self.table)
+        if self.sigma:
+            out["mu"], out["sigma"] = list(self.mu), list(self.sigma)
         return out
 
     @classmethod
@@ -74,7 +89,16 @@ class Axis:
         residual = float(r.get("residual_cells", 0.0))
         if r.get("mode") == "table":
             residual = max(residual, AFFINE_TOLERANCE * 2)   # stays a table after a round trip
-        return cls(n, float(r["a"]), float(r["b"]), residual, table)
+        mu, sigma = (tuple(float(v) for v in r.get(k) or ()) for k in ("mu", "sigma"))
+        if len(mu) != n or len(sigma) != n:
+            mu = sigma = ()
+        return cls(n, float(r["a"]), float(r["b"]), residual, table, mu, sigma)
+
+    def kernel(self, extent: int, input_size: int, n_out: int) -> np.ndarray:
+        """(n_out, n): cell i's Gaussian field at each output pixel of an axis `extent` pixels long."""
+        scale = extent / input_size
+        return axis_kernel(tuple(float(v) * scale for v in self.mu), tuple(float(v) * scale for v in self.sigma),
+                           extent, n_out)
 
 
 @dataclass(frozen=True)
@@ -84,7 +108,12 @@ class Geometry:
     rows: Axis
     cols: Axis
     input_size: int                  # S: the model saw S×S pixels
-    method: str = "gradient centroid"
+    method: str = "receptive field"
+
+    @property
+    def fields(self) -> bool:
+        """Are the cells drawn by their receptive fields (spreads measured on both axes)?"""
+        return bool(self.rows.sigma) and bool(self.cols.sigma)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -108,19 +137,12 @@ class Geometry:
             return None
         h, w = r["grid"]
         return cls(Axis.from_record(r["y"], h), Axis.from_record(r["x"], w), int(r["input_size"]),
-                   r.get("method", "gradient centroid"))
+                   r.get("method", "receptive field"))
 
     def fits(self, grid: Sequence[int]) -> bool:
         """Does it place maps of this (H, W)?"""
         return tuple(grid) == self.grid
 
-    def drawn(self) -> Geometry:
-        """The geometry pictures are drawn with: each axis's affine fit. A table's border cells are
-        pulled inwards (their field is cut by the padding), and resampling through them would smear
-        the border cells' values flat across the border band (streaks); peaks, queries and scores
-        keep the measured table."""
-        return Geometry(*(Axis(a.n, a.a, a.b, 0.0, a.table) for a in (self.rows, self.cols)),
-                        self.input_size, self.method)
 
 
 def _axis_centres(n: int, extent: int, geometry: Geometry | None, axis: str) -> np.ndarray:
@@ -169,12 +191,62 @@ def _gather(m: np.ndarray, axis: int, samples: tuple[np.ndarray, np.ndarray, np.
     return np.where(t <= 0, a, np.where(t >= 1, b, (1 - t) * a + t * b))
 
 
+@lru_cache(maxsize=64)
+def axis_kernel(centres: tuple[float, ...], spreads: tuple[float, ...], extent: float, n_out: int) -> np.ndarray:
+    """(n_out, n) float64: Gaussian i (centre, spread in the axis's pixels) at each output pixel centre,
+    each column with unit mass over the image (the axis is `extent` pixels, sampled by n_out)."""
+    c, s = np.asarray(centres, np.float64), np.asarray(spreads, np.float64)
+    step = extent / max(len(c), 1)
+    s = np.maximum(s, MIN_SPREAD * step)
+    p = (np.arange(n_out, dtype=np.float64) + 0.5) * extent / n_out
+    k = np.exp(-0.5 * ((p[:, None] - c[None, :]) / s[None, :]) ** 2)
+    k /= np.maximum(k.sum(axis=0, keepdims=True), 1e-300)
+    k.setflags(write=False)
+    return k
+
+
+def gaussian_field(mean: Sequence[float], std: Sequence[float], extent: int, iters: int = 100
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(μ, σ) per cell of the Gaussian whose part on [0, extent] has the given mean and std.
+
+    A border cell's field is cut by the image edge: its measured centroid lies inwards of where
+    its field peaks. Matching the truncated Gaussian's moments puts the peak back (resnet18
+    layer4 at 224 px: cell 0's centroid 52 px, its Gaussian's centre 21 px)."""
+    pos = np.arange(extent, dtype=np.float64) + 0.5
+    m, s = np.asarray(mean, np.float64), np.maximum(np.asarray(std, np.float64), 1e-3)
+    mu, sg = m.copy(), s.copy()
+    for _ in range(iters):          # fixed point: shift the centre, scale the spread
+        k = np.exp(-0.5 * ((pos[None] - mu[:, None]) / sg[:, None]) ** 2)
+        k /= np.maximum(k.sum(axis=1, keepdims=True), 1e-300)
+        tm = (k * pos).sum(axis=1)
+        ts = np.sqrt((k * (pos - tm[:, None]) ** 2).sum(axis=1))
+        mu, sg = mu + (m - tm), np.clip(sg * s / np.maximum(ts, 1e-9), 1e-3, 10.0 * extent)
+    return mu, sg
+
+
+def _by_fields(m: np.ndarray, height: int, width: int, g: Geometry) -> np.ndarray:
+    """Σ_i m_i·E_i(p) / Σ_i E_i(p) with separable Gaussian fields; NaN cells count in neither sum."""
+    ky = g.rows.kernel(height, g.input_size, height)                      # (height, h)
+    kx = g.cols.kernel(width, g.input_size, width)                        # (width, w)
+    valid = np.isfinite(m)
+    num = ky @ np.where(valid, m, 0.0).astype(np.float64) @ kx.T
+    if valid.all():
+        den = np.outer(ky.sum(axis=1), kx.sum(axis=1))                    # separable
+    else:
+        den = ky @ valid.astype(np.float64) @ kx.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
 def resample(m: np.ndarray, height: int, width: int, geometry: Geometry | None = None) -> np.ndarray:
-    """An (h, w) map resampled to (height, width) so that cell (r, c)'s value lies at its centre."""
+    """An (h, w) map resampled to (height, width): drawn by the cells' receptive fields when the
+    geometry has them, else each cell's value at its centre, interpolated linearly between them."""
     m = np.asarray(m, dtype=np.float32)
     h, w = m.shape
     if geometry is not None and not geometry.fits((h, w)):
         geometry = None
+    if geometry is not None and geometry.fields:
+        return _by_fields(m, height, width, geometry).astype(np.float32)
     ys = _axis_centres(h, height, geometry, "y")
     xs = _axis_centres(w, width, geometry, "x")
     out = _gather(_gather(m, 0, axis_samples(ys, height)), 1, axis_samples(xs, width))

@@ -1,12 +1,17 @@
 """Shared fixtures: small feature maps and tiny image trees built in code."""
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# receptive fields measured by the tests are cached here, never in the user's cache
+os.environ.setdefault("ATTNVIZ_CACHE", tempfile.mkdtemp(prefix="attnviz-test-cache-"))
 
 
 @pytest.fixture

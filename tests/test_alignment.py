@@ -60,7 +60,7 @@ def test_drawn_centres_match_the_gradient_centroid(name, size, off_before):
     an = Analyser(bb, ["spatial"])
     (_, maps), = an.analyse_batch([Image.new("RGB", (size, size), MEAN_RGB)])
     m = maps[0]
-    assert m.layer == bb.default_layer and m.meta["geometry"]["method"] == "gradient centroid"
+    assert m.layer == bb.default_layer and m.meta["geometry"]["method"] == "receptive field"
     g, grid = m.geometry, m.shape
     step = size / grid[1]
     rng = np.random.default_rng(0)

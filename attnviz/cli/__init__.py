@@ -17,7 +17,9 @@ _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Usag
 
 def main() -> None:
     """Console-script entry point: usage errors are one line too (exit 2); SIGTERM acts as Ctrl-C."""
+    from attnviz.cli.common import STARTED, process_start
     from attnviz.cli.signals import sigterm_as_interrupt
+    STARTED[:] = [process_start()]       # the summary's time covers the whole process
     try:
         with sigterm_as_interrupt():
             code = app(standalone_mode=False)

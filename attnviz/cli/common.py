@@ -6,8 +6,10 @@ through rich's markup parser: `[x]` in a file name is data.
 from __future__ import annotations
 
 import math
+import os
 import shlex
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -23,7 +25,7 @@ from attnviz.text import printable
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "out_console",
            "err_console", "shown", "say", "fail", "guard", "Bar", "colormap_option", "query_option", "prompts_from",
-           "split_kinds", "backbone_name", "command_line", "check_paths"]
+           "split_kinds", "backbone_name", "command_line", "check_paths", "STARTED", "process_start", "command_started"]
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -88,16 +90,36 @@ class _Rate(ProgressColumn):
 
 
 class Bar:
-    """A rich progress bar that appears only once the work starts, so setup errors print alone."""
+    """A rich progress bar that appears only once the work starts, so setup errors print alone;
+    before that, `status` shows what is being done (loading, measuring) on a status line."""
 
     def __init__(self, label: str, quiet: bool) -> None:
         self.progress = Progress(TextColumn(label, style="bold", markup=False), BarColumn(),
                                  MofNCompleteColumn(), _Rate(), TimeRemainingColumn(),
                                  console=err_console, disable=quiet)
         self.task = None
+        self.label, self.quiet = label, quiet
+        self._status = None
+
+    def status(self, text: str) -> None:
+        """Say what is being done before the images start (a spinner line; text is never markup)."""
+        if self.quiet or self.task is not None:
+            return
+        line = Text.assemble((self.label, "bold"), " · ", text)
+        if self._status is None:
+            self._status = err_console.status(line)
+            self._status.start()
+        else:
+            self._status.update(line)
+
+    def _end_status(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
 
     def start(self, total: int) -> None:
         """Show the bar for `total` images."""
+        self._end_status()
         self.progress.start()
         self.task = self.progress.add_task("images", total=total)
 
@@ -109,8 +131,31 @@ class Bar:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._end_status()
         if self.task is not None:
             self.progress.stop()
+
+
+STARTED: list[float] = []   # set by the console script: the process's start, as a perf_counter() value
+
+
+def process_start() -> float:
+    """When this process started, as a `time.perf_counter()` value (Linux /proc; else: now)."""
+    now = time.perf_counter()
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])     # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+    return now - age if 0 <= age < 3600 else now
+
+
+def command_started() -> float:
+    """The start of this command: the process's under the console script, else now (in-process calls)."""
+    return STARTED[0] if STARTED else time.perf_counter()
 
 
 def colormap_option(name: str) -> str:

@@ -10,8 +10,8 @@ from rich.text import Text
 
 from attnviz.cli.app import app
 from attnviz.cli.common import (EXIT_OK, EXIT_SOME_FAILED, Bar, backbone_name, check_paths, colormap_option,
-                                command_line, err_console, guard, out_console, prompts_from, query_option,
-                                say, shown, split_kinds)
+                                command_line, command_started, err_console, guard, out_console, prompts_from,
+                                query_option, say, shown, split_kinds)
 
 __all__ = ["run", "demo", "evaluate", "agreement_table"]
 
@@ -64,6 +64,7 @@ def run(
     from attnviz.pipeline.distributed import RayOptions
     from attnviz.report.outputs import Style
 
+    started = command_started()
     inputs = check_paths(paths)
 
     def go():
@@ -78,7 +79,7 @@ def run(
                 input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
                 native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
                 stats=stats, engine=engine, workers=workers if engine == "local" else None,
-                align=align, outliers=outliers,
+                align=align, outliers=outliers, on_status=bar.status, started=started,
                 ray=RayOptions(address, workers or None, gpus_per_worker) if engine == "ray" else None)
 
     report = guard(go, debug)
@@ -118,9 +119,13 @@ def summary(report, title: str) -> None:
         table.add_row(t(f"best for “{prompt}”"), t(best))
     if len(report.rankings) > 5:
         table.add_row("", f"… {len(report.rankings) - 5} more prompts ranked in manifest.json")
-    rate = len(report.results) / report.seconds if report.seconds else 0
+    parts = getattr(report, "timings", {}) or {}
+    busy = parts.get("images", report.seconds)
+    rate = len(report.results) / busy if busy else 0
     passes = f"{report.forwards} forward pass{'es' if report.forwards != 1 else ''}"
-    table.add_row("time", f"{report.seconds:.1f} s ({rate:.2f} img/s, {passes})")
+    shares = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items() if k in ("loading", "measuring", "images"))
+    table.add_row("time", f"{report.seconds:.1f} s in all" + (f" ({shares})" if shares else "")
+                  + f"; {rate:.2f} img/s, {passes}")
     table.add_row("outputs", t(f"{report.out}/ (manifest.json)"))
     err_console.print(table)
 

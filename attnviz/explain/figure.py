@@ -11,7 +11,7 @@ from PIL import Image
 from attnviz.explain.panels import Panel, Strip
 from attnviz.render.overlay import blend, fit
 
-__all__ = ["strip_figure", "figure_bytes", "PANEL_IN", "DPI"]
+__all__ = ["strip_figure", "figure_bytes", "panel_overlay", "PANEL_IN", "DPI"]
 
 PANEL_IN = (2.7, 3.0)       # inches per panel (width, height)
 DPI = 90
@@ -95,11 +95,16 @@ def _text(ax, p: Panel) -> None:
     ax.text(0.05, 0.95, "\n".join(p.labels), transform=ax.transAxes, fontsize=8, va="top", family="monospace")
 
 
+def panel_overlay(p: Panel, image: Image.Image, size: int) -> Image.Image:
+    """An overlay panel's picture: the one drawing path, with the panel's geometry (alpha 0.5)."""
+    return blend(fit(image, size), p.data, p.cmap, 0.5, p.geometry)
+
+
 def _panel(fig: Figure, ax, p: Panel, image: Image.Image, size: int) -> None:
     if p.view == "image":
         _photo(ax, image, p, size)
     elif p.view == "overlay":
-        ax.imshow(blend(fit(image, size), p.data, p.cmap, 0.5))
+        ax.imshow(panel_overlay(p, image, size))
     elif p.view == "marked":
         _marked(ax, image, p, size)
     elif p.view == "bars":

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from attnviz.geometry import Geometry
+
 __all__ = ["Panel", "Strip", "summary", "TOP_K"]
 
 TOP_K = 5   # indices of the largest values recorded per panel in explain.json
@@ -29,6 +31,7 @@ class Panel:
     cut: list[int] = field(default_factory=list)      # bars: indices drawn (and named) as cut
     cmap: str = "viridis"
     vmax: float | None = None                         # tiles: a shared ±scale (features and scaled features)
+    geometry: Geometry | None = None                  # overlay: where its cells look (drawn as `run` draws)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: step, formula, provenance, source and the array's shape, min, max, top-k indices."""

@@ -75,6 +75,20 @@ def _load(image: str | Path | Image.Image) -> tuple[str, Image.Image]:
         raise AttnvizError(f"{path}: {e}") from None
 
 
+def _place(strips: list[Strip], ctx: Context) -> None:
+    """Give every overlay panel its layer's geometry, so it is drawn as `attnviz run` draws it: the
+    final panel the geometry of the map it equals, the others that of their source layer."""
+    for strip in strips:
+        final = {id(p): ctx.maps[name] for name, p in strip.finals.items() if name in ctx.maps}
+        for p in [q for row in strip.rows for q in row if q is not None] + ([strip.side] if strip.side else []):
+            if p.view != "overlay" or p.geometry is not None:
+                continue
+            if id(p) in final and final[id(p)].shape == p.data.shape:
+                p.geometry = final[id(p)].geometry
+            elif p.source in ctx.bb.layers:
+                p.geometry = ctx.analyser.aligner.geometry(p.source, p.data.shape)
+
+
 def explain(image: str | Path | Image.Image, kinds: str | Sequence[str] = "all",
             backbone: str | Backbone = "resnet50", **options: Any) -> Explained:
     """Every stage of each kind's mechanism on one image, from the model's own forward pass."""
@@ -88,6 +102,7 @@ def explain(image: str | Path | Image.Image, kinds: str | Sequence[str] = "all",
         [(predictions, maps)] = analyser.analyse_batch([rgb])
     ctx = Context(analyser, rgb, tap, {m.name: m for m in maps}, predictions)
     strips = [EXPLAIN_KINDS[kind][2](ctx) for kind in chosen]
+    _place(strips, ctx)
     notes = list(analyser.notes) + ([] if bb.pretrained else
                                     ["random-init weights: the numbers are real, their meaning is not"])
     return Explained(source, rgb, bb.name, bb.weights, bb.pretrained, strips, predictions, notes)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -96,12 +97,17 @@ class Analyser:
     """A backbone and the chosen kinds: every kind of a batch from ONE forward pass."""
 
     def __init__(self, backbone: str | Backbone = "resnet50", kinds: Sequence[str] | None = None,
-                 config: AnalyserConfig | None = None, **options: Any) -> None:
+                 config: AnalyserConfig | None = None, *, progress: Callable[[str], None] | None = None,
+                 **options: Any) -> None:
+        """`progress(text)`: told what is being done while loading and measuring (a status line)."""
+        t0 = time.perf_counter()
         config = AnalyserConfig.of(config, **options)
         if isinstance(kinds, str):
             kinds = [k.strip() for k in kinds.split(",") if k.strip()]
         chosen = get_kinds(list(kinds) if kinds is not None else None)   # unknown names fail before loading
         self.config = config
+        if progress and not isinstance(backbone, Backbone):
+            progress(f"loading {backbone}")
         self.backbone = bb = backbone if isinstance(backbone, Backbone) else load_backbone(
             backbone, WeightsSpec.parse(config.weights), input_size=config.input_size,
             device=config.device, seed=config.seed)
@@ -135,11 +141,14 @@ class Analyser:
         self.notes += self.inventory.notes()    # attention found but not drawn natively, and why
         self.heads = [config.self_layer or attention[-1]] if attention else []   # per-head maps: one layer
         self.forwards = 0   # forward passes run so far (one per batch)
-        self.aligner = Aligner(bb, config.align)   # measured cell centres
+        self.aligner = Aligner(bb, config.align, progress)   # measured receptive fields
         # measured now, so that every batch is still ONE forward (other layers: on first use)
         near = [self.inventory.nearest_gate(k, self.layer) for k in ("spatial", "channel")]
         for name in [self.layer, *(g.name for g in near if g is not None)] if self.kinds else []:
             self.aligner.geometry(name)
+        # seconds spent before the first image: loading (and inspecting), measuring receptive fields
+        measuring = self.aligner.seconds
+        self.timings = {"loading": time.perf_counter() - t0 - measuring, "measuring": measuring}
 
     def twin(self, backbone: Backbone) -> Analyser:
         """The same kinds and settings on another backbone (the sanity check's randomised model)."""

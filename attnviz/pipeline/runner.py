@@ -50,6 +50,7 @@ class RunReport:
     rankings: dict = field(default_factory=dict)   # prompt -> images best matching it first
     resumed: int = 0                               # images an earlier run had completed (not redone)
     agreement: dict | None = None                  # --stats: folder means of agreement between kinds
+    timings: dict = field(default_factory=dict)    # seconds of the parts: loading, measuring, images
 
     @property
     def failed(self) -> list[Result]:
@@ -70,6 +71,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         boxes: Mapping[str, list[Sequence[float]]] | None = None, faithfulness: bool = False,
         sanity: bool = False, force: bool = False, own: Sequence[str] = (), stats: bool = False,
         engine: str = "local", ray: RayOptions | None = None, workers: int | None = None,
+        on_status: Callable[[str], None] | None = None, started: float | None = None,
         **options: Any) -> RunReport:
     """Analyse images and write every output plus OUT/manifest.json; see the README for the layout.
 
@@ -82,7 +84,10 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     locally, `workers` threads draw and write each batch's files while the next batch runs (None: one
     per core; 0: in this thread) — the files are the same for any number.
     Every run also writes OUT/index.html and OUT/summary.csv; `stats` adds OUT/agreement.csv/.png.
+    `on_status(text)` hears what is done before the first image (loading, measuring); the report's
+    `seconds` run from `started` (a `time.perf_counter()` value; default: now) to the end.
     """
+    started = time.perf_counter() if started is None else started
     check_batch_size(batch_size)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise AttnvizError(f"--workers {workers!r}: use a whole number ≥ 0")
@@ -101,7 +106,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
                 raise
             earlier = []
         sources = discover(paths, outputs_filter(out, paths, earlier))
-        analyser = Analyser(backbone, kinds, **options)
+        analyser = Analyser(backbone, kinds, progress=on_status, **options)
         if not analyser.backbone.pretrained:        # every grid says so, not only the terminal
             style = dataclasses.replace(style, banner=RANDOM_NOTE)
         manifest = Manifest(out, analyser, style, batch_size, command,
@@ -111,6 +116,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         report = _execute(analyser, manifest, plan, sources, out, style, prompts or {}, boxes or {},
                           faithfulness, sanity, on_start, on_batch, remote, workers)
         report.agreement = write_reports(out, read_manifest(out) or {}, stats)   # from the saved manifest
+        report.timings = {**analyser.timings, "images": report.seconds}
+        report.seconds = time.perf_counter() - started                 # the whole command
         return report
 
 

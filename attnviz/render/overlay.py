@@ -1,9 +1,16 @@
-"""Heatmap overlays: colour a map with a matplotlib colormap and alpha-blend it over the image."""
+"""Heatmap overlays: colour a map with a matplotlib colormap and alpha-blend it over the image.
+
+The one drawing path: every picture of a map over its image (run overlays and grid, compare
+sheets, explain panels, the gallery, `attnviz.overlay`) goes through `blender`/`blend`/`overlay`,
+and every one of them spreads the map over the pixels with `heat` — by the cells' receptive
+fields when the map's layer has a measured `Geometry` (CNN layers), else bilinearly from block
+centres (token grids: exact patches; --no-align). The same map at the same size gives the same
+pixels everywhere."""
 from __future__ import annotations
 
 import difflib
 from functools import lru_cache
-from typing import Callable
+from typing import Any, Callable
 
 import matplotlib
 import numpy as np
@@ -13,7 +20,7 @@ from attnviz.images import to_rgb
 from attnviz.geometry import Geometry, resample
 from attnviz.maps import is_flat, normalise
 
-__all__ = ["output_size", "colormap_lut", "colorize", "bilinear", "fit", "blender", "blend", "overlay"]
+__all__ = ["output_size", "colormap_lut", "colorize", "bilinear", "heat", "fit", "blender", "blend", "overlay"]
 
 _SUGGESTED = ("jet", "inferno", "viridis", "magma", "plasma", "turbo", "gray")
 
@@ -83,6 +90,29 @@ def bilinear(m: np.ndarray, height: int, width: int) -> np.ndarray:
     return cols[j0] * v0[:, None] + cols[j1] * v1[:, None]                  # (height, width)
 
 
+def heat(m: np.ndarray, height: int, width: int, geometry: Geometry | None = None) -> np.ndarray:
+    """Map `m` (h, w) spread over (height, width) pixels: by its cells' receptive fields when
+    `geometry` has them and fits, else bilinear from block centres (see attnviz.geometry)."""
+    arr = np.asarray(m, dtype=np.float32)
+    if geometry is not None and geometry.fits(arr.shape):
+        return resample(arr, height, width, geometry)
+    return bilinear(arr, height, width)
+
+
+def _unit(arr: np.ndarray, span: tuple[float, float] | None) -> np.ndarray:
+    """Display values in [0, 1] before resampling: min–max of the map, or `span` (lo, hi) shared
+    with other maps; a flat map is one colour (0, or its mean on a shared span)."""
+    flat = is_flat(arr)
+    if span is None:
+        return np.zeros_like(arr) if flat else normalise(arr)          # float noise: one colour
+    lo, hi = float(span[0]), float(span[1])
+    finite = np.isfinite(arr)
+    filled = np.where(finite, arr, lo)
+    if flat and finite.any():
+        filled = np.full_like(arr, float(arr[finite].mean()))
+    return ((filled - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)).astype(np.float32)
+
+
 def fit(image: Image.Image, size: int = 512) -> Image.Image:
     """The image as RGB, resized so that its longest side is `size` (LANCZOS down, BICUBIC up)."""
     rgb = to_rgb(image)
@@ -123,28 +153,35 @@ def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Cal
     # (H, W, 3) offsets of each pixel's byte v and channel c into the table
     where = np.asarray(base, dtype=np.int32) * np.int32(3 * n) + np.arange(3, dtype=np.int32)
 
-    def paint(m: np.ndarray, geometry: Geometry | None = None) -> Image.Image:
-        arr = _check_map(m)
-        m01 = np.zeros_like(arr) if is_flat(arr) else normalise(arr)       # float noise: one colour
-        if geometry is not None and geometry.fits(arr.shape):              # measured cell centres
-            up = resample(m01, base.height, base.width, geometry.drawn())
-        else:
-            up = bilinear(m01, base.height, base.width)                   # (H, W) order
+    def paint(m: np.ndarray, geometry: Geometry | None = None, *,
+              span: tuple[float, float] | None = None) -> Image.Image:
+        m, geometry = _map_of(m, geometry)
+        up = heat(_unit(_check_map(m), span), base.height, base.width, geometry)   # (H, W)
         colour = (_indices(up, n) * 3).astype(np.int32)[..., None]         # (H, W, 1)
         return Image.fromarray(table[where + colour], "RGB")
     return paint
 
 
+def _map_of(m: Any, geometry: Geometry | None) -> tuple[np.ndarray, Geometry | None]:
+    """An AttentionMap stands for its data and its geometry (an explicit `geometry` wins)."""
+    if hasattr(m, "data") and hasattr(m, "geometry") and not isinstance(m, np.ndarray):
+        return m.data, geometry if geometry is not None else m.geometry
+    return m, geometry
+
+
 def blend(base: Image.Image, m: np.ndarray, colormap: str = "jet", alpha: float = 0.5,
-          geometry: Geometry | None = None) -> Image.Image:
-    """Overlay raw map `m` on an already-sized RGB image: normalise, upsample (each cell at its
-    measured centre when a `geometry` is given), colourise, blend. A flat map is one colour."""
-    return blender(base, colormap, alpha)(m, geometry)
+          geometry: Geometry | None = None, *, span: tuple[float, float] | None = None) -> Image.Image:
+    """Overlay raw map `m` (or an AttentionMap) on an already-sized RGB image: normalise (or scale
+    by `span`), spread over the pixels (`heat`: by receptive field when a `geometry` is given),
+    colourise, blend. A flat map is one colour."""
+    return blender(base, colormap, alpha)(m, geometry, span=span)
 
 
 def overlay(
-    image: Image.Image, m: np.ndarray, size: int = 512, colormap: str = "jet", alpha: float = 0.5
+    image: Image.Image, m: np.ndarray, size: int = 512, colormap: str = "jet", alpha: float = 0.5,
+    *, geometry: Geometry | None = None, span: tuple[float, float] | None = None,
 ) -> Image.Image:
-    """The image resized to `output_size` with map `m` (raw, feature resolution) blended over it."""
+    """The image resized to `output_size` with map `m` (raw, feature resolution; or an AttentionMap,
+    drawn with its own geometry) blended over it — the pixels `attnviz run` writes for that map."""
     colormap_lut(colormap)  # fail fast on a bad name, before any resizing
-    return blend(fit(image, size), m, colormap, alpha)
+    return blend(fit(image, size), m, colormap, alpha, geometry, span=span)

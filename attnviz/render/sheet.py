@@ -17,7 +17,8 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from attnviz.maps import FLAT_ATOL, FLAT_RTOL, is_flat, upsample
+from attnviz.geometry import Geometry
+from attnviz.maps import FLAT_ATOL, FLAT_RTOL, is_flat
 from attnviz.render.draw import ring
 from attnviz.render.overlay import blend, colorize, colormap_lut, fit
 
@@ -40,6 +41,7 @@ class SheetCell:
     map: np.ndarray
     group: str = ""
     point: tuple[float, float] | None = None   # a self map's query, as fractions (x/width, y/height)
+    geometry: Geometry | None = None           # where its cells look (drawn as `attnviz run` draws it)
 
 
 @dataclass
@@ -144,19 +146,11 @@ def _wrap(text: str, font: AnyFont, width: float, max_lines: int) -> list[str]:
     return [_fit_text(s, font, width) for s in lines]
 
 
-def _draw_map(base: Image.Image, m: np.ndarray, lo_hi: tuple[float, float], flat: bool,
-              colormap: str, alpha: float, scale: str) -> Image.Image:
-    """The map over the fitted image with colours spanning lo_hi (a flat map: one colour)."""
-    lo, hi = lo_hi
-    if scale == "cell" and not flat:
-        return blend(base, m, colormap, alpha)           # today's per-map min–max
-    up = upsample(np.nan_to_num(np.asarray(m, np.float32)), base.height, base.width)
-    if flat:
-        up = np.full_like(up, float(np.nanmean(m)))
-    v = np.clip((up - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(up)
-    colour = colorize(v, colormap).astype(np.float32)
-    out = (1.0 - alpha) * np.asarray(base, np.float32) + alpha * colour
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+def _draw_map(base: Image.Image, c: SheetCell, lo_hi: tuple[float, float], colormap: str, alpha: float,
+              scale: str) -> Image.Image:
+    """The map over the fitted image (the one drawing path), colours spanning lo_hi unless each
+    map has its own scale ("cell"); a flat map is one colour."""
+    return blend(base, c.map, colormap, alpha, c.geometry, span=None if scale == "cell" else lo_hi)
 
 
 def _cell(base: Image.Image, c: SheetCell | None, lo_hi, g: SheetLayout, colormap: str, alpha: float,
@@ -168,7 +162,7 @@ def _cell(base: Image.Image, c: SheetCell | None, lo_hi, g: SheetLayout, colorma
         ImageDraw.Draw(square).text((g.cell / 2, g.cell / 2), "no map", font=font, fill=TEXT, anchor="mm")
         return square
     flat = is_flat(c.map)
-    square = _square(_draw_map(base, c.map, lo_hi, flat, colormap, alpha, scale), g)
+    square = _square(_draw_map(base, c, lo_hi, colormap, alpha, scale), g)
     draw = ImageDraw.Draw(square)
     if c.point is not None:                  # the query this self map is the row of: a ring, black on white
         x = (g.cell - base.width) // 2 + c.point[0] * base.width

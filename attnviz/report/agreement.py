@@ -14,7 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from attnviz.maps import upsample
+from attnviz.geometry import Geometry
+from attnviz.render.overlay import heat
 from attnviz.metrics import spearman
 from attnviz.report.atomic import save_png
 from attnviz.report.tables import load_maps, write_csv
@@ -41,11 +42,13 @@ def top_iou(a: np.ndarray, b: np.ndarray, share: float = TOP_SHARE) -> float:
     return float((ra & rb).sum() / (ra | rb).sum())
 
 
-def _common(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both maps on the finer of their grids (max height, max width)."""
+def _common(a: np.ndarray, b: np.ndarray, ga: Geometry | None = None, gb: Geometry | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Both maps on the finer of their grids (max height, max width); a coarser map is spread as it
+    is drawn (`heat`: by its cells' receptive fields when its layer has a geometry)."""
     h, w = max(a.shape[0], b.shape[0]), max(a.shape[1], b.shape[1])
-    fit = lambda m: m if m.shape == (h, w) else upsample(m, h, w)   # noqa: E731
-    return fit(a), fit(b)
+    fit = lambda m, g: m if m.shape == (h, w) else heat(m, h, w, g)   # noqa: E731
+    return fit(a, ga), fit(b, gb)
 
 
 def pairs_of(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -66,7 +69,8 @@ def agreement_rows(out: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
         arrays = load_maps(out, image)
         maps = [m for m in pairs_of(image) if m.get("npz_key") in arrays]
         for ma, mb in itertools.combinations(maps, 2):
-            a, b = _common(arrays[ma["npz_key"]], arrays[mb["npz_key"]])
+            a, b = _common(arrays[ma["npz_key"]], arrays[mb["npz_key"]],
+                           Geometry.from_record(ma.get("geometry")), Geometry.from_record(mb.get("geometry")))
             rows.append({"source": image["source"], "output": image["output"], "kind_a": ma["kind"],
                          "kind_b": mb["kind"], "map_a": ma["name"], "map_b": mb["name"],
                          "spearman": round(spearman(a, b), 6), "top20_iou": round(top_iou(a, b), 6)})
