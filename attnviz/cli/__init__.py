@@ -17,7 +17,7 @@ _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Usag
 
 def main() -> None:
     """Console-script entry point: usage errors are one line too (exit 2); SIGTERM acts as Ctrl-C."""
-    from attnviz.cli.common import STARTED, process_start
+    from attnviz.cli.common import STARTED, exit_now, process_start
     from attnviz.cli.signals import sigterm_as_interrupt
     STARTED[:] = [process_start()]       # the summary's time covers the whole process
     try:
@@ -32,4 +32,6 @@ def main() -> None:
         code = EXIT_USAGE
     except (typer.Abort, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    code = code if isinstance(code, int) else EXIT_OK
+    exit_now(code)                       # the command's own process: skip torch's slow teardown
+    sys.exit(code)

@@ -25,7 +25,8 @@ from attnviz.text import printable
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "out_console",
            "err_console", "shown", "say", "fail", "guard", "Bar", "colormap_option", "query_option", "prompts_from",
-           "split_kinds", "backbone_name", "command_line", "check_paths", "STARTED", "process_start", "command_started"]
+           "split_kinds", "backbone_name", "command_line", "check_paths", "STARTED", "process_start", "command_started",
+           "own_process", "exit_now"]
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -139,9 +140,37 @@ class Bar:
 STARTED: list[float] = []   # set by the console script: the process's start, as a perf_counter() value
 
 
+def own_process() -> bool:
+    """Is this process the `attnviz` command (console script or `python -m attnviz.cli`)?"""
+    main = sys.modules.get("__main__")
+    spec_name = getattr(getattr(main, "__spec__", None), "name", "") or ""
+    return spec_name.startswith("attnviz") or Path(getattr(main, "__file__", "") or "").stem == "attnviz"
+
+
+def exit_now(code: int) -> None:
+    """End the `attnviz` process without Python's teardown of torch (seconds on a busy machine, after
+    the summary has said the time): atexit handlers run and stdio is flushed first. Returns (normal
+    exit) when another non-daemon thread is still alive or this is not the command's own process."""
+    import atexit
+    import threading
+    main = threading.main_thread()
+    if not own_process() or any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main):
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):     # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)
+
+
 def process_start() -> float:
-    """When this process started, as a `time.perf_counter()` value (Linux /proc; else: now)."""
+    """When this process started, as a `time.perf_counter()` value (Linux /proc); now when the
+    process is not the `attnviz` command itself (a test or a notebook calling `main()`)."""
     now = time.perf_counter()
+    if not own_process():
+        return now
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])     # field 22: starttime

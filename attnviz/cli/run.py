@@ -123,7 +123,8 @@ def summary(report, title: str) -> None:
     busy = parts.get("images", report.seconds)
     rate = len(report.results) / busy if busy else 0
     passes = f"{report.forwards} forward pass{'es' if report.forwards != 1 else ''}"
-    shares = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items() if k in ("loading", "measuring", "images"))
+    shares = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()
+                       if k in ("starting", "loading", "measuring", "images") and (k != "starting" or v >= 0.05))
     table.add_row("time", f"{report.seconds:.1f} s in all" + (f" ({shares})" if shares else "")
                   + f"; {rate:.2f} img/s, {passes}")
     table.add_row("outputs", t(f"{report.out}/ (manifest.json)"))

@@ -87,7 +87,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     `on_status(text)` hears what is done before the first image (loading, measuring); the report's
     `seconds` run from `started` (a `time.perf_counter()` value; default: now) to the end.
     """
-    started = time.perf_counter() if started is None else started
+    entered = time.perf_counter()
+    started = entered if started is None else started
     check_batch_size(batch_size)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise AttnvizError(f"--workers {workers!r}: use a whole number ≥ 0")
@@ -116,7 +117,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         report = _execute(analyser, manifest, plan, sources, out, style, prompts or {}, boxes or {},
                           faithfulness, sanity, on_start, on_batch, remote, workers)
         report.agreement = write_reports(out, read_manifest(out) or {}, stats)   # from the saved manifest
-        report.timings = {**analyser.timings, "images": report.seconds}
+        report.timings = {"starting": entered - started, **analyser.timings, "images": report.seconds}
         report.seconds = time.perf_counter() - started                 # the whole command
         return report
 
