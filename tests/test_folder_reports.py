@@ -101,9 +101,12 @@ def test_agreement_matches_an_independent_computation(stats_run):
     assert len(rows) == len(ok) * 6                    # 4 kinds: 6 pairs per image
     for r in rows:
         maps = np.load(out / r["output"] / "maps.npz")
+        entry = next(i for i in ok if i["output"] == r["output"])
+        geo = {m["name"]: Geometry.from_record(m.get("geometry")) for m in entry["maps"]}
         a, b = maps[r["map_a"]], maps[r["map_b"]]
         h, w = max(a.shape[0], b.shape[0]), max(a.shape[1], b.shape[1])
-        a, b = (m if m.shape == (h, w) else upsample(m, h, w) for m in (a, b))   # the finer grid
+        # the finer grid; a coarser map spread as it is drawn (by its cells' receptive fields)
+        a, b = (m if m.shape == (h, w) else upsample(m, h, w, geo[k]) for m, k in ((a, r["map_a"]), (b, r["map_b"])))
         assert float(r["spearman"]) == pytest.approx(_spearman(a, b), abs=1e-5)
         assert float(r["top20_iou"]) == pytest.approx(_iou(a, b), abs=1e-5)
     assert {r["map_a"] for r in rows} >= {"channel", "spatial"} and "self-received" not in \

@@ -37,7 +37,7 @@ def run(
     sanity: bool = typer.Option(False, "--sanity", help="Also compare the first batch's maps with a fully randomised model's (rank correlation; ≥ 0.3 is flagged)."),
     stats: bool = typer.Option(False, "--stats", help="Also write agreement.csv/.png: per image and pair of kinds, Spearman's rho and the IoU of the top-20 % regions."),
     derived_only: bool = typer.Option(False, "--derived-only", help="Derive channel, spatial, mixed and self from --layer even where the model has its own attention modules (to compare with the native maps)."),
-    align: bool = typer.Option(True, "--align/--no-align", help="Draw each CNN cell at its measured receptive-field centre (gradient centroid, measured once per backbone, layer and input size); --no-align: at the centre of its block, as before."),
+    align: bool = typer.Option(True, "--align/--no-align", help="Draw CNN maps by their cells' measured receptive fields (peaks at each field's centroid; measured once per architecture, weights, layer and input size, cached on disk); --no-align: bilinear from block centres."),
     outliers: str = typer.Option("keep", "--outliers", help="Patch tokens of outlying norm (ViT artifact tokens, listed as outlier_tokens): keep (the map as computed), mask (left blank), or interpolate (their neighbours' mean)."),
     self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, max=2048, help="Model input side, 16 to 2048 (default: the weights' own, usually 224)."),
