@@ -143,6 +143,14 @@ class Geometry:
         """Does it place maps of this (H, W)?"""
         return tuple(grid) == self.grid
 
+    def drawn(self) -> Geometry:
+        """The geometry pictures are drawn with: itself when it has receptive fields; an older record
+        (centres only) as each axis's affine fit, as attnviz drew it then."""
+        if self.fields:
+            return self
+        return Geometry(*(Axis(a.n, a.a, a.b, 0.0, a.table) for a in (self.rows, self.cols)),
+                        self.input_size, self.method)
+
 
 
 def _axis_centres(n: int, extent: int, geometry: Geometry | None, axis: str) -> np.ndarray:

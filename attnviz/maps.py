@@ -71,8 +71,8 @@ def normalise(m: np.ndarray) -> np.ndarray:
 def upsample(m: np.ndarray, height: int, width: int, geometry: Geometry | None = None) -> np.ndarray:
     """Bilinear resize of an (h, w) map to (height, width), pixel centres aligned.
 
-    With a `geometry` (a CNN layer's measured cell centres) cell (r, c)'s value lands at its
-    measured centre instead of the centre of its block (see attnviz.geometry)."""
+    With a `geometry` (a CNN layer's measured receptive fields) the map is spread by its cells'
+    fields, Σ_i m_i·E_i / Σ_i E_i, as every picture draws it (see attnviz.geometry)."""
     if geometry is not None and geometry.fits(np.shape(m)):
         return resample(m, height, width, geometry)
     t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]

@@ -95,7 +95,7 @@ def heat(m: np.ndarray, height: int, width: int, geometry: Geometry | None = Non
     `geometry` has them and fits, else bilinear from block centres (see attnviz.geometry)."""
     arr = np.asarray(m, dtype=np.float32)
     if geometry is not None and geometry.fits(arr.shape):
-        return resample(arr, height, width, geometry)
+        return resample(arr, height, width, geometry.drawn())
     return bilinear(arr, height, width)
 
 
