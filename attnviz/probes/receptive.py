@@ -104,11 +104,11 @@ def measure_centres(model: nn.Module, layer: str, layout: Layout, size: int, cel
 
 
 def sampled(n: int) -> list[int]:
-    """The indices measured along an axis of n cells: two at each border (three from 10 cells on:
-    the padding bends their fields) and the middle; the others are interpolated linearly (inside,
-    the fields are translates of each other)."""
+    """The indices measured along an axis of n cells: two at each border (three from 10 cells on),
+    where the padding bends the fields; the cells between are interpolated linearly (inside, the
+    fields are translates of each other: resnet18 layer4 at 224 px, ≤ 0.06 cell off)."""
     edge = (0, 1, 2, n - 3, n - 2, n - 1) if n >= 10 else (0, 1, n - 2, n - 1)
-    return sorted({i for i in (*edge, n // 2) if 0 <= i < n})
+    return sorted({i for i in edge if 0 <= i < n})
 
 
 def fingerprint(model: nn.Module) -> float:
