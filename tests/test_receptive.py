@@ -70,8 +70,8 @@ def _ring(side: int) -> np.ndarray:
 def test_drawn_heat_is_the_back_projection_through_the_receptive_fields(tmp_path):
     """resnet18 layer4, BatchNorm-calibrated random weights from a state-dict file, the sample photos
     at 224 px drawn in gray at alpha 1 (gray level = heat): r ≥ 0.95 with R = Σ m_i·E_i / Σ E_i over
-    the image and over its border ring. Measured: r 0.970–0.999 (ring 0.970–0.999); block centres
-    (--no-align) 0.785–0.962 (ring 0.737–0.984). The recorded peak is within 0.15 cell of the
+    the image and over its border ring. Measured: r 0.979–0.998 (ring 0.969–0.999); block centres
+    (--no-align) 0.785–0.962 (ring 0.737–0.984); peaks 0.02–0.07 cell off. The recorded peak is within 0.15 cell of the
     argmax cell's receptive-field centroid."""
     side = 224
     photos = {p.stem: _square(p, side) for p in sorted(PHOTOS.glob("*.jpg"))}
