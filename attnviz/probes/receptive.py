@@ -2,8 +2,8 @@
 
 One forward per chunk of inputs (stopped at the measured layer), then one backward per cell
 through the kept graph. Cells along a diagonal give rows' y and columns' x at once (the fields
-of a convolutional stack are separable to first order); only the cells near each border and the
-middle one are measured (`sampled`), the rest interpolated. Cached in memory by backbone,
+of a convolutional stack are separable to first order); only the cells near each border are
+measured (`sampled`), the ones between interpolated. Cached in memory by backbone,
 weights, layer and input size (and a fingerprint of the weights, so two random inits never
 share an entry); `pipeline.align` adds the disk cache.
 """
@@ -20,7 +20,8 @@ from attnviz.geometry import Axis, Geometry, gaussian_field
 from attnviz.maps import Layout, to_grid
 from attnviz.probes.base import Probe
 
-__all__ = ["measure_fields", "measure_centres", "sampled", "measure_geometry", "fingerprint", "weights_hash", "geometry_cache"]
+__all__ = ["measure_fields", "measure_centres", "sampled", "measure_geometry", "fingerprint", "weights_hash",
+           "geometry_cache"]
 
 INPUTS = 2        # random inputs averaged per cell (resnet18 layer4: r ≥ 0.97 against 8, see tests)
 CHUNK = 8         # samples per backward (memory)
@@ -124,8 +125,13 @@ def weights_hash(model: nn.Module) -> str:
     with torch.no_grad():
         for name, t in model.state_dict().items():
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
-            if t.numel():
-                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            if not t.numel():
+                continue
+            t = t.detach().cpu()
+            try:
+                h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            except (RuntimeError, TypeError):      # quantized and other exotic tensors: their values
+                h.update((t.dequantize() if t.is_quantized else t).double().numpy().tobytes())
     return h.hexdigest()
 
 
