@@ -121,8 +121,10 @@ class SelfAttention(Kind):
         for i in range(a.shape[0]):
             cells = outliers[i] if outliers is not None else []
             fix = lambda m: apply_outliers(m, cells, mode)   # noqa: E731  keep | mask | interpolate
-            maps = [AttentionMap("self", "self", "native", last, fix(main[i]),
-                                 meta={"token": token, "heads_module": head_layer, "grid_source": how},
+            meta = {"token": token, "heads_module": head_layer, "grid_source": how}
+            if not prefix:          # the query position whose row is drawn
+                meta.update(_query_meta(queries[i], batch.sizes[i], grid, source))
+            maps = [AttentionMap("self", "self", "native", last, fix(main[i]), meta=meta,
                                  extras={"heads": fix(per_head[i])})]
             if not class_only:      # class attention has one query: no rollout, no received attention
                 maps += [AttentionMap("self", "self-rollout", "native", last, fix(roll[i]),

@@ -65,6 +65,7 @@ class _Frame:
     name: str
     module: nn.Module
     sigmoids: int = 0
+    softmaxes: int = 0
     shape: tuple[int, ...] = ()
 
 
@@ -219,6 +220,8 @@ class BehaviourCapture(Probe):
         try:
             if func in SIGMOIDS:
                 self._sigmoid(func, out)
+            elif func in SOFTMAXES and self._context(owner, out):
+                pass                     # a global-context softmax over positions: a spatial gate
             elif self.attention_on and self._wanted(owner.name) and not self._own_hook(owner.module):
                 if func is SDPA:
                     a = _bind(_SDPA_ARGS, args, kwargs)
@@ -244,7 +247,7 @@ class BehaviourCapture(Probe):
         """A sigmoid call: a gate when its output has a gate's shape."""
         frame = self._stack[-1]
         call, frame.sigmoids = frame.sigmoids, frame.sigmoids + 1
-        site = (frame.name, call)
+        site = (frame.name, call, "sigmoid")
         if not self.discover:
             gate = self._sites.get(site)
             if gate is not None:
@@ -271,6 +274,25 @@ class BehaviourCapture(Probe):
         activation = frame.name if wrapped else f"{frame.name}:{fname}" + (f"#{call}" if call else "")
         self.found[site] = Gate(block.name, activation, kind, channels, (gated[2], gated[3]),
                                 type(block.module).__name__, next(self._clock), frame.name, call)
+
+    def _context(self, owner: _Frame, out: torch.Tensor) -> bool:
+        """A softmax (B, 1, H·W) over the positions of the owner's (B, C, H, W) input: a spatial gate."""
+        frame = self._stack[-1]
+        call, frame.softmaxes = frame.softmaxes, frame.softmaxes + 1
+        site = (frame.name, call, "softmax")
+        if not self.discover:
+            gate = self._sites.get(site)
+            if gate is not None:
+                self.gates[gate.key] = out.detach().float().reshape(-1, *gate.grid).clone()
+            return gate is not None
+        shape = owner.shape
+        if out.dim() != 3 or out.shape[1] != 1 or len(shape) != 4 or out.shape[2] != shape[2] * shape[3] \
+                or shape[2] * shape[3] < 2 or shape == self._stack[0].shape:
+            return False
+        self.found[site] = Gate(owner.name, f"{frame.name}:softmax" + (f"#{call}" if call else ""), "spatial", 1,
+                                (shape[2], shape[3]), type(owner.module).__name__, next(self._clock), frame.name,
+                                call, op="softmax")
+        return True
 
     @staticmethod
     def _gates_input(shape: tuple[int, ...], kind: str, channels: int, grid: tuple[int, ...]) -> bool:

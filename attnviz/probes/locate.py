@@ -151,7 +151,7 @@ class Inventory:
     def serial_channel_gate(self, spatial: Gate) -> Gate | None:
         """The channel gate that directly precedes `spatial` on the same grid (a serial CBAM)."""
         i = self.gates.index(spatial)
-        before = self.gates[i - 1] if i > 0 else None
+        before = self.gates[i - 1] if i > 0 and spatial.op == "sigmoid" else None
         return before if before is not None and before.kind == "channel" and before.grid == spatial.grid else None
 
     def self_source(self) -> tuple[SelfSource | None, str | None]:
