@@ -117,8 +117,8 @@ def window_attention(weights: torch.Tensor, batch: int, running: Sequence[tuple[
     """
     folded, heads, T, S = weights.shape
     if T != S:
-        return (f"{T} queries × {S} keys per group, {folded // max(batch, 1)} groups per image: local "
-                f"attention with overlapping key windows (e.g. halo attention), layout not verified")
+        return (f"each group of {T} queries sees {S} keys (overlapping key windows, as in halo attention), "
+                f"with heads or blocks folded into the batch: layout not verified, not drawn")
     nW = folded // batch
     w = lambda: weights.detach().float().reshape(batch, nW, heads, T, T).cpu()   # noqa: E731
     for area, m, shape in _frames_attr(running, "patch_area"):        # timm MobileViT: unfolded patches
