@@ -74,6 +74,7 @@ def inspect_model(
 ) -> None:
     """List every attention module one forward pass finds, and which kinds become native."""
     from attnviz.kinds import KINDS
+    from attnviz.results import Options
     bb, inv = _load_quietly(backbone_name(backbone, model), input_size, debug)
     table = _table(f"{bb.name}: attention modules ({len(inv.gates)} gates, {len(inv.attention)} attention)",
                    ("module", "type", "kind", "shape", "heads", "token grid"))
@@ -88,6 +89,9 @@ def inspect_model(
     plan = inv.plan(bb.default_layer, bb.native_cross)
     for kind in KINDS:
         where = f"native ({plan.native[kind]})" if kind in plan.native else "derived"
+        skipped = KINDS[kind].unavailable(bb, Options())       # as `run` skips it (e.g. no linear head)
+        if skipped and kind not in plan.native:
+            where = f"not drawn: {skipped}"
         out_console.print(_t(f"  {kind:15s} {where}"), highlight=False)
     for line in plan.notes:      # attention found but not drawn natively, and why
         out_console.print(Text(shown(f"  {line}"), style="yellow"), highlight=False)
