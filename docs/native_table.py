@@ -1,7 +1,9 @@
-"""Print the README's family × kind table: which kinds `attnviz run` draws natively, per model.
+"""Print the README's family × kind tables: which kinds `attnviz run` draws natively, per model.
 
 Every model is random-init (no download) and goes through the product's own Analyser on one
-image; a kind is "native" when the map `run` draws for it is. Run: `python docs/native_table.py`.
+image; a kind is "native" when the map `run` draws for it is. Run: `python docs/native_table.py`;
+`--zoo`: the 28-architecture zoo of tests/zoo_native.py (the same run as tests/test_native_zoo.py),
+with the drawn self map's error against the module's own softmax.
 """
 from __future__ import annotations
 
@@ -76,7 +78,20 @@ def row(family: str, shown: str, name, options: dict) -> str:
     return f"| {family} | {shown} | " + " | ".join(f"**{c}**" if c == "native" else c for c in cells) + " |"
 
 
+def zoo() -> None:
+    from tests.zoo_native import ZOO, run_entry, table_row
+    print("| model | " + " | ".join(KINDS) + " | self drawn from | max error / peak |")
+    print("|---" * (len(KINDS) + 3) + "|")
+    for entry in ZOO:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            print(table_row(entry, run_entry(entry)), flush=True)
+
+
 def main() -> None:
+    if "--zoo" in sys.argv[1:]:
+        zoo()
+        return
     print("| family | model | " + " | ".join(KINDS) + " |")
     print("|---" * (len(KINDS) + 2) + "|")
     for family, shown, name, options in MODELS:

@@ -82,7 +82,8 @@ def test_predictions_equal_the_models_own_on_its_normalisation(name, size):
     cfg = bb.model.pretrained_cfg
     img = photo(120, 90, 3)
     s = size or cfg["input_size"][-1]
-    x = torch.from_numpy(np.asarray(img.resize((s, s), Image.Resampling.BILINEAR), dtype=np.float32) / 255)
+    resample = Image.Resampling[cfg["interpolation"].upper()]            # the weights' own resizing
+    x = torch.from_numpy(np.asarray(img.resize((s, s), resample), dtype=np.float32) / 255)
     x = (x.permute(2, 0, 1)[None] - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None]
     with torch.no_grad():
         probs = torch.softmax(bb.model(x), dim=1)[0]          # (1000,)

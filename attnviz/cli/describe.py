@@ -74,22 +74,26 @@ def inspect_model(
 ) -> None:
     """List every attention module one forward pass finds, and which kinds become native."""
     from attnviz.kinds import KINDS
+    from attnviz.results import Options
     bb, inv = _load_quietly(backbone_name(backbone, model), input_size, debug)
     table = _table(f"{bb.name}: attention modules ({len(inv.gates)} gates, {len(inv.attention)} attention)",
-                   ("module", "type", "kind", "shape", "heads"))
+                   ("module", "type", "kind", "shape", "heads", "token grid"))
     for g in inv.gates:
         shape = f"{g.channels} ch, {g.grid[0]}×{g.grid[1]}" if g.kind == "channel" else f"1×{g.grid[0]}×{g.grid[1]}"
-        table.add_row(_t(g.key), _t(g.type), f"{g.kind} gate", shape, "")
+        table.add_row(_t(g.key), _t(g.type), f"{g.kind} gate", shape, "", "")
     for a in inv.attention:
-        table.add_row(_t(a.name), _t(a.type), a.kind, f"{a.queries}×{a.keys} tokens", str(a.heads))
+        grid = "" if a.grid is None else (f"{a.prefix} + " if a.prefix else "") + f"{a.grid[0]}×{a.grid[1]}"
+        table.add_row(_t(a.name), _t(a.type), a.kind, a.shape, str(a.heads), grid)
     out_console.print(table)
-    native = inv.native_kinds(bb.tokens is not None)
+    # the same plan `run` draws from and the manifest records (Inventory.plan)
+    plan = inv.plan(bb.default_layer, bb.native_cross)
     for kind in KINDS:
-        where = f"native ({native[kind]})" if kind in native else "derived"
-        if kind == "cross" and bb.native_cross:       # the backbone reads its own text→image attention
-            where = "native (the model's own text→image attention)"
+        where = f"native ({plan.native[kind]})" if kind in plan.native else "derived"
+        skipped = KINDS[kind].unavailable(bb, Options())       # as `run` skips it (e.g. no linear head)
+        if skipped and kind not in plan.native:
+            where = f"not drawn: {skipped}"
         out_console.print(_t(f"  {kind:15s} {where}"), highlight=False)
-    for line in inv.notes():      # attention found but not drawn natively, and why
+    for line in plan.notes:      # attention found but not drawn natively, and why
         out_console.print(Text(shown(f"  {line}"), style="yellow"), highlight=False)
 
 

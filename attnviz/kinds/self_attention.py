@@ -61,14 +61,14 @@ class SelfAttention(Kind):
     needs = frozenset({"features", "attention"})
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
-        # the same rule as `inspect`: only attention whose geometry is known (windows, or keys = the grid)
-        usable, _ = batch.inventory.usable_self(batch.backbone.tokens)
-        modules = [n for n in usable if n in batch.attention or n in batch.windows]
-        if modules and modules[-1] in batch.windows:
+        # the same rule as `inspect` and the manifest (Inventory.self_source): geometry known, else derived
+        source, _ = batch.inventory.self_source()
+        modules = [n for n in source.modules if n in batch.attention or n in batch.windows] if source else []
+        if not modules or modules[-1] != source.modules[-1]:
+            return self._derived(batch)
+        if source.mode == "windows":
             return self._windows(batch, modules)
-        if modules and batch.backbone.tokens is not None:
-            return self._tokens(batch, modules)
-        return self._derived(batch)
+        return self._tokens(batch, modules, source.prefix, source.grid, source.mode == "class")
 
     def _derived(self, batch: Batch) -> list[list[AttentionMap]]:
         f = batch.features()                                              # (B, C, H, W)
@@ -89,41 +89,48 @@ class SelfAttention(Kind):
             ])
         return out
 
-    def _tokens(self, batch: Batch, modules: list[str]) -> list[list[AttentionMap]]:
-        prefix, grid = batch.backbone.tokens
+    def _tokens(self, batch: Batch, modules: list[str], prefix: int, grid: tuple[int, int],
+                class_only: bool) -> list[list[AttentionMap]]:
+        """Token attention: the class token's row (or the query's, without one), rollout and received.
+
+        `class_only`: class attention (CaiT, XCiT), where only the class token asks: (B, heads, 1, N).
+        """
         last = modules[-1]
         head_layer = batch.options.self_layer if batch.options.self_layer in modules else last
-        a = batch.attention[last]                                         # (B, heads, N, N)
+        a = batch.attention[last]                                         # (B, heads, N, N) or (B, heads, 1, N)
         heads = batch.attention[head_layer]
         as_grid = lambda t: t.reshape(t.shape[0], *grid).cpu().numpy()   # noqa: E731  (B, N') -> (B, H, W)
-        rolled = rollout([batch.attention[m] for m in modules])           # (B, N, N)
+        rolled = None if class_only else rollout([batch.attention[m] for m in modules])   # (B, N, N)
         # a query is only needed without a class token or for --query (the spatial peak costs work)
         queries, source = _queries(batch) if not prefix or batch.options.query is not None else ([], "")
         if prefix:
             main, per_head = cls_attention(a, prefix), heads[:, :, 0, prefix:]   # class token row
-            roll, token = rolled[:, 0, prefix:], "class token"
+            roll, token = (None if rolled is None else rolled[:, 0, prefix:]), "class token"
         else:   # no class token: the row of the query position
             idx = [r * grid[1] + c for r, c in (query_cell(q, (1, 1), grid) for q in queries)]
             main = torch.stack([query_attention(a[i:i + 1], j)[0] for i, j in enumerate(idx)])
             per_head = torch.stack([heads[i, :, j] for i, j in enumerate(idx)])
             roll, token = torch.stack([rolled[i, j] for i, j in enumerate(idx)]), "query position"
-        main, roll, received = as_grid(main), as_grid(roll), as_grid(received_attention(a, prefix))
+        main, received = as_grid(main), as_grid(received_attention(a, prefix))
+        roll = None if roll is None else as_grid(roll)
         per_head = per_head.reshape(per_head.shape[0], per_head.shape[1], *grid).cpu().numpy()
         outliers = _outliers(batch, prefix, grid)
         mode = batch.options.outliers
+        how = next((x.how for x in batch.inventory.attention if x.name == last), "")
         out = []
         for i in range(a.shape[0]):
             cells = outliers[i] if outliers is not None else []
             fix = lambda m: apply_outliers(m, cells, mode)   # noqa: E731  keep | mask | interpolate
-            maps = [
-                AttentionMap("self", "self", "native", last, fix(main[i]),
-                             meta={"token": token, "heads_module": head_layer},
-                             extras={"heads": fix(per_head[i])}),
-                AttentionMap("self", "self-rollout", "native", last, fix(roll[i]),
-                             meta={"token": token, "layers": len(modules)}),
-                AttentionMap("self", "self-received", "native", last, fix(received[i])),
-            ]
-            if batch.options.query is not None:
+            meta = {"token": token, "heads_module": head_layer, "grid_source": how}
+            if not prefix:          # the query position whose row is drawn
+                meta.update(_query_meta(queries[i], batch.sizes[i], grid, source))
+            maps = [AttentionMap("self", "self", "native", last, fix(main[i]), meta=meta,
+                                 extras={"heads": fix(per_head[i])})]
+            if not class_only:      # class attention has one query: no rollout, no received attention
+                maps += [AttentionMap("self", "self-rollout", "native", last, fix(roll[i]),
+                                      meta={"token": token, "layers": len(modules)}),
+                         AttentionMap("self", "self-received", "native", last, fix(received[i]))]
+            if batch.options.query is not None and not class_only:
                 meta = _query_meta(queries[i], batch.sizes[i], grid, source)
                 row, col = meta["query_cell"]
                 m = query_attention(a[i:i + 1], prefix + row * grid[1] + col, prefix)[0]
@@ -142,7 +149,7 @@ class SelfAttention(Kind):
         out = []
         for i in range(len(batch.sizes)):
             meta = {**_query_meta(queries[i], batch.sizes[i], wa.grid, source, batch.geometry(name, wa.grid)),
-                    "window": list(wa.window)}
+                    "window": list(wa.window), "layout": wa.layout}
             row, col = meta["query_cell"]
             heads = wa.query_map(row, col)[i]                             # (heads, H, W)
             out.append([AttentionMap("self", "self", "native", name, heads.mean(dim=0).numpy(),

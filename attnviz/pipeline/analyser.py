@@ -25,6 +25,10 @@ from attnviz.results import OUTLIER_MODES, AttentionMap, Options, Prediction, Re
 __all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode", "MAX_INPUT"]
 
 MAX_INPUT = 2048   # model input side: larger inputs cost GBs per image in every backbone
+# the resampling names of timm's and transformers' configs (Backbone.interpolation), as PIL filters
+RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+              "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,9 @@ class Analyser:
         needs = set().union(*(k.needs for k in self.kinds))    # the probes the kinds declare
         self.gates = self.inventory.gates if "gates" in needs else []
         self.attention = list(dict.fromkeys(n.split("#")[0] for n in attention)) if "attention" in needs else []
-        self.notes += self.inventory.notes()    # attention found but not drawn natively, and why
+        # what is drawn natively, and every attention found but not drawn (one rule for inspect and manifest)
+        self.plan = self.inventory.plan(self.layer, bb.native_cross, [k.name for k in self.kinds])
+        self.notes += self.plan.notes
         self.heads = [config.self_layer or attention[-1]] if attention else []   # per-head maps: one layer
         self.forwards = 0   # forward passes run so far (one per batch)
         self.aligner = Aligner(bb, config.align, progress)   # measured receptive fields
@@ -167,9 +173,14 @@ class Analyser:
         return name
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """The whole image squashed to input_size², scaled to [0, 1], normalised: (B, 3, S, S)."""
+        """The whole image squashed to input_size² with the weights' resampling, in [0, 1], normalised.
+
+        As timm's / torchvision's `Resize((S, S), interpolation)` + `ToTensor` + `Normalize` on a
+        PIL image (no centre crop): (B, 3, S, S).
+        """
         s = self.backbone.input_size
-        arrays = [torch.frombuffer(bytearray(to_rgb(im).resize((s, s), Image.Resampling.BILINEAR).tobytes()),
+        resample = RESAMPLING.get(self.backbone.interpolation, Image.Resampling.BILINEAR)
+        arrays = [torch.frombuffer(bytearray(to_rgb(im).resize((s, s), resample).tobytes()),
                                    dtype=torch.uint8).reshape(s, s, 3) for im in images]
         x = torch.stack(arrays).permute(0, 3, 1, 2).float() / 255.0
         mean = torch.tensor(self.backbone.mean)[None, :, None, None]

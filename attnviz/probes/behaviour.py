@@ -60,11 +60,13 @@ class _Watch(TorchFunctionMode):
 
 @dataclass
 class _Frame:
-    """One running module: its name, and how many sigmoid calls it made itself so far."""
+    """One running module: its name, its input's shape, and how many sigmoid calls it made so far."""
 
     name: str
     module: nn.Module
     sigmoids: int = 0
+    softmaxes: int = 0
+    shape: tuple[int, ...] = ()
 
 
 def _factors(n: int) -> set[tuple[int, int]]:
@@ -104,6 +106,9 @@ class BehaviourCapture(Probe):
         self.windows: dict[str, WindowAttention] = {}     # window attention, by module name
         self.order: list[str] = []                        # every captured attention, in order
         self.unsupported: list[str] = []                  # attention that ran but cannot be read
+        self.sources: dict[str, tuple[int, ...]] = {}     # capture -> input shape of the module running it
+        self.cross: set[str] = set()                      # MHA captures whose queries are not their keys
+        self.splits: dict[str, tuple[int, ...]] = {}      # discover: split attention (softmax over branches)
         self.reasons: dict[str, str] = {}                 # ... and why
         self.positions: dict[str, int] = {}               # module -> completion order (last call)
         self.batch: int | None = None                     # images in the forward (outermost input)
@@ -150,9 +155,12 @@ class BehaviourCapture(Probe):
         finally:
             self._stack.clear()
             captured = {n.split("#")[0] for n in self.order}
+            modules = dict(self.model.named_modules())
             for n, _ in find_attention_modules(self.model):
-                if self.attention_on and self._wanted(n) and n not in captured \
-                        and (n in self._ran or n.rpartition(".")[0] in self._ran):
+                parent = n.rpartition(".")[0]
+                # nn.TransformerEncoderLayer's fast path runs its attention without calling the module
+                fast = parent in self._ran and isinstance(modules.get(parent), nn.TransformerEncoderLayer)
+                if self.attention_on and self._wanted(n) and n not in captured and (n in self._ran or fast):
                     self._unreadable(n, "its input was a nested tensor (a padded batch on "
                                         "nn.TransformerEncoder's fast path)")
 
@@ -177,7 +185,7 @@ class BehaviourCapture(Probe):
             x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
             if not self._stack and x is not None and x.dim() > 0:
                 self.batch = int(x.shape[0])
-            self._stack.append(_Frame(name, module))
+            self._stack.append(_Frame(name, module, shape=tuple(x.shape) if x is not None else ()))
             self._ran.add(name)
             if x is None:
                 return
@@ -212,6 +220,8 @@ class BehaviourCapture(Probe):
         try:
             if func in SIGMOIDS:
                 self._sigmoid(func, out)
+            elif func in SOFTMAXES and self._context(owner, out):
+                pass                     # a global-context softmax over positions: a spatial gate
             elif self.attention_on and self._wanted(owner.name) and not self._own_hook(owner.module):
                 if func is SDPA:
                     a = _bind(_SDPA_ARGS, args, kwargs)
@@ -220,8 +230,10 @@ class BehaviourCapture(Probe):
                     self._attention(owner, w)
                 else:
                     dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-                    if out.dim() == 4 and dim in (-1, 3):
+                    if out.dim() in (3, 4) and dim in (-1, out.dim() - 1):
                         self._attention(owner, out)
+                    elif dim == 1 and out.dim() >= 3 and 1 < out.shape[1] <= 8 and self.discover:
+                        self.splits.setdefault(owner.name, tuple(out.shape))   # weights over R branches
         except Exception as e:  # reading must never break the user's forward
             self._unreadable(owner.name, f"could not be read ({type(e).__name__}: {e})")
 
@@ -235,7 +247,7 @@ class BehaviourCapture(Probe):
         """A sigmoid call: a gate when its output has a gate's shape."""
         frame = self._stack[-1]
         call, frame.sigmoids = frame.sigmoids, frame.sigmoids + 1
-        site = (frame.name, call)
+        site = (frame.name, call, "sigmoid")
         if not self.discover:
             gate = self._sites.get(site)
             if gate is not None:
@@ -249,8 +261,11 @@ class BehaviourCapture(Probe):
         # the gate block: the innermost running module that receives the feature map it gates
         # (an `nn.Sequential(Linear, ReLU, Linear, Sigmoid)` excitation receives a vector: go out)
         frames = self._stack[:-1] if wrapped else self._stack
-        fits = [f for f in reversed(frames) if self._gates_input(self._inputs.get(f.name, ()), kind,
-                                                                    channels, tuple(out.shape[2:]))]
+        # the image itself is never gated: a sigmoid over the model's output (multi-label logits)
+        # would match the model's own input channels
+        image = self._stack[0].shape
+        fits = [f for f in reversed(frames) if self._inputs.get(f.name, ()) != image and self._gates_input(
+            self._inputs.get(f.name, ()), kind, channels, tuple(out.shape[2:]))]
         if not fits:
             return                       # a sigmoid over (B, K) logits, or a 1×1 map: not a gate
         block = fits[0]
@@ -260,6 +275,25 @@ class BehaviourCapture(Probe):
         self.found[site] = Gate(block.name, activation, kind, channels, (gated[2], gated[3]),
                                 type(block.module).__name__, next(self._clock), frame.name, call)
 
+    def _context(self, owner: _Frame, out: torch.Tensor) -> bool:
+        """A softmax (B, 1, H·W) over the positions of the owner's (B, C, H, W) input: a spatial gate."""
+        frame = self._stack[-1]
+        call, frame.softmaxes = frame.softmaxes, frame.softmaxes + 1
+        site = (frame.name, call, "softmax")
+        if not self.discover:
+            gate = self._sites.get(site)
+            if gate is not None:
+                self.gates[gate.key] = out.detach().float().reshape(-1, *gate.grid).clone()
+            return gate is not None
+        shape = owner.shape
+        if out.dim() != 3 or out.shape[1] != 1 or len(shape) != 4 or out.shape[2] != shape[2] * shape[3] \
+                or shape[2] * shape[3] < 2 or shape == self._stack[0].shape:
+            return False
+        self.found[site] = Gate(owner.name, f"{frame.name}:softmax" + (f"#{call}" if call else ""), "spatial", 1,
+                                (shape[2], shape[3]), type(owner.module).__name__, next(self._clock), frame.name,
+                                call, op="softmax")
+        return True
+
     @staticmethod
     def _gates_input(shape: tuple[int, ...], kind: str, channels: int, grid: tuple[int, ...]) -> bool:
         """Whether a module input of `shape` is the feature map a gate of this kind scales."""
@@ -268,23 +302,31 @@ class BehaviourCapture(Probe):
         return shape[1] == channels if kind == "channel" else tuple(shape[2:]) == grid
 
     def _attention(self, owner: _Frame, w: torch.Tensor) -> None:
-        """Attention weights (..., Nq, Nk) of `owner`: per image, or per window (Swin)."""
+        """Attention weights (..., Nq, Nk) of `owner`: per image, or per window (Swin, MobileViT, MaxViT)."""
         b = self.batch
-        running = [f.module for f in self._stack]
+        shape = owner.shape
+        if w.dim() == 3 and b:
+            n = w.shape[-1]
+            on_grid = len(shape) == 4 and n in (shape[2] * shape[3], shape[1] * shape[2])
+            if w.shape[-2] == n and on_grid and w.shape[0] % b == 0:
+                w = w.reshape(b, w.shape[0] // b, n, n)   # heads folded into the batch (BotNet): (B·h, N, N)
+            elif w.shape[0] != b or not (w.shape[-2] == n or on_grid):
+                return                                    # a 3-D softmax that is no attention over tokens
+        running = [(f.module, f.shape) for f in self._stack]
         # a window-sized module (timm / HF Swin) marks window attention even with one window
         windowed = w.dim() == 4 and b and (w.shape[0] != b or any(
-            _pair(getattr(m, "window_size", None)) in _factors(w.shape[-1]) for m in running))
+            _pair(getattr(m, "window_size", None)) in _factors(w.shape[-1]) for m, _ in running))
         if not windowed:
-            self._record(owner.name, _heads_first(w))
+            self._record(owner.name, _heads_first(w), shape)
             return
         if w.shape[0] % b:
             self._unreadable(owner.name, f"its attention batch {w.shape[0]} is no multiple of the {b} images")
             return
         wa = window_attention(w, b, running)
         if isinstance(wa, str):
-            self._unreadable(owner.name, f"window attention: {wa}")
+            self._unreadable(owner.name, f"attention folded into the batch {tuple(w.shape)}: {wa}")
         else:
-            self._record(owner.name, wa)
+            self._record(owner.name, wa, shape)
 
     # -- recording ------------------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:
@@ -295,11 +337,15 @@ class BehaviourCapture(Probe):
             self.unsupported.append(name)
         self.reasons.setdefault(name, reason)
 
-    def _record(self, name: str, weights: torch.Tensor | WindowAttention) -> None:
+    def _record(self, name: str, weights: torch.Tensor | WindowAttention, source: tuple[int, ...] = (),
+                cross: bool = False) -> None:
         """Store one capture, suffixing `#k` when `name` was already captured k times."""
         k = self._calls.get(name, 0)
         self._calls[name] = k + 1
         key = name if k == 0 else f"{name}#{k}"
+        self.sources[key] = source
+        if cross:
+            self.cross.add(key)
         if isinstance(weights, WindowAttention):
             self.windows[key] = weights
         else:
@@ -318,7 +364,8 @@ class BehaviourCapture(Probe):
             if a["query"].is_nested:  # nn.TransformerEncoder's padded batches: left to `unsupported`
                 return
             self._record(name, mha_weights(module, a["query"], a["key"], a["value"], a.get("key_padding_mask"),
-                                           a.get("attn_mask"), bool(a.get("is_causal", False))))
+                                           a.get("attn_mask"), bool(a.get("is_causal", False))),
+                         tuple(a["query"].shape), cross=a["query"] is not a["key"])
         return hook
 
     def _swin_wrapper(self, original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

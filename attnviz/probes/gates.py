@@ -1,7 +1,9 @@
-"""Native channel (SE, ECA) and spatial (CBAM) gates: what a gate is, told by its output shape.
+"""Native channel (SE, ECA) and spatial (CBAM, global context) gates, told by their output shape.
 
 A gate is a call of sigmoid or hard-sigmoid (functional, method or module of any class) whose
-output multiplies features: σ keeps it in (0, 1). `probes.behaviour` sees every such call.
+output multiplies features: σ keeps it in (0, 1). A global-context block's softmax over the H·W
+positions of its input (GCNet; timm GlobalContext) weighs positions too: a spatial gate whose
+weights sum to 1 (`op` "softmax"). `probes.behaviour` sees every such call.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Gate:
     source: str = ""                         # innermost module running the call ("" = activation)
     call: int = 0                            # which sigmoid call of `source` (per forward of it)
     slot: int = 0                            # k-th gate of the same block (a CBAM as one module)
+    op: str = "sigmoid"                      # "softmax": a global-context block's softmax over H·W
 
     @property
     def key(self) -> str:
@@ -34,9 +37,9 @@ class Gate:
         return self.name if self.slot == 0 else f"{self.name}#{self.slot}"
 
     @property
-    def site(self) -> tuple[str, int]:
-        """Where the call happens: (innermost module, call index)."""
-        return (self.source or self.activation, self.call)
+    def site(self) -> tuple[str, int, str]:
+        """Where the call happens: (innermost module, call index, sigmoid or softmax)."""
+        return (self.source or self.activation, self.call, self.op)
 
 
 def classify_gate(shape: torch.Size | tuple[int, ...]) -> tuple[Literal["channel", "spatial"], int] | None:

@@ -1,4 +1,13 @@
-"""Swin-style window attention: weights kept per window, and where each window lies on the grid."""
+"""Attention folded into the batch: weights kept per group, and where each group's tokens lie on the grid.
+
+Two layouts, each recognised from the running modules' own attributes (never assumed):
+- "windows": Swin-style non-overlapping windows, row-major, batch outermost (timm / HF Swin
+  `window_size` + `shift_size`; timm MaxViT `partition_block` with its `partition_size`);
+- "dilated": the token at (y, x) belongs to group (y mod s_y, x mod s_x), position (y div s_y,
+  x div s_x) — timm MobileViT's unfold of 2×2-pixel patches (`patch_size`, `patch_area`) and
+  timm MaxViT's grid partition (`partition_block` False).
+Anything else folded into the batch is not drawn (`window_attention` says why).
+"""
 from __future__ import annotations
 
 import math
@@ -21,12 +30,19 @@ class WindowAttention:
     padded: tuple[int, int]      # (Hp, Wp) after padding to a multiple of the window
     window: tuple[int, int]      # (wh, ww)
     shift: tuple[int, int]       # cyclic shift actually applied (0 where the window covers the grid)
+    layout: str = "windows"      # "windows" (contiguous) or "dilated" (window = the group's token grid)
 
     def query_map(self, y: int, x: int) -> torch.Tensor:
         """Weights that the token at (y, x) gives every token of the grid: (B, heads, H, W)."""
         (H, W), (Hp, Wp), (wh, ww), (sh, sw) = self.grid, self.padded, self.window, self.shift
         if not (0 <= y < H and 0 <= x < W):
             raise IndexError(f"query ({y}, {x}) outside the {H}x{W} grid")
+        if self.layout == "dilated":     # group = offset inside an (sy, sx) cell, token = the cell
+            sy, sx = H // wh, W // ww
+            row = self.weights[:, (y % sy) * sx + x % sx, :, (y // sy) * ww + x // sx]   # (B, heads, T)
+            out = row.new_zeros(row.shape[0], row.shape[1], H, W)
+            out[:, :, y % sy::sy, x % sx::sx] = row.reshape(row.shape[0], row.shape[1], wh, ww)
+            return out
         ry, rx = (y - sh) % Hp, (x - sw) % Wp            # position after the cyclic shift
         wid = (ry // wh) * (Wp // ww) + rx // ww          # window index
         row = self.weights[:, wid, :, (ry % wh) * ww + rx % ww]  # (B, heads, T)
@@ -86,30 +102,53 @@ def _pair(v: Any) -> tuple[int, int] | None:
     return None
 
 
-def window_attention(weights: torch.Tensor, batch: int, running: Sequence[nn.Module]
-                     ) -> WindowAttention | str:
-    """Window attention (B·nW, heads, T, T) as a WindowAttention, or why its geometry is unknown.
+def _frames_attr(running: Sequence[tuple[nn.Module, tuple[int, ...]]], attr: str) -> list[tuple[Any, nn.Module, tuple]]:
+    """(value, module, input shape) of every running module that has `attr`, innermost first."""
+    return [(getattr(m, attr), m, shape) for m, shape in reversed(running) if hasattr(m, attr)]
 
-    Windows are taken row-major over a square padded grid, batch outermost (timm's and Hugging
-    Face's `window_partition`); the window size and cyclic shift are read from the running
-    modules (`window_size`, `shift_size`, innermost first), as timm and HF Swin store them.
+
+def window_attention(weights: torch.Tensor, batch: int, running: Sequence[tuple[nn.Module, tuple[int, ...]]]
+                     ) -> WindowAttention | str:
+    """Attention folded into the batch (B·nW, heads, T, T) as a WindowAttention, or why it is not drawn.
+
+    `running`: the running modules with their input shapes, outermost first. The layout comes
+    from their attributes: timm MobileViT (`patch_area`), timm MaxViT (`partition_block`), timm
+    and HF Swin (`window_size`, `shift_size`); windows are row-major, batch outermost.
     """
-    folded, heads, T, _ = weights.shape
+    folded, heads, T, S = weights.shape
+    if T != S:
+        return (f"each group of {T} queries sees {S} keys (overlapping key windows, as in halo attention), "
+                f"with heads or blocks folded into the batch: layout not verified, not drawn")
     nW = folded // batch
-    sizes = [_pair(getattr(m, "window_size", None)) for m in reversed(running)]
+    w = lambda: weights.detach().float().reshape(batch, nW, heads, T, T).cpu()   # noqa: E731
+    for area, m, shape in _frames_attr(running, "patch_area"):        # timm MobileViT: unfolded patches
+        ph, pw = _pair(getattr(m, "patch_size", None)) or (0, 0)
+        if area == nW and len(shape) == 4 and ph and shape[2] % ph == 0 and shape[3] % pw == 0 \
+                and (shape[2] // ph) * (shape[3] // pw) == T:
+            return WindowAttention(w(), (shape[2], shape[3]), (shape[2], shape[3]),
+                                   (shape[2] // ph, shape[3] // pw), (0, 0), "dilated")
+        return f"{nW} groups of {T} tokens do not fit {type(m).__name__}'s {ph}×{pw} patches of a {shape} input"
+    for block, m, shape in _frames_attr(running, "partition_block"):  # timm MaxViT: block or grid partition
+        ps = _pair(getattr(m, "partition_size", None))
+        if ps is None or len(shape) != 4 or ps[0] * ps[1] != T:
+            return f"{type(m).__name__}: partition {ps} does not fit {T} tokens of a {shape} input"
+        H, W = shape[1], shape[2]                                         # MaxViT's partitions are NHWC
+        if H % ps[0] or W % ps[1] or (H // ps[0]) * (W // ps[1]) != nW:
+            return f"{type(m).__name__}: {nW} partitions of {ps} do not tile a {H}×{W} grid"
+        if block:
+            return WindowAttention(w(), (H, W), (H, W), ps, (0, 0))
+        return WindowAttention(w(), (H, W), (H, W), ps, (0, 0), "dilated")
+    sizes = [_pair(getattr(m, "window_size", None)) for m, _ in reversed(running)]
     window = next((s for s in sizes if s is not None and s[0] * s[1] == T), None)
     if window is None:
-        r = math.isqrt(T)
-        if r * r != T:
-            return f"{T} tokens per window and no `window_size` attribute: window shape unknown"
-        window = (r, r)
+        return (f"{nW} groups of {T} tokens folded into the batch, and no running module says their "
+                f"layout (window_size, patch_area, partition_size): not drawn")
     n = math.isqrt(nW)
     if n * n != nW:
         return f"{nW} windows per image do not tile a square grid"
     padded = (n * window[0], n * window[1])
-    shifts = [_pair(getattr(m, "shift_size", None)) for m in reversed(running)]
+    shifts = [_pair(getattr(m, "shift_size", None)) for m, _ in reversed(running)]
     shift = next((s for s in shifts if s is not None), (0, 0))
     # a window that covers the whole grid is never shifted (as every Swin implementation does)
-    shift = tuple(0 if w >= p else s for s, w, p in zip(shift, window, padded))
-    w = weights.detach().float().reshape(batch, nW, heads, T, T).cpu()
-    return WindowAttention(w, padded, padded, window, shift)   # type: ignore[arg-type]
+    shift = tuple(0 if w_ >= p else s for s, w_, p in zip(shift, window, padded))
+    return WindowAttention(w(), padded, padded, window, shift)   # type: ignore[arg-type]

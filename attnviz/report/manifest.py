@@ -45,7 +45,7 @@ class Manifest:
                          "layer": analyser.layer, "classifier_layer": bb.classifier_layer,
                          "input_size": bb.input_size, "mean": list(bb.mean), "std": list(bb.std),
                          "device": str(bb.device),
-                         "native": analyser.inventory.native_kinds(bb.tokens is not None),
+                         "native": dict(analyser.plan.native),
                          "unreadable_attention": list(analyser.inventory.unsupported),
                          "unreadable_reasons": dict(analyser.inventory.reasons)},
             "settings": {"kinds": [k.name for k in analyser.kinds], "texts": list(analyser.options.texts),
