@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from attnviz.backbones import Backbone
-from attnviz.errors import AttnvizError
+from attnviz.errors import AttnvizError, one_line
 from attnviz.images import check_inputs, discover
 from attnviz.kinds import Batch
 from attnviz.maps import query_point
@@ -25,8 +25,10 @@ from attnviz.probes.base import LayerTap
 from attnviz.render.overlay import fit
 from attnviz.render.sheet import SCALES, SheetCell, SheetRow, render_pages
 from attnviz.report.atomic import save_png, write_atomic
+from attnviz.report.integrity import checked
 from attnviz.report.tables import column, load_maps
 from attnviz.results import AttentionMap, Prediction
+from attnviz.text import shown
 
 __all__ = ["BY", "CompareReport", "compare", "is_run_folder", "page_paths"]
 
@@ -70,13 +72,13 @@ def page_paths(output: Path, pages: int) -> list[Path]:
 
 
 def _label(source: str, preds: Sequence[Any], prompts: Sequence[str], whose: str = "") -> str:
-    lines = [source]
+    lines = [shown(source)]                   # names are data: a newline in one is drawn as \x0a
     if preds:
         p = preds[0]
         label, prob = (p.label, p.probability) if isinstance(p, Prediction) else (p["label"], p["probability"])
         lines.append(f"top-1{f' ({whose})' if whose else ''}: {label} ({100 * prob:.1f} %)")
     if prompts:
-        lines.append("prompt: " + " · ".join(prompts))
+        lines.append("prompt: " + " · ".join(shown(p) for p in prompts))
     return "\n".join(lines)
 
 
@@ -184,7 +186,7 @@ def _from_run(out: Path, kinds: list[str] | None, cell: int, report: CompareRepo
         raise AttnvizError(f"{out}: no manifest.json (not an attnviz run folder)")
     wanted = set(kinds) if kinds else None
     items = []
-    for entry in manifest["images"]:
+    for entry in checked(out, manifest["images"])[0]:      # damaged or foreign: one failed line each
         if entry.get("status") != "ok":
             report.failed.append((entry.get("source", "?"), entry.get("error") or "error"))
             continue
@@ -192,8 +194,8 @@ def _from_run(out: Path, kinds: list[str] | None, cell: int, report: CompareRepo
         try:
             with Image.open(out / entry["output"] / "original.png") as im:
                 image = fit(im, cell)
-        except OSError as e:
-            report.failed.append((entry["source"], f"original.png unreadable ({e.strerror or e})"))
+        except Exception as e:  # noqa: BLE001  (damaged after the check: one line, never a crash)
+            report.failed.append((entry["source"], f"original.png unreadable ({one_line(e, 80)})"))
             continue
         prompts = sorted({m["prompt"] for m in entry.get("maps", []) if m.get("prompt")
                           and m.get("prompt_source") != "top-1 class"})

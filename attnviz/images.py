@@ -1,10 +1,12 @@
 """Find input images on disk and decode them to RGB."""
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -14,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from attnviz.errors import AttnvizError, ImageError, one_line
 from attnviz.text import printable, raw_bytes
 
-__all__ = ["ImageSource", "check_inputs", "discover", "load_image", "to_rgb"]
+__all__ = ["ImageSource", "check_inputs", "discover", "identity", "load_image", "to_rgb"]
 
 # Documentation that travels with photo folders; skipped inside folders, never when named directly.
 _SIDECARS = {"readme", "credits", "license", "licence", "copying", "notice", "authors"}
@@ -44,10 +46,12 @@ def check_inputs(paths: Sequence[str | Path]) -> None:
             raise AttnvizError(f"no such file or folder: {printable(str(given))}")
 
 
-def discover(paths: Sequence[str | Path], skip: Callable[[Path], bool] | None = None) -> list[ImageSource]:
+def discover(paths: Sequence[str | Path], skip: Callable[[Path], bool] | None = None,
+             reserved: Collection[str] = ()) -> list[ImageSource]:
     """List candidate image files under the given files and folders, in a stable order.
 
-    `skip(path)` drops files before output names are chosen (the runner's own outputs)."""
+    `skip(path)` drops files before output names are chosen (the runner's own outputs);
+    `reserved`: top-level names no output folder may take (OUT's own files: index.html …)."""
     check_inputs(paths)
     single_folder = len(paths) == 1 and Path(paths[0]).is_dir()
     found: list[tuple[Path, str, str | None]] = []
@@ -73,7 +77,7 @@ def discover(paths: Sequence[str | Path], skip: Callable[[Path], bool] | None = 
         shown = ", ".join(str(p) for p in paths)
         raise AttnvizError(f"no images found in {shown}: give image files or folders that contain them")
     shown = [printable(s) for _, s, _ in unique]        # names in any encoding are data, kept losslessly
-    outputs = _output_names([s.replace("\\", "_") for s in shown])
+    outputs = _output_names([s.replace("\\", "_") for s in shown], reserved)
     return [ImageSource(f, sh, o, err, raw.hex() if (raw := raw_bytes(s)) else None)
             for (f, s, err), sh, o in zip(unique, shown, outputs)]
 
@@ -138,14 +142,16 @@ def _safe(name: str) -> str:
     return "/".join(parts)
 
 
-def _output_names(sources: list[str]) -> list[str]:
-    """Map sources to unique output folders: stem, then stem_ext, then a numeric suffix."""
+def _output_names(sources: list[str], reserved: Collection[str] = ()) -> list[str]:
+    """Map sources to unique output folders: stem, then stem_ext, then a numeric suffix; a
+    `reserved` name (index.html.png would take OUT/index.html) is treated as taken, like a folder."""
     paths = [PurePosixPath(s) for s in sources]
     names = [_safe(str(p.with_suffix("")) if p.suffix else s) for p, s in zip(paths, sources)]
     exts: dict[str, set[str]] = defaultdict(set)
     for n, p in zip(names, paths):
         exts[n.casefold()].add(p.suffix.lower())
     folders = {str(parent).casefold() for n in names for parent in PurePosixPath(n).parents}
+    folders |= {r.casefold() for r in reserved}
     # same stem, different extensions (cat.jpg, cat.png), or a file named like a folder
     clash = [len(exts[n.casefold()]) > 1 or n.casefold() in folders for n in names]
     names = [
@@ -166,6 +172,23 @@ def _output_names(sources: list[str]) -> list[str]:
         used.add(n.casefold())
         result.append(n)
     return result
+
+
+def identity(path: Path) -> dict[str, object] | None:
+    """What identifies an input by content: its size and the SHA-256 of all its bytes (read in
+    1 MiB pieces, about 0.7 GB/s); None when it cannot be read (decoding then says why)."""
+    digest, n = hashlib.sha256(), 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)       # a FIFO never blocks the run
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                n += len(chunk)
+    except OSError:
+        return None
+    return {"bytes": n, "sha256": digest.hexdigest()}
 
 
 def load_image(path: Path) -> Image.Image:

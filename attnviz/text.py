@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["words", "slug", "unique", "printable", "raw_bytes"]
+__all__ = ["words", "slug", "unique", "printable", "shown", "raw_bytes"]
 
 
 def words(text: str) -> list[str]:
@@ -28,6 +28,16 @@ def unique(name: str, used: set[str]) -> str:
 def printable(text: str) -> str:
     """`text` as valid UTF-8: bytes a file name could not decode (surrogate escapes) become `\\xNN`."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# control characters (C0, DEL, C1) as \xNN: a file named "a\nb" or "\x1b[2J…" prints on one line, inert,
+# and draws in a picture (a newline or CR makes Pillow's text layout fail)
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
+
+
+def shown(text: str) -> str:
+    """`text` as printed and drawn: valid UTF-8 (`printable`), control characters escaped."""
+    return printable(str(text)).translate(_CONTROL)
 
 
 def raw_bytes(text: str) -> bytes | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -19,7 +20,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from attnviz.errors import AttnvizError, one_line
-from attnviz.text import printable
+from attnviz.text import shown
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "out_console",
            "err_console", "shown", "say", "fail", "guard", "Bar", "colormap_option", "query_option", "prompts_from",
@@ -30,15 +31,6 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2
 # piped output is read by people and grep alike: don't squeeze tables into 80 columns
 out_console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-
-# control characters (C0, DEL, C1) as \xNN: a file named "a\nb" or "\x1b[2J…" prints on one line, inert
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
-
-
-def shown(text: str) -> str:
-    """`text` as printed: valid UTF-8 (`printable`), control characters escaped."""
-    return printable(str(text)).translate(_CONTROL)
 
 
 def say(label: str, style: str, message: str, console: Console = err_console) -> None:
@@ -55,7 +47,8 @@ def fail(message: str, code: int) -> None:
 
 def guard(fn: Callable[[], Any], debug: bool) -> Any:
     """Run fn; setup errors become one line and exit 2, OS conditions exit 2 naming the path,
-    Ctrl-C/SIGTERM exit 130, and only bugs exit 3 (with --debug: tracebacks)."""
+    Ctrl-C/SIGTERM exit 130, and only bugs exit 3. With `debug` the traceback is printed first;
+    the line and the exit code stay the same."""
     def show_warning(message, category, filename, lineno, file=None, line=None):
         say("warning", "yellow", str(message))
     warnings.showwarning = show_warning
@@ -67,19 +60,23 @@ def guard(fn: Callable[[], Any], debug: bool) -> Any:
         fail("interrupted; files written so far are complete and listed in manifest.json "
              "(rerun the same command to resume)", EXIT_INTERRUPTED)
     except AttnvizError as e:
-        if debug:
-            raise
+        _traceback(debug)
         fail(str(e), EXIT_USAGE)
     except OSError as e:        # disk full, read-only folder, permissions: the user's machine, not a bug
-        if debug:
-            raise
+        _traceback(debug)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         fail(f"{where}{e.strerror or one_line(e)}", EXIT_USAGE)
     except Exception as e:  # noqa: BLE001  (a bug: say so in one line)
-        if debug:
-            raise
-        fail(f"internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
-             EXIT_INTERNAL)
+        _traceback(debug)
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        fail(f"internal error: {type(e).__name__}: {one_line(e)}{hint}", EXIT_INTERNAL)
+
+
+def _traceback(debug: bool) -> None:
+    """--debug: the traceback of the exception being handled, on stderr (names escaped as data)."""
+    if debug:
+        lines = traceback.format_exc().rstrip().splitlines()
+        err_console.print(Text("\n".join(shown(ln) for ln in lines)), highlight=False, soft_wrap=True)
 
 
 class _Rate(ProgressColumn):

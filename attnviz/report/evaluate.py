@@ -13,6 +13,7 @@ from attnviz.errors import AttnvizError, one_line
 from attnviz.geometry import Geometry
 from attnviz.metrics import Box, energy_in_boxes, peak, pointing_hit
 from attnviz.report.atomic import save_json
+from attnviz.report.integrity import checked
 from attnviz.report.tables import write_summary_csv
 from attnviz.report.lock import locked
 from attnviz.text import words
@@ -106,11 +107,12 @@ class Evaluation:
     energy_in_box: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)      # images with no boxes
+    skipped: list[str] = field(default_factory=list)      # "source: why" of images whose files are damaged
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"pointing_game": self.pointing_game, "energy_in_box": self.energy_in_box,
-                "counts": self.counts, "images_without_boxes": self.missing}
+                "counts": self.counts, "images_without_boxes": self.missing, "images_skipped": self.skipped}
 
 
 def evaluate_run(out: str | Path, boxes: Mapping[str, list[Box]], tolerance: float = 0.0,
@@ -143,7 +145,8 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
     hits: dict[str, list[bool]] = {}
     energy: dict[str, list[float]] = {}
     ev = Evaluation()
-    for image in manifest["images"]:
+    images, ev.skipped = checked(out, manifest["images"])     # damaged or foreign: a note each, never read
+    for image in images:
         if image.get("status") != "ok":
             continue
         gt = boxes.get(image["source"], by_name.get(Path(image["source"]).name))
@@ -151,7 +154,7 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
             ev.missing.append(image["source"])
             continue
         try:
-            arrays = np.load(out / image["output"] / "maps.npz")
+            arrays = dict(np.load(out / image["output"] / "maps.npz"))
             size = (int(image["size"][0]), int(image["size"][1]))
             for m in image["maps"]:
                 targets = _targets(m, gt)
@@ -165,9 +168,9 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
                 share = energy_in_boxes(data, size, targets, g)
                 hits.setdefault(key, []).append(hit)
                 energy.setdefault(key, []).append(share)
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise AttnvizError(f"{out / image['output']}: its maps.npz or manifest record is unusable "
-                               f"({one_line(e, 120)}); rerun `attnviz run`") from None
+        except Exception as e:  # noqa: BLE001  (BadZipFile, EOFError, a hand-edited record …: this image only)
+            ev.skipped.append(f"{image['source']}: its maps.npz or manifest record is unusable ({one_line(e, 120)}); "
+                              f"rerun `attnviz run` to redo it")
     ev.pointing_game = {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
     ev.energy_in_box = {k: round(float(np.mean(v)), 4) for k, v in energy.items()}
     ev.counts = {k: len(v) for k, v in hits.items()}
@@ -175,6 +178,6 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
         save_json(out / "evaluation.json", ev.as_dict())
         manifest.update({"pointing_game": ev.pointing_game, "energy_in_box": ev.energy_in_box})
         save_json(out / "manifest.json", manifest)
-        write_summary_csv(out, manifest)          # its pointing_game/energy_in_box columns
+        write_summary_csv(out, {**manifest, "images": images})   # its pointing_game/energy_in_box columns
     return ev
 

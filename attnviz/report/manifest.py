@@ -1,6 +1,7 @@
 """OUT/manifest.json: one machine-readable record of a whole run (schema documented in the README)."""
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
 import time
@@ -15,6 +16,7 @@ from attnviz import __version__
 from attnviz.metrics import SANITY_LIMIT
 from attnviz.backbones.weights import RANDOM_NOTE
 from attnviz.report.atomic import save_json
+from attnviz.report.integrity import file_sizes
 from attnviz.report.outputs import Style, image_entry
 from attnviz.results import Result
 
@@ -78,6 +80,8 @@ class Manifest:
         entry = image_entry(r, self.ext)
         if files is not None:
             entry["files"] = files
+            with contextlib.suppress(OSError):     # sizes checked on resume (missing: checked by format only)
+                entry["file_bytes"] = file_sizes(self.path.parent / r.output, files)
         self.entries[r.output] = entry
 
     def keep(self, entry: dict[str, Any]) -> None:
