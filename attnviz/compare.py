@@ -186,7 +186,7 @@ def _from_run(out: Path, kinds: list[str] | None, cell: int, report: CompareRepo
         raise AttnvizError(f"{out}: no manifest.json (not an attnviz run folder)")
     wanted = set(kinds) if kinds else None
     items = []
-    for entry in checked(out, manifest["images"])[0]:      # damaged or foreign: one failed line each
+    for entry in checked(out, manifest["images"], ["original.png", "maps.npz"])[0]:      # damaged or foreign: one failed line each
         if entry.get("status") != "ok":
             report.failed.append((entry.get("source", "?"), entry.get("error") or "error"))
             continue

@@ -20,7 +20,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from attnviz.errors import AttnvizError, one_line
-from attnviz.text import shown
+from attnviz.text import read_prompts, shown
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "out_console",
            "err_console", "shown", "say", "fail", "guard", "Bar", "colormap_option", "query_option", "prompts_from",
@@ -141,12 +141,9 @@ def prompts_from(text: Optional[List[str]], text_file: Optional[Path]) -> list[s
     prompts = list(text or [])
     if text_file is not None:
         try:
-            lines = text_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            fail(f"--text-file {text_file}: cannot read it ({one_line(e)})", EXIT_USAGE)
-        prompts += [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
-        if not prompts:
-            fail(f"--text-file {text_file}: no prompts in it", EXIT_USAGE)
+            prompts += read_prompts(text_file)
+        except AttnvizError as e:
+            fail(str(e), EXIT_USAGE)
     return prompts
 
 

@@ -196,3 +196,5 @@ def evaluate(
         say(f"{len(ev.missing)} images have no boxes", "yellow", f"(e.g. {ev.missing[0]})")
     out_console.print(Text(shown(f"written: {out / 'evaluation.json'} (and pointing_game in manifest.json)")),
                       highlight=False)
+    if ev.skipped:                       # damaged or foreign records: not scored, like failed images
+        raise typer.Exit(EXIT_SOME_FAILED)

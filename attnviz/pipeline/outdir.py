@@ -12,8 +12,9 @@ from typing import Any, Callable, Sequence
 
 from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, identity
-from attnviz.report.integrity import damage, entry_files, foreign
+from attnviz.report.integrity import MANIFEST_LIMIT, damage, entry_files, foreign
 from attnviz.report.lock import LOCK_NAME, locked
+from attnviz.text import read_small
 
 __all__ = ["LOCK_NAME", "OWN_FILES", "locked", "read_manifest", "Plan", "plan_run", "entry_files",
            "remove_stale_temporaries", "outputs_filter"]
@@ -46,7 +47,7 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_small(path, "manifest", MANIFEST_LIMIT).decode("utf-8"))
     except (OSError, ValueError) as e:
         raise AttnvizError(f"{path} is not an attnviz manifest ({' '.join(str(e).split())[:120]}); "
                            f"choose another -o, or --force to replace it") from None
@@ -86,7 +87,9 @@ def _differences(a: Any, b: Any, where: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(set(a) | set(b), key=str)
                 for d in _differences(a.get(k), b.get(k), f"{where}{k}.")]
-    return [] if a == b else [f"{where.rstrip('.').split('.', 1)[-1]}: {a!r} → {b!r}"]
+    return [] if a == b else [f"{where.rstrip('.').split('.', 1)[-1]}: {a!r} → {b!r}"
+                              + (" (OMP_NUM_THREADS / torch.set_num_threads)" if where == "environment.torch threads."
+                                 else "")]
 
 
 def plan_run(out: Path, sources: list[ImageSource], fingerprint: dict[str, Any], force: bool,

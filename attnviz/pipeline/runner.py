@@ -136,6 +136,12 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
         on_start(len(plan.todo) + report.resumed)
         if report.resumed and on_batch:
             on_batch(report.resumed)
+    earlier = ((plan.previous or {}).get("settings") or {}).get("batch_size")
+    if plan.kept and isinstance(earlier, int) and earlier != manifest.head["settings"]["batch_size"]:
+        # the same batches give the same bits: a resume lays them out as the earlier run did
+        report.notes.append(f"resumed with the earlier run's --batch-size {earlier} (the same batches "
+                            f"give the same numbers)")
+        manifest.head["settings"]["batch_size"] = earlier
     try:
         batch_size = manifest.head["settings"]["batch_size"]
         if remote is not None:

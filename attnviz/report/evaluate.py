@@ -13,12 +13,14 @@ from attnviz.errors import AttnvizError, one_line
 from attnviz.geometry import Geometry
 from attnviz.metrics import Box, energy_in_boxes, peak, pointing_hit
 from attnviz.report.atomic import save_json
-from attnviz.report.integrity import checked
+from attnviz.report.integrity import MANIFEST_LIMIT, checked
 from attnviz.report.tables import write_summary_csv
 from attnviz.report.lock import locked
-from attnviz.text import words
+from attnviz.text import read_small, words
 
-__all__ = ["load_boxes", "evaluate_run", "Evaluation"]
+__all__ = ["load_boxes", "evaluate_run", "Evaluation", "BOXES_LIMIT"]
+
+BOXES_LIMIT = 1 << 30          # --boxes: 1 GiB (COCO's largest annotation file is under 0.5 GiB)
 
 
 def _number(value: Any, where: str) -> float:
@@ -73,7 +75,7 @@ def _coco(data: Mapping[str, Any]) -> dict[str, list[Box]]:
 def load_boxes(path: str | Path) -> dict[str, list[Box]]:
     """Boxes per image: {"sub/cat.jpg": [[x0, y0, x1, y1] | {"box": […], "label": "…"}, …]} or COCO."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(read_small(path, "--boxes", BOXES_LIMIT).decode("utf-8"))
     except (OSError, ValueError) as e:
         raise AttnvizError(f"--boxes {path}: cannot read it as JSON ({one_line(e, 160)})") from None
     if isinstance(data, Mapping) and "annotations" in data and "images" in data:
@@ -128,7 +130,7 @@ def evaluate_run(out: str | Path, boxes: Mapping[str, list[Box]], tolerance: flo
 def _read(out: Path) -> dict[str, Any]:
     """OUT's manifest, checked enough to evaluate (one line when it is not an attnviz manifest)."""
     try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(read_small(out / "manifest.json", "run folder", MANIFEST_LIMIT).decode("utf-8"))
     except (OSError, ValueError) as e:
         raise AttnvizError(f"{out}: no readable manifest.json ({one_line(e, 160)}); run `attnviz run` first") from None
     ok = isinstance(manifest, dict) and isinstance(manifest.get("images"), list) and all(
@@ -145,7 +147,7 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
     hits: dict[str, list[bool]] = {}
     energy: dict[str, list[float]] = {}
     ev = Evaluation()
-    images, ev.skipped = checked(out, manifest["images"])     # damaged or foreign: a note each, never read
+    images, ev.skipped = checked(out, manifest["images"], ["maps.npz"])     # damaged or foreign: a note each, never read
     for image in images:
         if image.get("status") != "ok":
             continue

@@ -8,12 +8,13 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Sequence
 
 from attnviz.errors import one_line
 
-__all__ = ["entry_files", "file_sizes", "foreign", "damage", "checked"]
+__all__ = ["MANIFEST_LIMIT", "entry_files", "file_sizes", "foreign", "damage", "checked"]
 
+MANIFEST_LIMIT = 1 << 32       # manifest.json: 4 GiB (about 2 KB per image: millions of images)
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"       # the last 12 bytes of every PNG
 
 
@@ -86,14 +87,15 @@ def _whole(path: Path, entry: dict[str, Any]) -> str | None:
     return None
 
 
-def damage(out: Path, entry: Any) -> str | None:
+def damage(out: Path, entry: Any, needs: Sequence[str] | None = None) -> str | None:
     """Why an ok entry cannot be kept or read as it stands (foreign, a file missing, of another size
-    than recorded, or not whole), one line; None when its files are whole."""
+    than recorded, or not whole), one line; None when its files are whole. `needs`: check only
+    these of its files (what a reader reads), default all."""
     problem = foreign(out, entry)
     if problem:
         return problem
     recorded = entry.get("file_bytes") if isinstance(entry.get("file_bytes"), dict) else {}
-    for name in entry_files(entry):
+    for name in entry_files(entry) if needs is None else needs:
         path = out / entry["output"] / name
         try:
             if not path.is_file():
@@ -109,15 +111,16 @@ def damage(out: Path, entry: Any) -> str | None:
     return None
 
 
-def checked(out: Path, images: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    """A run's image entries as a reader may use them: a foreign or damaged one becomes an error
-    record saying why (its files are never read); plus one note per such entry."""
+def checked(out: Path, images: Any, needs: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """A run's image entries as a reader may use them: a foreign or damaged one (`needs`: the files
+    the reader reads, default all) becomes an error record saying why (its files are never read);
+    plus one note per such entry."""
     kept: list[dict[str, Any]] = []
     notes: list[str] = []
     for entry in images if isinstance(images, list) else []:
         problem = foreign(out, entry)
         if problem is None and entry.get("status") == "ok":
-            why = damage(out, entry)
+            why = damage(out, entry, needs)
             problem = f"files damaged: {why}; rerun `attnviz run` to redo it" if why else None
         if problem is None:
             kept.append(entry)

@@ -112,7 +112,8 @@ def summary_rows(out: Path, manifest: dict[str, Any]) -> Iterator[dict[str, Any]
 def write_csv(path: Path, columns: list[str], rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> Path:
     """Write rows (dicts; missing keys and None are empty cells) as UTF-8 CSV, atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    # CRLF rows (RFC 4180): a name holding a lone CR or LF is then quoted, so it stays one cell
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: cell(row.get(k)) for k in columns})
