@@ -254,3 +254,15 @@ def test_structure_check_finds_a_cut_file_without_recorded_sizes(tmp_path, fmt):
     (folder / f"original.{fmt}").write_bytes(data)
     save_npz(folder / "maps.npz", {"other": np.ones((2, 2), np.float32)})
     assert damage(tmp_path, entry) == "maps.npz has no array 'spatial'"
+
+
+def test_a_jpg_run_is_read_back_by_gallery_compare_and_resume(tmp_path):
+    """--format jpg: the gallery links original.jpg, compare reads it, a resume keeps it whole."""
+    src, out = _photos(tmp_path / "in", 2), tmp_path / "out"
+    assert cli("run", src, "-o", out, *FAST, *KINDS, "--format", "jpg").code == 0
+    page = (out / "index.html").read_text()
+    assert 'src="im00/original.jpg"' in page and "original.png" not in page
+    sheet = cli("compare", out, "-o", tmp_path / "sheet.png", "-q")
+    assert sheet.code == 0, sheet.stderr
+    again = cli("run", src, "-o", out, *FAST, *KINDS, "--format", "jpg")
+    assert again.code == 0 and "already done (resumed) │ 2" in again.stderr, again.stderr

@@ -23,8 +23,9 @@ OWN_FILES = {"manifest.json", "evaluation.json", LOCK_NAME,   # top-level files 
              "index.html", "summary.csv", "agreement.csv", "agreement.png"}
 
 
-# what write_atomic's mkstemp and the lock leave when killed: `.original.png.k3j_x9q1.tmp`, `.attnviz.lock.123.tmp`
-_TEMPORARY = re.compile(r"\.(.+\.(png|npz|json)\.[a-z0-9_]{8}|attnviz\.lock\.\d+)\.tmp")
+# what write_atomic's mkstemp and the lock leave when killed: `.original.png.k3j_x9q1.tmp`, `.attnviz.lock.123.tmp`,
+# `.attnviz.lock.123.stale.tmp` (a takeover without flock)
+_TEMPORARY = re.compile(r"\.(.+\.(png|jpg|webp|npz|json|csv|html)\.[a-z0-9_]{8}|attnviz\.lock\.\d+(\.stale)?)\.tmp")
 
 
 def remove_stale_temporaries(out: Path) -> int:

@@ -27,6 +27,7 @@ from attnviz.pipeline.distributed import RayOptions, ray_records
 from attnviz.pipeline.outdir import (OWN_FILES, entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
 from attnviz.report.folder import write_reports
+from attnviz.report.integrity import foreign
 from attnviz.report.manifest import Manifest
 from attnviz.report.outputs import Style
 from attnviz.report.writer import Writer
@@ -95,7 +96,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     with locked(out, command):
         remove_stale_temporaries(out)
         try:
-            earlier = [e["output"] for e in (read_manifest(out) or {}).get("images", []) if isinstance(e, dict)]
+            earlier = [e["output"] for e in (read_manifest(out) or {}).get("images", []) if foreign(out, e) is None]
         except AttnvizError:
             if not force:
                 raise

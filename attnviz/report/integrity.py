@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from attnviz.errors import one_line
 
-__all__ = ["MANIFEST_LIMIT", "entry_files", "file_sizes", "foreign", "damage", "checked"]
+__all__ = ["MANIFEST_LIMIT", "entry_files", "original_of", "file_sizes", "foreign", "damage", "checked"]
 
 MANIFEST_LIMIT = 1 << 32       # manifest.json: 4 GiB (about 2 KB per image: millions of images)
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"       # the last 12 bytes of every PNG
@@ -24,6 +24,11 @@ def entry_files(entry: dict[str, Any]) -> list[str]:
         return [str(f) for f in entry["files"]]
     return ["original.png", "grid.png", "maps.npz", *[str(m.get("file")) for m in entry.get("maps") or []
                                                       if isinstance(m, dict)]]
+
+
+def original_of(entry: dict[str, Any]) -> str:
+    """The file of the image itself: original.png, or original.jpg/.webp with --format."""
+    return next((f for f in entry_files(entry) if f.startswith("original.")), "original.png")
 
 
 def file_sizes(folder: Path, files: list[str]) -> dict[str, int]:
