@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from attnviz.backbones import Backbone
-from attnviz.errors import AttnvizError
+from attnviz.errors import AttnvizError, one_line
 from attnviz.geometry import Geometry
 from attnviz.images import check_inputs, discover
 from attnviz.kinds import Batch
@@ -26,8 +26,10 @@ from attnviz.probes.base import LayerTap
 from attnviz.render.overlay import fit
 from attnviz.render.sheet import SCALES, SheetCell, SheetRow, render_pages
 from attnviz.report.atomic import save_png, write_atomic
+from attnviz.report.integrity import checked, damage, original_of
 from attnviz.report.tables import column, load_maps
 from attnviz.results import AttentionMap, Prediction
+from attnviz.text import shown
 
 __all__ = ["BY", "CompareReport", "compare", "is_run_folder", "page_paths"]
 
@@ -71,13 +73,13 @@ def page_paths(output: Path, pages: int) -> list[Path]:
 
 
 def _label(source: str, preds: Sequence[Any], prompts: Sequence[str], whose: str = "") -> str:
-    lines = [source]
+    lines = [shown(source)]                   # names are data: a newline in one is drawn as \x0a
     if preds:
         p = preds[0]
         label, prob = (p.label, p.probability) if isinstance(p, Prediction) else (p["label"], p["probability"])
         lines.append(f"top-1{f' ({whose})' if whose else ''}: {label} ({100 * prob:.1f} %)")
     if prompts:
-        lines.append("prompt: " + " · ".join(prompts))
+        lines.append("prompt: " + " · ".join(shown(p) for p in prompts))
     return "\n".join(lines)
 
 
@@ -181,22 +183,27 @@ def _compute(paths: Sequence[str | Path], by: str, backbone: str | Backbone, kin
 
 
 def _from_run(out: Path, kinds: list[str] | None, cell: int, report: CompareReport) -> tuple[list[_Image], str]:
-    """Rows from a run folder: its original.png and maps.npz (nothing recomputed)."""
+    """Rows from a run folder: its original picture and maps.npz (nothing recomputed)."""
     manifest = read_manifest(out)
     if manifest is None:
         raise AttnvizError(f"{out}: no manifest.json (not an attnviz run folder)")
     wanted = set(kinds) if kinds else None
     items = []
-    for entry in manifest["images"]:
+    for entry in checked(out, manifest["images"], ["maps.npz"])[0]:      # damaged or foreign: one failed line each
         if entry.get("status") != "ok":
             report.failed.append((entry.get("source", "?"), entry.get("error") or "error"))
             continue
+        original = original_of(entry)
+        why = damage(out, entry, [original])
+        if why:
+            report.failed.append((entry["source"], f"files damaged: {why}; rerun `attnviz run` to redo it"))
+            continue
         arrays = load_maps(out, entry)
         try:
-            with Image.open(out / entry["output"] / "original.png") as im:
+            with Image.open(out / entry["output"] / original) as im:
                 image = fit(im, cell)
-        except OSError as e:
-            report.failed.append((entry["source"], f"original.png unreadable ({e.strerror or e})"))
+        except Exception as e:  # noqa: BLE001  (damaged after the check: one line, never a crash)
+            report.failed.append((entry["source"], f"{original} unreadable ({one_line(e, 80)})"))
             continue
         prompts = sorted({m["prompt"] for m in entry.get("maps", []) if m.get("prompt")
                           and m.get("prompt_source") != "top-1 class"})
@@ -263,7 +270,7 @@ def compare(paths: Sequence[str | Path], output: str | Path, *, by: str = "kinds
     titles = {k: t for it in items for k, (t, *_) in it.maps.items()}
     rows = [SheetRow(it.image, it.label, [SheetCell(it.maps[k][2], it.maps[k][1], it.maps[k][3], it.maps[k][4])
                                           if k in it.maps else None for k in keys]) for it in items]
-    title = f"attnviz compare · {what} · by {by} · scale {scale}"
+    title = shown(f"attnviz compare · {what} · by {by} · scale {scale}")     # a run folder's name is data
     pages = render_pages([titles[k] for k in keys], rows, per_page=per_page, scale=scale, colormap=colormap,
                          alpha=alpha, cell=cell, title=title, random=report.random)
     report.files = _save(pages, output)

@@ -1,10 +1,12 @@
 """Find input images on disk and decode them to RGB."""
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -12,9 +14,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from attnviz.errors import AttnvizError, ImageError, one_line
-from attnviz.text import printable, raw_bytes
+from attnviz.text import kind_of, printable, raw_bytes
 
-__all__ = ["ImageSource", "check_inputs", "discover", "load_image", "to_rgb"]
+__all__ = ["ImageSource", "check_inputs", "discover", "identity", "load_image", "to_rgb"]
 
 # Documentation that travels with photo folders; skipped inside folders, never when named directly.
 _SIDECARS = {"readme", "credits", "license", "licence", "copying", "notice", "authors"}
@@ -44,43 +46,47 @@ def check_inputs(paths: Sequence[str | Path]) -> None:
             raise AttnvizError(f"no such file or folder: {printable(str(given))}")
 
 
-def discover(paths: Sequence[str | Path], skip: Callable[[Path], bool] | None = None) -> list[ImageSource]:
+def discover(paths: Sequence[str | Path], skip: Callable[[Path], bool] | None = None,
+             reserved: Collection[str] = ()) -> list[ImageSource]:
     """List candidate image files under the given files and folders, in a stable order.
 
-    `skip(path)` drops files before output names are chosen (the runner's own outputs)."""
+    `skip(path)` drops files before output names are chosen (the runner's own outputs);
+    `reserved`: top-level names no output folder may take (OUT's own files: index.html …)."""
     check_inputs(paths)
     single_folder = len(paths) == 1 and Path(paths[0]).is_dir()
+    roots = [os.path.realpath(p) for p in paths if Path(p).is_dir()]   # links may lead only within these
     found: list[tuple[Path, str, str | None]] = []
     for given in paths:
         p = Path(os.path.abspath(given))
         if p.is_dir():
             prefix = "" if single_folder else (p.name or "root") + "/"
-            found += [(f, prefix + rel, err) for f, rel, err in _scan_folder(p)]
-        elif p.is_file():
-            found.append((p, p.name, None))
-        else:
-            raise AttnvizError(f"not a regular file or folder: {given}")
+            found += [(f, prefix + rel, err) for f, rel, err in _scan_folder(p, roots)]
+        else:                    # a FIFO or device given by name: its own error, never opened
+            mode = p.stat().st_mode
+            found.append((p, p.name, None if stat.S_ISREG(mode) else f"{kind_of(mode)}, not a regular file: not read"))
     if skip is not None:
         found = [item for item in found if not skip(item[0])]
     seen: set[str] = set()
     unique = []
     for f, source, err in found:
         real = os.path.realpath(f)
-        if real not in seen:
+        if err is not None or real not in seen:       # error entries are listed each (two links to /)
             seen.add(real)
             unique.append((f, source, err))
     if not unique:
         shown = ", ".join(str(p) for p in paths)
         raise AttnvizError(f"no images found in {shown}: give image files or folders that contain them")
     shown = [printable(s) for _, s, _ in unique]        # names in any encoding are data, kept losslessly
-    outputs = _output_names([s.replace("\\", "_") for s in shown])
+    outputs = _output_names([s.replace("\\", "_") for s in shown], reserved)
     return [ImageSource(f, sh, o, err, raw.hex() if (raw := raw_bytes(s)) else None)
             for (f, s, err), sh, o in zip(unique, shown, outputs)]
 
 
-def _scan_folder(root: Path) -> list[tuple[Path, str, str | None]]:
+def _scan_folder(root: Path, roots: Sequence[str]) -> list[tuple[Path, str, str | None]]:
     """(file, relative posix path, error) for every file under root, sorted; hidden and sidecar
-    files skipped. An unreadable folder or a broken link is an entry with an error, not an abort."""
+    files skipped. An unreadable folder, a broken link, a FIFO or device (never opened), a link to a
+    folder outside the given input folders `roots` (never walked: a link to / would walk the whole
+    system): each is an entry with an error, never an abort."""
     found: list[tuple[Path, str, str | None]] = []
     visited: set[str] = set()
     links: list[tuple[str, Path]] = []  # symlinked folders, walked after the real tree
@@ -97,7 +103,7 @@ def _scan_folder(root: Path) -> list[tuple[Path, str, str | None]]:
                 entries = list(os.scandir(folder))
             except OSError as e:
                 if folder == start and start == root:
-                    raise AttnvizError(f"cannot read folder {folder}: {e.strerror or e}") from None
+                    raise AttnvizError(f"cannot read folder {printable(str(folder))}: {e.strerror or e}") from None
                 found.append((Path(folder), rel.rstrip("/") or ".", f"cannot read folder ({e.strerror or e})"))
                 continue
             for entry in entries:
@@ -105,19 +111,18 @@ def _scan_folder(root: Path) -> list[tuple[Path, str, str | None]]:
                     continue
                 entry_rel = rel + entry.name
                 try:
-                    is_dir, is_file = entry.is_dir(), entry.is_file()   # both follow symlinks
-                except OSError as e:                                    # e.g. a symlink loop
-                    found.append((Path(entry.path), entry_rel, f"cannot follow it ({e.strerror or e})"))
+                    kind = _entry_kind(entry, roots)
+                except OSError as e:                                    # a loop, no permission
+                    broken = isinstance(e, FileNotFoundError)
+                    found.append((Path(entry.path), entry_rel,
+                                  "broken symbolic link" if broken else f"cannot follow it ({e.strerror or e})"))
                     continue
-                if is_dir:
-                    if entry.is_symlink():
-                        links.append((entry_rel, Path(entry.path)))
-                    else:
-                        stack.append((Path(entry.path), entry_rel + "/"))
-                elif is_file:
-                    found.append((Path(entry.path), entry_rel, None))
-                elif entry.is_symlink():
-                    found.append((Path(entry.path), entry_rel, "broken symbolic link"))
+                if kind == "dir":
+                    stack.append((Path(entry.path), entry_rel + "/"))
+                elif kind == "link":
+                    links.append((entry_rel, Path(entry.path)))
+                else:
+                    found.append((Path(entry.path), entry_rel, kind))      # None: a regular file
 
     walk(root, "")
     while links:  # real folders win over links to them; links go in name order
@@ -125,6 +130,22 @@ def _scan_folder(root: Path) -> list[tuple[Path, str, str | None]]:
         rel, link = links.pop(0)
         walk(link, rel + "/")
     return sorted(found, key=lambda item: item[1])
+
+
+def _entry_kind(entry: os.DirEntry, roots: Sequence[str]) -> str | None:
+    """"dir", "link" (a linked folder inside the inputs), None (a regular file), or the error of an
+    entry that is neither; OSError when it cannot be followed."""
+    mode = entry.stat(follow_symlinks=True).st_mode
+    if stat.S_ISDIR(mode):
+        if not entry.is_symlink():
+            return "dir"
+        target = os.path.realpath(entry.path)
+        if any(os.path.commonpath([target, r]) == r for r in roots):
+            return "link"
+        return f"link to a folder outside the inputs ({printable(target)}): not followed"
+    if stat.S_ISREG(mode):
+        return None
+    return f"{kind_of(mode)}, not a regular file: not read"
 
 
 def _is_sidecar(name: str) -> bool:
@@ -138,14 +159,16 @@ def _safe(name: str) -> str:
     return "/".join(parts)
 
 
-def _output_names(sources: list[str]) -> list[str]:
-    """Map sources to unique output folders: stem, then stem_ext, then a numeric suffix."""
+def _output_names(sources: list[str], reserved: Collection[str] = ()) -> list[str]:
+    """Map sources to unique output folders: stem, then stem_ext, then a numeric suffix; a
+    `reserved` name (index.html.png would take OUT/index.html) is treated as taken, like a folder."""
     paths = [PurePosixPath(s) for s in sources]
     names = [_safe(str(p.with_suffix("")) if p.suffix else s) for p, s in zip(paths, sources)]
     exts: dict[str, set[str]] = defaultdict(set)
     for n, p in zip(names, paths):
         exts[n.casefold()].add(p.suffix.lower())
     folders = {str(parent).casefold() for n in names for parent in PurePosixPath(n).parents}
+    folders |= {r.casefold() for r in reserved}
     # same stem, different extensions (cat.jpg, cat.png), or a file named like a folder
     clash = [len(exts[n.casefold()]) > 1 or n.casefold() in folders for n in names]
     names = [
@@ -168,8 +191,31 @@ def _output_names(sources: list[str]) -> list[str]:
     return result
 
 
+def identity(path: Path) -> dict[str, object] | None:
+    """What identifies an input by content: its size and the SHA-256 of all its bytes (read in
+    1 MiB pieces, about 0.7 GB/s); None when it cannot be read (decoding then says why)."""
+    digest, n = hashlib.sha256(), 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)       # a FIFO never blocks the run
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                n += len(chunk)
+    except OSError:
+        return None
+    return {"bytes": n, "sha256": digest.hexdigest()}
+
+
 def load_image(path: Path) -> Image.Image:
     """Decode one file fully into an RGB image with EXIF orientation applied."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise ImageError(one_line(f"cannot read file: {e.strerror or e}", 200)) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):     # a FIFO would block, a device never end
+        raise ImageError(f"{kind_of(mode)}, not a regular file: not read") from None
     try:
         with warnings.catch_warnings(record=True) as caught, Image.open(path) as im:
             warnings.simplefilter("always", Image.DecompressionBombWarning)

@@ -60,6 +60,7 @@ class Result:
     predictions: list[Prediction] = field(default_factory=list)
     maps: list[AttentionMap] = field(default_factory=list)
     source_bytes: str | None = None            # hex of the file name's bytes when not UTF-8
+    input: dict[str, Any] | None = None        # the file's identity: {"bytes": n, "sha256": hex} (resume)
 
     def map(self, name: str) -> AttentionMap:
         """The map called `name` ("spatial", "cross-tabby-cat" ...)."""

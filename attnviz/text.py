@@ -1,9 +1,18 @@
-"""Words and file-safe names for prompts (shared by every kind that takes text)."""
+"""Words and file-safe names for prompts (shared by every kind that takes text), names shown as
+data, and the small files options name (--text-file, --boxes, a manifest) read safely."""
 from __future__ import annotations
 
+import os
 import re
+import stat
+from pathlib import Path
 
-__all__ = ["words", "slug", "unique", "printable", "raw_bytes"]
+from attnviz.errors import AttnvizError
+
+__all__ = ["words", "slug", "unique", "printable", "shown", "raw_bytes", "kind_of", "read_small", "read_prompts",
+           "PROMPTS_LIMIT"]
+
+PROMPTS_LIMIT = 1 << 20           # --text-file: 1 MiB (tens of thousands of prompts)
 
 
 def words(text: str) -> list[str]:
@@ -30,6 +39,16 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# control characters (C0, DEL, C1) as \xNN: a file named "a\nb" or "\x1b[2J…" prints on one line, inert,
+# and draws in a picture (a newline or CR makes Pillow's text layout fail)
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
+
+
+def shown(text: str) -> str:
+    """`text` as printed and drawn: valid UTF-8 (`printable`), control characters escaped."""
+    return printable(str(text)).translate(_CONTROL)
+
+
 def raw_bytes(text: str) -> bytes | None:
     """The file-system bytes of a name that is not valid UTF-8 (None when it is)."""
     try:
@@ -37,3 +56,48 @@ def raw_bytes(text: str) -> bytes | None:
         return None
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape")
+
+
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_small(path: str | Path, what: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; anything else is one line naming `what`.
+
+    Opened without blocking and checked on the open file: a FIFO never hangs the run, /dev/zero is
+    refused at once, and a file that grows past `limit` while read is refused too."""
+    shown_path = shown(str(path))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise AttnvizError(f"{what} {shown_path}: cannot read it ({e.strerror or e})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise AttnvizError(f"{what} {shown_path}: {kind_of(mode)}, not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise AttnvizError(f"{what} {shown_path}: cannot read it ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise AttnvizError(f"{what} {shown_path}: larger than {limit:,} bytes; is it the right file?")
+    return data
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """--text-file: one prompt per line, blank lines and '#' comments skipped (UTF-8, ≤ 1 MiB)."""
+    try:
+        lines = read_small(path, "--text-file", PROMPTS_LIMIT).decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise AttnvizError(f"--text-file {shown(str(path))}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    prompts = [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+    if not prompts:
+        raise AttnvizError(f"--text-file {shown(str(path))}: no prompts in it")
+    return prompts

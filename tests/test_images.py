@@ -90,14 +90,20 @@ def test_symlink_loop_terminates_each_file_once(tmp_path: Path) -> None:
     assert pairs(discover([tmp_path / "root"])) == [("a.jpg", "a"), ("sub/b.jpg", "sub/b")]
 
 
-def test_symlinked_folders_followed_real_path_wins(tmp_path: Path) -> None:
+def test_symlinked_folders_followed_within_the_inputs_real_path_wins(tmp_path: Path) -> None:
+    """A link to a folder inside the inputs is followed (the real path names it); one leading out
+    of them is an error entry, never walked (issue 21: a link to / walked the whole system)."""
     touch(tmp_path, "root/real/x.jpg", "outside/z.jpg")
     os.symlink(tmp_path / "root" / "real", tmp_path / "root" / "alias")  # sorts before "real"
     os.symlink(tmp_path / "outside", tmp_path / "root" / "ext")
     os.symlink(tmp_path / "nowhere.jpg", tmp_path / "root" / "broken.jpg")
     found = discover([tmp_path / "root"])
-    assert pairs(found) == [("broken.jpg", "broken"), ("ext/z.jpg", "ext/z"), ("real/x.jpg", "real/x")]
-    assert [s.error for s in found] == ["broken symbolic link", None, None]
+    assert pairs(found) == [("broken.jpg", "broken"), ("ext", "ext"), ("real/x.jpg", "real/x")]
+    assert [s.error for s in found] == ["broken symbolic link",
+                                        f"link to a folder outside the inputs ({tmp_path / 'outside'}): not followed",
+                                        None]
+    both = discover([tmp_path / "root", tmp_path / "outside"])          # given as an input: walked once
+    assert [s.source for s in both if s.error is None] == ["root/ext/z.jpg", "root/real/x.jpg"]
 
 
 def test_symlink_loops_and_unreadable_folders_are_entries_not_aborts(tmp_path: Path, monkeypatch) -> None:

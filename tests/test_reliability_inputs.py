@@ -61,13 +61,22 @@ def test_malformed_boxes_are_exit_2_in_one_line(done, tmp_path, case):
     assert not (done / "out" / ".attnviz.lock").exists()
 
 
-@pytest.mark.parametrize("manifest", ["{not json", "[]", '{"images": [{"source": "a.png", "output": "a", "status": "ok"}]}'])
+@pytest.mark.parametrize("manifest", ["{not json", "[]"])
 def test_malformed_manifest_for_evaluate_is_exit_2(tmp_path, manifest):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "manifest.json").write_text(manifest)
     (tmp_path / "boxes.json").write_text('{"a.png": [[0, 0, 10, 10]]}')
     res = cli("evaluate", tmp_path / "out", "--boxes", tmp_path / "boxes.json")
     assert res.code == 2 and "manifest" in res.one_error() + "maps.npz"
+
+
+def test_a_record_without_its_files_is_a_skipped_line_for_evaluate(tmp_path):
+    """A damaged record is that image's note (exit 1), never the whole evaluation's (issue 21)."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "manifest.json").write_text('{"images": [{"source": "a.png", "output": "a", "status": "ok"}]}')
+    (tmp_path / "boxes.json").write_text('{"a.png": [[0, 0, 10, 10]]}')
+    res = cli("evaluate", tmp_path / "out", "--boxes", tmp_path / "boxes.json")
+    assert res.code == 1 and "skipped: a.png: files damaged: maps.npz is missing" in res.stderr, res.stderr
 
 
 def test_good_boxes_still_evaluate(done, tmp_path):

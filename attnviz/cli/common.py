@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -21,7 +22,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from attnviz.errors import AttnvizError, one_line
-from attnviz.text import printable
+from attnviz.text import read_prompts, shown
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "out_console",
            "err_console", "shown", "say", "fail", "guard", "Bar", "colormap_option", "query_option", "prompts_from",
@@ -33,15 +34,6 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2
 # piped output is read by people and grep alike: don't squeeze tables into 80 columns
 out_console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-
-# control characters (C0, DEL, C1) as \xNN: a file named "a\nb" or "\x1b[2J…" prints on one line, inert
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
-
-
-def shown(text: str) -> str:
-    """`text` as printed: valid UTF-8 (`printable`), control characters escaped."""
-    return printable(str(text)).translate(_CONTROL)
 
 
 def say(label: str, style: str, message: str, console: Console = err_console) -> None:
@@ -58,7 +50,8 @@ def fail(message: str, code: int) -> None:
 
 def guard(fn: Callable[[], Any], debug: bool) -> Any:
     """Run fn; setup errors become one line and exit 2, OS conditions exit 2 naming the path,
-    Ctrl-C/SIGTERM exit 130, and only bugs exit 3 (with --debug: tracebacks)."""
+    Ctrl-C/SIGTERM exit 130, and only bugs exit 3. With `debug` the traceback is printed first;
+    the line and the exit code stay the same."""
     def show_warning(message, category, filename, lineno, file=None, line=None):
         say("warning", "yellow", str(message))
     warnings.showwarning = show_warning
@@ -70,19 +63,23 @@ def guard(fn: Callable[[], Any], debug: bool) -> Any:
         fail("interrupted; files written so far are complete and listed in manifest.json "
              "(rerun the same command to resume)", EXIT_INTERRUPTED)
     except AttnvizError as e:
-        if debug:
-            raise
+        _traceback(debug)
         fail(str(e), EXIT_USAGE)
     except OSError as e:        # disk full, read-only folder, permissions: the user's machine, not a bug
-        if debug:
-            raise
+        _traceback(debug)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         fail(f"{where}{e.strerror or one_line(e)}", EXIT_USAGE)
     except Exception as e:  # noqa: BLE001  (a bug: say so in one line)
-        if debug:
-            raise
-        fail(f"internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
-             EXIT_INTERNAL)
+        _traceback(debug)
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        fail(f"internal error: {type(e).__name__}: {one_line(e)}{hint}", EXIT_INTERNAL)
+
+
+def _traceback(debug: bool) -> None:
+    """--debug: the traceback of the exception being handled, on stderr (names escaped as data)."""
+    if debug:
+        lines = traceback.format_exc().rstrip().splitlines()
+        err_console.print(Text("\n".join(shown(ln) for ln in lines)), highlight=False, soft_wrap=True)
 
 
 class _Rate(ProgressColumn):
@@ -218,12 +215,9 @@ def prompts_from(text: Optional[List[str]], text_file: Optional[Path]) -> list[s
     prompts = list(text or [])
     if text_file is not None:
         try:
-            lines = text_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            fail(f"--text-file {text_file}: cannot read it ({one_line(e)})", EXIT_USAGE)
-        prompts += [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
-        if not prompts:
-            fail(f"--text-file {text_file}: no prompts in it", EXIT_USAGE)
+            prompts += read_prompts(text_file)
+        except AttnvizError as e:
+            fail(str(e), EXIT_USAGE)
     return prompts
 
 

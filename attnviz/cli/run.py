@@ -196,7 +196,11 @@ def evaluate(
     from attnviz.report.evaluate import evaluate_run, load_boxes
     ev = guard(lambda: evaluate_run(out, load_boxes(boxes), tolerance), debug)
     pointing_table(ev, f"{out}: pointing game and energy in the boxes")
+    for note in ev.skipped:
+        say("skipped", "yellow", note)
     if ev.missing:
         say(f"{len(ev.missing)} images have no boxes", "yellow", f"(e.g. {ev.missing[0]})")
     out_console.print(Text(shown(f"written: {out / 'evaluation.json'} (and pointing_game in manifest.json)")),
                       highlight=False)
+    if ev.skipped:                       # damaged or foreign records: not scored, like failed images
+        raise typer.Exit(EXIT_SOME_FAILED)

@@ -14,7 +14,7 @@ from attnviz.errors import AttnvizError
 from attnviz.explain.figure import figure_bytes, strip_figure
 from attnviz.explain.stages import Explained
 from attnviz.report.atomic import save_json, write_atomic
-from attnviz.text import printable
+from attnviz.text import printable, shown
 
 __all__ = ["FORMATS", "write_explained", "record"]
 
@@ -75,7 +75,7 @@ def write_explained(ex: Explained, out: str | Path, fmt: str = "png") -> list[Pa
     files = {s.kind: f"{s.kind}.{fmt}" for s in ex.strips}
     written = []
     for s in ex.strips:
-        fig = strip_figure(s, ex.image, f"   ·   {printable(ex.source)}, {ex.backbone}")
+        fig = strip_figure(s, ex.image, f"   ·   {shown(ex.source)}, {ex.backbone}")
         data = figure_bytes(fig, fmt)
         write_atomic(out / files[s.kind], lambda f, d=data: f.write(d))
         written.append(out / files[s.kind])

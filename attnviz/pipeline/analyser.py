@@ -15,7 +15,7 @@ from attnviz.backbones import Backbone, WeightsSpec, load_backbone
 from attnviz.backbones.clip_core import CHOICES
 from attnviz.backbones.clip_slide import parse_slide
 from attnviz.errors import AttnvizError, ImageError
-from attnviz.images import ImageSource, load_image, to_rgb
+from attnviz.images import ImageSource, identity, load_image, to_rgb
 from attnviz.kinds import Batch, get_kinds
 from attnviz.pipeline.align import Aligner
 from attnviz.probes import capture
@@ -241,6 +241,7 @@ def _decode_one(src: ImageSource) -> tuple[Result, Image.Image | None]:
     if src.error:
         r.status, r.error = "error", src.error
         return r, None
+    r.input = identity(src.path)       # resume redoes the image when its content changes
     try:
         image = load_image(src.path)
     except ImageError as e:

@@ -10,6 +10,7 @@ from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, discover, to_rgb
 from attnviz.pipeline.analyser import Analyser, decode
+from attnviz.pipeline.checks import unusable
 from attnviz.results import Result
 
 __all__ = ["analyse", "check_batch_size"]
@@ -66,5 +67,8 @@ def analyse(images: str | Path | Image.Image | Sequence[str | Path | Image.Image
                 batch.append(next(files))
         for (r, _), (preds, maps) in zip(good, analyser.analyse_batch([im for _, im in good])):
             r.predictions, r.maps = preds, maps
+            problem = unusable(r)                   # NaN/Inf, --query outside: as `run` records them
+            if problem:
+                r.status, r.error, r.maps, r.predictions = "error", problem, [], []
         results += batch
     return results

@@ -7,7 +7,6 @@ import errno
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Union
 
-import numpy as np
 from PIL import Image
 
 import attnviz.pipeline.checks as checks
@@ -83,7 +82,7 @@ def analysed(analyser: Analyser, loaded: list[Result], batch: list[tuple[Slot, I
             yield r, None                              # decoding failed: an error record
             continue
         r.predictions, r.maps = outcomes[id(r)]
-        problem = _unusable(r)
+        problem = checks.unusable(r)
         if problem:
             r.status, r.error, r.maps, r.predictions = "error", problem, [], []
             yield r, None
@@ -136,27 +135,17 @@ def stop(e: OSError, where: Path) -> AttnvizError:
                         f"manifest.json lists the images written before it (rerun to resume)")
 
 
-def _unusable(r: Result) -> str | None:
-    """A one-line reason when this image cannot be drawn honestly: the model produced NaN or Inf, or
-    --query lies outside it (a map of the nearest border cell would answer another question)."""
-    if any(not np.isfinite(p.probability) for p in r.predictions):
-        return "the model's output is not finite (NaN/Inf): check its weights"
-    for m in r.maps:
-        if not np.isfinite(m.data).all() or (m.weights is not None and not np.isfinite(m.weights).all()):
-            return f"map {m.name} is not finite (NaN/Inf): check the model's weights"
-    for m in r.maps:
-        if m.meta.get("query_clamped") and r.size:
-            x, y = m.meta.get("query_asked", (None, None))
-            where = f" {x:g},{y:g}" if x is not None else ""
-            return f"--query{where} lies outside this {r.size[0]}×{r.size[1]} image"
-    return None
-
-
 def remove_files(out: Path, output: str, names: Iterable[str]) -> None:
-    """Delete an earlier record's files; never outside OUT, whatever a (hand-edited) manifest says."""
+    """Delete an earlier record's files, then its folders left empty (a rerun would otherwise take
+    them for someone else's); never outside OUT, whatever a (hand-edited) manifest says."""
     inside = out.resolve()
     for name in names:
         path = out / output / name
         with contextlib.suppress(OSError, ValueError):
             if path.resolve().is_relative_to(inside):
                 path.unlink()
+    folder = out / output
+    with contextlib.suppress(OSError, ValueError):
+        while folder.resolve() != inside and folder.resolve().is_relative_to(inside) and not folder.is_symlink():
+            folder.rmdir()                       # only when empty (OSError otherwise: it stays)
+            folder = folder.parent

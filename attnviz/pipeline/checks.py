@@ -11,9 +11,9 @@ from PIL import Image
 from attnviz.maps import normalise, upsample
 from attnviz.metrics import spearman
 from attnviz.pipeline.analyser import Analyser
-from attnviz.results import AttentionMap
+from attnviz.results import AttentionMap, Result
 
-__all__ = ["faithfulness", "randomised", "sanity"]
+__all__ = ["faithfulness", "randomised", "sanity", "unusable"]
 
 
 @torch.no_grad()
@@ -75,3 +75,19 @@ def sanity(analyser: Analyser, images: Sequence[Image.Image], prompts: list[list
                 key = "cross" if m.kind == "cross" else m.name
                 rhos.setdefault(key, []).append(spearman(m.data, by_b[m.name].data))
     return {k: round(float(np.mean(v)), 4) for k, v in rhos.items()}
+
+
+def unusable(r: Result) -> str | None:
+    """A one-line reason when this image cannot be drawn honestly: the model produced NaN or Inf, or
+    --query lies outside it (a map of the nearest border cell would answer another question)."""
+    if any(not np.isfinite(p.probability) for p in r.predictions):
+        return "the model's output is not finite (NaN/Inf): check its weights"
+    for m in r.maps:
+        if not np.isfinite(m.data).all() or (m.weights is not None and not np.isfinite(m.weights).all()):
+            return f"map {m.name} is not finite (NaN/Inf): check the model's weights"
+    for m in r.maps:
+        if m.meta.get("query_clamped") and r.size:
+            x, y = m.meta.get("query_asked", (None, None))
+            where = f" {x:g},{y:g}" if x is not None else ""
+            return f"--query{where} lies outside this {r.size[0]}×{r.size[1]} image"
+    return None

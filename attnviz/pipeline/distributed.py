@@ -20,6 +20,7 @@ import torch
 
 from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource
+from attnviz.report.integrity import file_sizes
 from attnviz.report.outputs import Style, image_entry
 
 __all__ = ["RayOptions", "ray_records"]
@@ -94,9 +95,10 @@ class _Worker:
             for loaded, slots in aligned_batches(sources, kept, len(sources), self.pixel_budget):
                 for r, files in process_batch(self.analyser, loaded, slots, out, style, prompts, boxes,
                                               faithful, old):
-                    entry = image_entry(r)
+                    entry = image_entry(r, style.ext)         # --format: the maps' real file names
                     if files is not None:
                         entry["files"] = files
+                        entry["file_bytes"] = file_sizes(out / r.output, files)
                     records.append(json.dumps(entry))
         return {"record": np.array(records, dtype=object)}
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from attnviz.errors import AttnvizError
-from attnviz.images import ImageSource
+from attnviz.images import ImageSource, identity
+from attnviz.report.integrity import MANIFEST_LIMIT, damage, entry_files, foreign
 from attnviz.report.lock import LOCK_NAME, locked
+from attnviz.text import read_small
 
 __all__ = ["LOCK_NAME", "OWN_FILES", "locked", "read_manifest", "Plan", "plan_run", "entry_files",
            "remove_stale_temporaries", "outputs_filter"]
@@ -21,8 +23,9 @@ OWN_FILES = {"manifest.json", "evaluation.json", LOCK_NAME,   # top-level files 
              "index.html", "summary.csv", "agreement.csv", "agreement.png"}
 
 
-# what write_atomic's mkstemp and the lock leave when killed: `.original.png.k3j_x9q1.tmp`, `.attnviz.lock.123.tmp`
-_TEMPORARY = re.compile(r"\.(.+\.(png|npz|json)\.[a-z0-9_]{8}|attnviz\.lock\.\d+)\.tmp")
+# what write_atomic's mkstemp and the lock leave when killed: `.original.png.k3j_x9q1.tmp`, `.attnviz.lock.123.tmp`,
+# `.attnviz.lock.123.stale.tmp` (a takeover without flock)
+_TEMPORARY = re.compile(r"\.(.+\.(png|jpg|webp|npz|json|csv|html)\.[a-z0-9_]{8}|attnviz\.lock\.\d+(\.stale)?)\.tmp")
 
 
 def remove_stale_temporaries(out: Path) -> int:
@@ -45,7 +48,7 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_small(path, "manifest", MANIFEST_LIMIT).decode("utf-8"))
     except (OSError, ValueError) as e:
         raise AttnvizError(f"{path} is not an attnviz manifest ({' '.join(str(e).split())[:120]}); "
                            f"choose another -o, or --force to replace it") from None
@@ -55,15 +58,17 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     return data
 
 
-def entry_files(entry: dict[str, Any]) -> list[str]:
-    """The files an image's outputs consist of (relative to its folder); older manifests list maps only."""
-    if isinstance(entry.get("files"), list):
-        return [str(f) for f in entry["files"]]
-    return ["original.png", "grid.png", "maps.npz", *[m["file"] for m in entry.get("maps", [])]]
-
-
-def _complete(out: Path, entry: dict[str, Any]) -> bool:
-    return entry.get("status") == "ok" and all((out / entry["output"] / f).is_file() for f in entry_files(entry))
+def _reusable(out: Path, source: ImageSource, entry: dict[str, Any]) -> str | None:
+    """Why an earlier ok record of `source` cannot be kept (its files damaged, its input changed);
+    None when it can."""
+    if entry.get("status") != "ok":
+        return "error"
+    why = damage(out, entry)
+    if why:
+        return f"its files were damaged ({why})"
+    if identity(source.path) != entry.get("input"):
+        return "its input changed since"
+    return None
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Plan:
     kept: dict[str, dict[str, Any]] = field(default_factory=dict)   # output -> earlier entry reused
     old: dict[str, dict[str, Any]] = field(default_factory=dict)    # output -> every earlier entry
     previous: dict[str, Any] | None = None                    # the earlier manifest
+    redone: list[str] = field(default_factory=list)           # notes: earlier ok images computed again, and why
 
 
 def _differences(a: Any, b: Any, where: str = "") -> list[str]:
@@ -82,7 +88,9 @@ def _differences(a: Any, b: Any, where: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in sorted(set(a) | set(b), key=str)
                 for d in _differences(a.get(k), b.get(k), f"{where}{k}.")]
-    return [] if a == b else [f"{where.rstrip('.').split('.', 1)[-1]}: {a!r} → {b!r}"]
+    return [] if a == b else [f"{where.rstrip('.').split('.', 1)[-1]}: {a!r} → {b!r}"
+                              + (" (OMP_NUM_THREADS / torch.set_num_threads)" if where == "environment.torch threads."
+                                 else "")]
 
 
 def plan_run(out: Path, sources: list[ImageSource], fingerprint: dict[str, Any], force: bool,
@@ -97,8 +105,8 @@ def plan_run(out: Path, sources: list[ImageSource], fingerprint: dict[str, Any],
     except AttnvizError:
         if not force:
             raise
-    old = {e["output"]: e for e in (previous or {}).get("images", [])
-           if isinstance(e, dict) and isinstance(e.get("output"), str)}
+    # a hand-edited record pointing outside OUT is never kept, linked nor read
+    old = {e["output"]: e for e in (previous or {}).get("images", []) if foreign(out, e) is None}
     if not force:
         _refuse_foreign(out, sources, old, set(own))
     order = list(dict.fromkeys(s.output for s in sources))
@@ -109,12 +117,22 @@ def plan_run(out: Path, sources: list[ImageSource], fingerprint: dict[str, Any],
         diff = _differences(previous.get("fingerprint") or {}, fingerprint)
         raise AttnvizError(f"{out} holds a run with other settings ({'; '.join(diff[:4]) or 'an older version'}); "
                            f"rerun with --force to recompute into it, or choose another -o")
-    kept = {} if force else {s.output: old[s.output] for s in sources
-                             if s.output in old and _complete(out, old[s.output])}
+    kept, redone = {}, []
+    for s in sources if same and not force else ():
+        why = _reusable(out, s, old[s.output]) if s.output in old else "new"
+        if why is None:
+            kept[s.output] = old[s.output]
+        elif why not in ("new", "error"):
+            redone.append(f"{s.source}: {why}")
     if same:     # a subset rerun keeps the records of the images it was not given
         order += [o for o in old if o not in set(order)]
-        kept.update({o: e for o, e in old.items() if o not in {s.output for s in sources}})
-    return Plan([s for s in sources if s.output not in kept], order, kept, old, previous)
+        given = {s.output for s in sources}
+        for o, e in old.items():
+            if o not in given:
+                why = damage(out, e) if e.get("status") == "ok" else None
+                kept[o] = e if why is None else {**e, "status": "error", "maps": [], "predictions": [],
+                                                 "error": f"files damaged ({why}): rerun with this image to redo it"}
+    return Plan([s for s in sources if s.output not in kept], order, kept, old, previous, redone)
 
 
 def _looks_ours(folder: Path) -> bool:
@@ -139,8 +157,8 @@ def _refuse_foreign(out: Path, sources: list[ImageSource], old: dict[str, Any], 
     for p in sorted(out.iterdir()):
         if p.name.startswith(".") or p.name in OWN_FILES | own | recorded | inputs:
             continue
-        if p.name in planned and p.is_dir() and _looks_ours(p):
-            continue
+        if p.is_dir() and (p.name in planned and _looks_ours(p) or not any(q.is_file() for q in p.rglob("*"))):
+            continue                                     # an interrupted run's, or empty folders only
         raise AttnvizError(f"{out} holds files attnviz did not write (e.g. {p.name}); choose an empty "
                            f"or new -o, or --force to write there anyway")
 

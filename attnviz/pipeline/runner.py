@@ -24,9 +24,10 @@ from attnviz.pipeline.api import check_batch_size
 from attnviz.pipeline.batch import (FATAL, aligned_batches, analysed, remove_files, stop, write_one,
                                     written_or_error)
 from attnviz.pipeline.distributed import RayOptions, ray_records
-from attnviz.pipeline.outdir import (entry_files, locked, outputs_filter, plan_run, read_manifest,
+from attnviz.pipeline.outdir import (OWN_FILES, entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
 from attnviz.report.folder import write_reports
+from attnviz.report.integrity import foreign
 from attnviz.report.manifest import Manifest
 from attnviz.report.outputs import Style
 from attnviz.report.writer import Writer
@@ -101,12 +102,12 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     with locked(out, command):
         remove_stale_temporaries(out)
         try:
-            earlier = [e["output"] for e in (read_manifest(out) or {}).get("images", []) if isinstance(e, dict)]
+            earlier = [e["output"] for e in (read_manifest(out) or {}).get("images", []) if foreign(out, e) is None]
         except AttnvizError:
             if not force:
                 raise
             earlier = []
-        sources = discover(paths, outputs_filter(out, paths, earlier))
+        sources = discover(paths, outputs_filter(out, paths, earlier), reserved=OWN_FILES | set(own))
         analyser = Analyser(backbone, kinds, progress=on_status, **options)
         if not analyser.backbone.pretrained:        # every grid says so, not only the terminal
             style = dataclasses.replace(style, banner=RANDOM_NOTE)
@@ -136,11 +137,20 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
             remove_files(out, output, entry_files(entry))
     # resumed: the images given to this run an earlier run completed (a subset rerun's others are not counted)
     report = RunReport(out, notes=list(analyser.notes), resumed=sum(1 for s in sources if s.output in plan.kept))
+    if plan.redone:        # resume verified what it keeps: say what it did not keep
+        more = f" (and {len(plan.redone) - 1} more)" if len(plan.redone) > 1 else ""
+        report.notes.append(f"computed again: {plan.redone[0]}{more}")
     t0, finished = time.perf_counter(), False
     if on_start:
         on_start(len(plan.todo) + report.resumed)
         if report.resumed and on_batch:
             on_batch(report.resumed)
+    earlier = ((plan.previous or {}).get("settings") or {}).get("batch_size")
+    if plan.kept and isinstance(earlier, int) and earlier != manifest.head["settings"]["batch_size"]:
+        # the same batches give the same bits: a resume lays them out as the earlier run did
+        report.notes.append(f"resumed with the earlier run's --batch-size {earlier} (the same batches "
+                            f"give the same numbers)")
+        manifest.head["settings"]["batch_size"] = earlier
     try:
         batch_size = manifest.head["settings"]["batch_size"]
         if remote is not None:

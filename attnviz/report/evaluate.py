@@ -13,11 +13,14 @@ from attnviz.errors import AttnvizError, one_line
 from attnviz.geometry import Geometry
 from attnviz.metrics import Box, energy_in_boxes, peak, pointing_hit
 from attnviz.report.atomic import save_json
+from attnviz.report.integrity import MANIFEST_LIMIT, checked
 from attnviz.report.tables import write_summary_csv
 from attnviz.report.lock import locked
-from attnviz.text import words
+from attnviz.text import read_small, words
 
-__all__ = ["load_boxes", "evaluate_run", "Evaluation"]
+__all__ = ["load_boxes", "evaluate_run", "Evaluation", "BOXES_LIMIT"]
+
+BOXES_LIMIT = 1 << 30          # --boxes: 1 GiB (COCO's largest annotation file is under 0.5 GiB)
 
 
 def _number(value: Any, where: str) -> float:
@@ -72,7 +75,7 @@ def _coco(data: Mapping[str, Any]) -> dict[str, list[Box]]:
 def load_boxes(path: str | Path) -> dict[str, list[Box]]:
     """Boxes per image: {"sub/cat.jpg": [[x0, y0, x1, y1] | {"box": […], "label": "…"}, …]} or COCO."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(read_small(path, "--boxes", BOXES_LIMIT).decode("utf-8"))
     except (OSError, ValueError) as e:
         raise AttnvizError(f"--boxes {path}: cannot read it as JSON ({one_line(e, 160)})") from None
     if isinstance(data, Mapping) and "annotations" in data and "images" in data:
@@ -106,11 +109,12 @@ class Evaluation:
     energy_in_box: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)      # images with no boxes
+    skipped: list[str] = field(default_factory=list)      # "source: why" of images whose files are damaged
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"pointing_game": self.pointing_game, "energy_in_box": self.energy_in_box,
-                "counts": self.counts, "images_without_boxes": self.missing}
+                "counts": self.counts, "images_without_boxes": self.missing, "images_skipped": self.skipped}
 
 
 def evaluate_run(out: str | Path, boxes: Mapping[str, list[Box]], tolerance: float = 0.0,
@@ -126,7 +130,7 @@ def evaluate_run(out: str | Path, boxes: Mapping[str, list[Box]], tolerance: flo
 def _read(out: Path) -> dict[str, Any]:
     """OUT's manifest, checked enough to evaluate (one line when it is not an attnviz manifest)."""
     try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(read_small(out / "manifest.json", "run folder", MANIFEST_LIMIT).decode("utf-8"))
     except (OSError, ValueError) as e:
         raise AttnvizError(f"{out}: no readable manifest.json ({one_line(e, 160)}); run `attnviz run` first") from None
     ok = isinstance(manifest, dict) and isinstance(manifest.get("images"), list) and all(
@@ -143,7 +147,8 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
     hits: dict[str, list[bool]] = {}
     energy: dict[str, list[float]] = {}
     ev = Evaluation()
-    for image in manifest["images"]:
+    images, ev.skipped = checked(out, manifest["images"], ["maps.npz"])     # damaged or foreign: a note each, never read
+    for image in images:
         if image.get("status") != "ok":
             continue
         gt = boxes.get(image["source"], by_name.get(Path(image["source"]).name))
@@ -151,7 +156,7 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
             ev.missing.append(image["source"])
             continue
         try:
-            arrays = np.load(out / image["output"] / "maps.npz")
+            arrays = dict(np.load(out / image["output"] / "maps.npz"))
             size = (int(image["size"][0]), int(image["size"][1]))
             for m in image["maps"]:
                 targets = _targets(m, gt)
@@ -165,9 +170,9 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
                 share = energy_in_boxes(data, size, targets, g)
                 hits.setdefault(key, []).append(hit)
                 energy.setdefault(key, []).append(share)
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise AttnvizError(f"{out / image['output']}: its maps.npz or manifest record is unusable "
-                               f"({one_line(e, 120)}); rerun `attnviz run`") from None
+        except Exception as e:  # noqa: BLE001  (BadZipFile, EOFError, a hand-edited record …: this image only)
+            ev.skipped.append(f"{image['source']}: its maps.npz or manifest record is unusable ({one_line(e, 120)}); "
+                              f"rerun `attnviz run` to redo it")
     ev.pointing_game = {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
     ev.energy_in_box = {k: round(float(np.mean(v)), 4) for k, v in energy.items()}
     ev.counts = {k: len(v) for k, v in hits.items()}
@@ -175,6 +180,6 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
         save_json(out / "evaluation.json", ev.as_dict())
         manifest.update({"pointing_game": ev.pointing_game, "energy_in_box": ev.energy_in_box})
         save_json(out / "manifest.json", manifest)
-        write_summary_csv(out, manifest)          # its pointing_game/energy_in_box columns
+        write_summary_csv(out, {**manifest, "images": images})   # its pointing_game/energy_in_box columns
     return ev
 

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from attnviz.report.atomic import write_atomic
+from attnviz.report.integrity import original_of
 from attnviz.report.tables import columns_of
 
 __all__ = ["write_gallery", "gallery_html", "RANDOM_BAND"]
@@ -104,7 +105,7 @@ def _row(image: dict[str, Any], keys: list[str]) -> str:
     status = image.get("status", "ok")
     cells = [f'<td class="label">{_label(image)}</td>']
     if status == "ok":
-        original = _src(image["output"], "original.png")
+        original = _src(image["output"], original_of(image))         # .jpg/.webp with --format
         cells.append(f'<td data-col="0"><img src="{original}" alt="{_e(image["source"])}"></td>')
     else:
         cells.append('<td data-col="0"></td>')

@@ -1,6 +1,7 @@
 """OUT/manifest.json: one machine-readable record of a whole run (schema documented in the README)."""
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
 import time
@@ -8,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import PIL
 import torch
 import torchvision
 
@@ -15,12 +18,22 @@ from attnviz import __version__
 from attnviz.metrics import SANITY_LIMIT
 from attnviz.backbones.weights import RANDOM_NOTE
 from attnviz.report.atomic import save_json
+from attnviz.report.integrity import file_sizes
 from attnviz.report.outputs import Style, image_entry
 from attnviz.results import Result
 
-__all__ = ["Manifest", "SCHEMA_VERSION"]
+__all__ = ["Manifest", "SCHEMA_VERSION", "environment"]
 
 SCHEMA_VERSION = 1
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """The environment a run's numbers depend on: torch's CPU threads, the device, library versions."""
+    device = torch.device(device)
+    return {"torch threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+            "pillow": PIL.__version__}
 
 
 class Manifest:
@@ -65,6 +78,9 @@ class Manifest:
                          **analyser.config.settings(), **(checks or {})},
         }
         self.fingerprint["settings"].pop("device", None)
+        # what else changes the numbers (in the last bits: kernels sum in another order): a resume
+        # under another environment would mix two kinds of maps, so it is refused like other settings
+        self.fingerprint["environment"] = environment(bb.device)
         self.head["fingerprint"] = self.fingerprint
 
     @property
@@ -78,6 +94,8 @@ class Manifest:
         entry = image_entry(r, self.ext)
         if files is not None:
             entry["files"] = files
+            with contextlib.suppress(OSError):     # sizes checked on resume (missing: checked by format only)
+                entry["file_bytes"] = file_sizes(self.path.parent / r.output, files)
         self.entries[r.output] = entry
 
     def keep(self, entry: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from attnviz.render import GridCell, GridRow, blender, channel_bars, channel_dep
 from attnviz.render.draw import ring
 from attnviz.report.atomic import FORMATS, save_image, save_npz, save_png
 from attnviz.results import AttentionMap, Result
+from attnviz.text import shown
 
 __all__ = ["MAX_SIZE", "Style", "write_outputs", "written", "image_entry", "map_entry"]
 
@@ -68,6 +69,7 @@ def map_entry(m: AttentionMap, size: tuple[int, int], ext: str = "png") -> dict[
 def image_entry(r: Result, ext: str = "png") -> dict[str, Any]:
     """The manifest record of one image (ok or error)."""
     return {"source": r.source, **({"source_bytes": r.source_bytes} if r.source_bytes else {}),
+            **({"input": r.input} if r.input else {}),
             "output": r.output, "status": r.status, "error": r.error,
             "size": list(r.size) if r.size else None,
             "predictions": [{"index": p.index, "label": p.label, "probability": p.probability}
@@ -88,11 +90,11 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     cells = [GridCell("original", None)]
     for m in r.maps:
         point = query_point(m.kind, m.name, m.meta, image.size)
-        shown = paint(m.data, m.geometry)
+        painted = paint(m.data, m.geometry)
         if point is not None:                       # the query this map is the row of
-            ring(ImageDraw.Draw(shown), point[0] * shown.width, point[1] * shown.height,
-                 max(4, min(shown.size) // 40))
-        save_image(folder / f"{m.name}.{style.ext}", shown, style.format)
+            ring(ImageDraw.Draw(painted), point[0] * painted.width, point[1] * painted.height,
+                 max(4, min(painted.size) // 40))
+        save_image(folder / f"{m.name}.{style.ext}", painted, style.format)
         arrays[m.name] = m.data.astype(np.float32)
         flat = " · flat" if is_flat(m.data) else ""
         cells.append(GridCell(f"{_title(m)}\n{m.provenance}{flat}", m.data, m.geometry, point))
@@ -102,7 +104,7 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
             save_png(folder / f"{m.name}_weights.png", channel_bars(m.weights, style.top_k, title))
         arrays.update({f"{m.name}_{k}": v.astype(np.float32) for k, v in m.extras.items()})
         _write_extras(folder, m, image, style)
-    for name, rows in zip(grid_names(len(cells)), _grid_pages(image, cells, r.source, boxes)):
+    for name, rows in zip(grid_names(len(cells)), _grid_pages(image, cells, shown(r.source), boxes)):
         save_png(folder / name, grid(rows, style.colormap, style.alpha, banner=style.banner))
     save_npz(folder / "maps.npz", arrays)
     return written(r, style.ext)
@@ -149,8 +151,8 @@ def _title(m: AttentionMap) -> str:
 def _prompt_title(m: AttentionMap) -> str:
     variant = f" · {m.meta['variant']}" if len(m.meta.get("variants", ())) > 1 else ""   # CLIP side by side
     if "word" in m.meta:
-        return f"{m.meta['prompt']} · word: {m.meta['word']}{variant}"
-    return m.meta.get("prompt", m.name) + variant + (" · contrast" if m.meta.get("contrast") else "")
+        return f"{shown(m.meta['prompt'])} · word: {shown(m.meta['word'])}{variant}"
+    return shown(m.meta.get("prompt", m.name)) + variant + (" · contrast" if m.meta.get("contrast") else "")
 
 
 def _write_extras(folder: Path, m: AttentionMap, image: Image.Image, style: Style) -> None:

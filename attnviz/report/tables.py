@@ -10,8 +10,9 @@ import numpy as np
 
 from attnviz.maps import normalise
 from attnviz.report.atomic import write_atomic
+from attnviz.text import shown
 
-__all__ = ["COLUMNS", "column", "columns_of", "entropy", "load_maps", "summary_rows", "write_summary_csv", "write_csv"]
+__all__ = ["COLUMNS", "cell", "column", "columns_of", "entropy", "load_maps", "summary_rows", "write_summary_csv", "write_csv"]
 
 COLUMNS = ["source", "output", "status", "error", "kind", "name", "provenance", "layer", "prompt",
            "min", "max", "mean", "entropy", "peak_x", "peak_y", "top1_label", "top1_probability",
@@ -38,7 +39,7 @@ def load_maps(out: Path, entry: dict[str, Any]) -> dict[str, np.ndarray]:
         with np.load(out / entry["output"] / "maps.npz") as z:
             return {m["npz_key"]: np.asarray(z[m["npz_key"]], np.float32)
                     for m in entry.get("maps", []) if m.get("npz_key") in z.files}
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # noqa: BLE001  (a damaged file: BadZipFile, EOFError, zlib.error … ; checked() says why)
         return {}
 
 
@@ -49,9 +50,9 @@ def column(m: dict[str, Any]) -> tuple[str, str]:
         return m["name"], m["name"]
     if m.get("prompt_source") == "top-1 class" and "word" not in m and not m.get("contrast"):
         return "cross · top-1 class", "cross · top-1 class"
-    title = f"cross · {m.get('prompt', m['name'])}"
+    title = f"cross · {shown(m.get('prompt', m['name']))}"      # drawn on sheets: control characters escaped
     if "word" in m:
-        title += f" · word: {m['word']}"
+        title += f" · word: {shown(m['word'])}"
     return m["name"], title + (" · contrast" if m.get("contrast") else "")
 
 
@@ -67,8 +68,17 @@ def columns_of(images: list[dict[str, Any]]) -> dict[str, tuple[str, dict[str, A
     return found
 
 
-def _number(v: Any) -> Any:
-    return "" if v is None else v
+_FORMULA = ("=", "+", "-", "@", "\t", "\r", "\n")   # what makes a spreadsheet read a cell as a formula
+
+
+def cell(v: Any) -> Any:
+    """One CSV cell: None empty, numbers as they are, and text a spreadsheet would run as a formula
+    (a leading = + - @ tab or line break: OWASP's CSV-injection rule) with a leading `'`."""
+    if v is None:
+        return ""
+    if isinstance(v, str) and v.startswith(_FORMULA):
+        return "'" + v
+    return v
 
 
 def summary_rows(out: Path, manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -102,10 +112,11 @@ def summary_rows(out: Path, manifest: dict[str, Any]) -> Iterator[dict[str, Any]
 def write_csv(path: Path, columns: list[str], rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> Path:
     """Write rows (dicts; missing keys and None are empty cells) as UTF-8 CSV, atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    # CRLF rows (RFC 4180): a name holding a lone CR or LF is then quoted, so it stays one cell
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _number(row.get(k)) for k in columns})
+        writer.writerow({k: cell(row.get(k)) for k in columns})
     data = buf.getvalue().encode("utf-8", "backslashreplace")   # undecodable names stay visible
     write_atomic(path, lambda f: f.write(data))
     return path
