@@ -22,6 +22,7 @@ from attnviz.pipeline.batch import aligned_batches
 from attnviz.pipeline.outdir import read_manifest
 from attnviz.pipeline.runner import PIXEL_BUDGET
 from attnviz.probes.base import LayerTap
+from attnviz.render.band import unbanded
 from attnviz.render.overlay import fit
 from attnviz.render.sheet import SCALES, SheetCell, SheetRow, render_pages
 from attnviz.report.atomic import save_png, write_atomic
@@ -191,7 +192,7 @@ def _from_run(out: Path, kinds: list[str] | None, cell: int, report: CompareRepo
         arrays = load_maps(out, entry)
         try:
             with Image.open(out / entry["output"] / "original.png") as im:
-                image = fit(im, cell)
+                image = fit(unbanded(im.convert("RGB")), cell)      # a random run's band is not the image
         except OSError as e:
             report.failed.append((entry["source"], f"original.png unreadable ({e.strerror or e})"))
             continue

@@ -10,16 +10,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from attnviz.render.band import BAND_COLOUR, RANDOM_BAND
 from attnviz.report.atomic import write_atomic
 from attnviz.report.tables import columns_of
 
-__all__ = ["write_gallery", "gallery_html", "RANDOM_BAND"]
+__all__ = ["write_gallery", "gallery_html", "RANDOM_BAND", "BAND_CSS", "random_band_html"]
 
-RANDOM_BAND = "random weights — maps mean nothing"
+BAND_CSS = ".random{background:#%02x%02x%02x;color:#fff;font-weight:bold;font-size:18px;padding:10px 14px;margin-bottom:12px}" % BAND_COLOUR
+
+
+def random_band_html() -> str:
+    """The HTML twin of the pictures' random-weights band (style: BAND_CSS)."""
+    return f'<div class="random" id="random">⚠ {html.escape(RANDOM_BAND)}</div>'
+
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fff}
-.random{background:#b00020;color:#fff;font-weight:bold;font-size:18px;padding:10px 14px;margin-bottom:12px}
+""" + BAND_CSS + """
 .meta{color:#555}.notes li{color:#7a4b00}
 .filters{display:flex;flex-wrap:wrap;gap:14px;margin:12px 0;position:sticky;top:0;background:#fff;padding:6px 0}
 .filters button{border:1px solid #999;background:#f4f4f4;border-radius:4px;padding:3px 9px;cursor:pointer}
@@ -142,7 +149,7 @@ def gallery_html(manifest: dict[str, Any]) -> str:
              f"<title>attnviz · {_e(bb.get('name', ''))} · {len(images)} images</title>",
              f"<style>{_STYLE}</style></head><body>"]
     if bb and not bb.get("pretrained", True):
-        parts.append(f'<div class="random" id="random">⚠ {_e(RANDOM_BAND)}</div>')
+        parts.append(random_band_html())
     parts.append(f"<h1>attnviz · {_e(bb.get('name', ''))}</h1>")
     parts.append(f'<p class="meta">weights {_e(bb.get("weights"))} · layer {_e(bb.get("layer"))} · '
                  f"{ok} ok, {len(errors)} errors · <code>{_e(manifest.get('command', ''))}</code></p>")
