@@ -14,7 +14,8 @@ from attnviz.errors import AttnvizError
 from attnviz.probes.behaviour import AttentionCapture
 from attnviz.text import slug, unique
 from attnviz.zoo.model import DemoNet, load_demo_model, tokenize
-from attnviz.zoo.world import caption, unlike_world
+from attnviz.zoo.palette import unlike_world
+from attnviz.zoo.world import caption
 from attnviz.results import AttentionMap, Options
 
 __all__ = ["DemoBackbone", "load_demo_backbone"]
@@ -66,7 +67,7 @@ class DemoBackbone(Backbone):
                         "demo_cross": cross}
 
     def _check_world(self, x: torch.Tensor) -> None:
-        """Warn once when an image is unlike the generated scenes (the test: attnviz/zoo/world.py)."""
+        """Warn once when an image is unlike the generated scenes (the test: attnviz/zoo/palette.py)."""
         if self.warned_world:
             return
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)

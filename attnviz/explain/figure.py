@@ -88,12 +88,12 @@ def _tiles(ax, p: Panel) -> None:
     for i in range(k):
         r, c = divmod(i, cols)
         v = p.vmax[i] if p.vmax and i < len(p.vmax) else (float(np.nanmax(np.abs(p.data[i]))) or 1.0)
-        inner = ax.inset_axes([c / cols + 0.04, 1 - (r + 1) / rows + 0.02, 1 / cols - 0.08, 1 / rows - 0.2])
+        inner = ax.inset_axes([c / cols + 0.03, 1 - (r + 1) / rows + 0.01, 1 / cols - 0.06, 1 / rows - 0.15])
         inner.imshow(p.data[i], cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest")
         inner.set_xticks([])
         inner.set_yticks([])
         label = p.labels[i] if i < len(p.labels) else ""
-        inner.set_title(f"{label}\n±{v:.3g}", fontsize=6.5, pad=2, linespacing=1.1)
+        inner.set_title(f"{label}\n±{v:.3g}", fontsize=6, pad=1.5, linespacing=1.05)
     if p.note:
         ax.text(0.5, -0.04, p.note, transform=ax.transAxes, fontsize=6, ha="center", va="top", color="0.35")
 
@@ -110,7 +110,7 @@ def _overlay_bar(fig: Figure, ax, cmap: str) -> None:
     bar.ax.tick_params(labelsize=7)
 
 
-def _footer(text: str, chars: int = 34) -> str:
+def _footer(text: str, chars: int = 40) -> str:
     """The provenance line wrapped to the panel's width: at " · " first, then after dots or spaces
     inside a long module name (at most three lines, the last cut with …)."""
     lines: list[str] = []
@@ -163,7 +163,7 @@ def strip_figure(strip: Strip, image: Image.Image, subtitle: str = "", size: int
     nrows = len(strip.rows)
     height = PANEL_IN[1] * nrows + 0.6
     fig = Figure(figsize=(PANEL_IN[0] * ncols, height), dpi=DPI)
-    grid = fig.add_gridspec(nrows, ncols, left=0.03, right=0.97, top=1 - 0.6 / height,
+    grid = fig.add_gridspec(nrows, ncols, left=0.03, right=0.97, top=1 - 0.85 / height,
                             bottom=0.5 / height, wspace=0.3, hspace=0.6)
     for i, row in enumerate(strip.rows):
         labelled = False
@@ -176,7 +176,7 @@ def strip_figure(strip: Strip, image: Image.Image, subtitle: str = "", size: int
                     labelled = True
     if strip.side is not None:
         _panel(fig, fig.add_subplot(grid[:, ncols - 1]), strip.side, image, size)
-    fig.suptitle(f"{strip.title}{subtitle}", fontsize=11, x=0.01, ha="left")
+    fig.suptitle(f"{strip.title}{subtitle}", fontsize=11, x=0.01, y=1 - 0.08 / height, ha="left", va="top")
     if band:
         fig.text(0.5, 1.0, f"⚠ {band} ⚠", ha="center", va="bottom", fontsize=12, weight="bold", color="white",
                  bbox=dict(boxstyle="square,pad=0.5", facecolor="#%02x%02x%02x" % BAND_COLOUR, edgecolor="none"))

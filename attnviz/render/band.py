@@ -15,7 +15,7 @@ __all__ = ["RANDOM_BAND", "BAND_COLOUR", "band_height", "draw_band", "banded", "
 
 RANDOM_BAND = "random weights — maps mean nothing"
 BAND_COLOUR = (176, 0, 32)
-_SHORTER = ("random weights", "random")          # what a narrow picture shows instead
+_SHORTER = ("random weights", "random")          # what a narrow picture shows instead (after RANDOM_BAND)
 
 
 def _font_size(picture_width: int) -> int:
@@ -34,7 +34,8 @@ def draw_band(image: Image.Image, top: int, height: int, note: str = RANDOM_BAND
     draw.rectangle((0, top, image.width - 1, top + height - 1), fill=BAND_COLOUR)
     f = font(size or _font_size(image.width), bold=True)
     room = image.width - 8
-    shown = next((s for s in (f"⚠ {note} ⚠", note, *_SHORTER) if width(s, f) <= room), "")
+    tries = (f"⚠ {note} ⚠", note, f"⚠ {RANDOM_BAND} ⚠", RANDOM_BAND, *_SHORTER)
+    shown = next((s for s in tries if width(s, f) <= room), "")
     shown = shown or clip("random", f, room)
     if shown:
         draw.text((image.width / 2, top + height / 2), shown, font=f, fill=(255, 255, 255), anchor="mm")
