@@ -40,7 +40,8 @@ def _scale(data: np.ndarray, cmap: str) -> tuple[float | None, float | None]:
 def _map(fig: Figure, ax, p: Panel) -> None:
     lo, hi = _scale(p.data, p.cmap)
     im = ax.imshow(p.data, cmap=p.cmap, vmin=lo, vmax=hi, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=7)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, format="%.3g")   # no "1e-6" over the title
+    bar.ax.tick_params(labelsize=7)
 
 
 def _photo(ax, image: Image.Image, p: Panel, size: int) -> Image.Image:

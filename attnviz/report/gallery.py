@@ -18,7 +18,8 @@ from attnviz.report.tables import columns_of
 
 __all__ = ["write_gallery", "gallery_html", "RANDOM_BAND", "BAND_CSS", "random_band_html"]
 
-BAND_CSS = ".random{background:#%02x%02x%02x;color:#fff;font-weight:bold;font-size:18px;padding:10px 14px;margin-bottom:12px}" % BAND_COLOUR
+BAND_CSS = (".random{background:#%02x%02x%02x;color:#fff;font-weight:bold;font-size:18px;padding:10px 14px;"
+            "margin-bottom:12px}" % BAND_COLOUR)
 
 
 def random_band_html() -> str:
