@@ -80,7 +80,7 @@ def test_click_enlarges(page):
     assert not tab.is_visible("#lightbox") and errors == []
 
 
-def test_a_wide_run_fits_a_1000_px_window_with_its_colour_bar(tmp_path):
+def test_a_wide_run_fits_a_1000_px_window_with_its_colour_bar(page, tmp_path):
     """14 map columns and long names: no horizontal scrolling at 1,000 px, names broken only at / _ - ."""
     from attnviz.report.gallery import gallery_html
     kinds = ["channel", "spatial", "mixed-serial", "mixed-parallel", "self", "self-rollout", "self-received"]
@@ -90,21 +90,21 @@ def test_a_wide_run_fits_a_1000_px_window_with_its_colour_bar(tmp_path):
               "npz_key": f"c{i}", "prompt": f"the very long prompt number {i}"} for i in range(7)]
     images = [{"source": f"a_rather_long_folder_name/some_image_file_name_{i}.jpg", "output": f"o{i}", "status": "ok",
                "maps": maps} for i in range(2)]
-    page = tmp_path / "index.html"
-    page.write_text(gallery_html({"backbone": {"name": "demo", "pretrained": True}, "images": images,
-                                  "settings": {"colormap": "viridis"}}), encoding="utf-8")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        tab = browser.new_page(viewport={"width": 1000, "height": 700})
-        tab.goto(page.as_uri())
+    html_file = tmp_path / "index.html"
+    html_file.write_text(gallery_html({"backbone": {"name": "demo", "pretrained": True}, "images": images,
+                                       "settings": {"colormap": "viridis"}}), encoding="utf-8")
+    tab = page[0].context.browser.new_page(viewport={"width": 1000, "height": 700})   # the module's browser
+    try:
+        tab.goto(html_file.as_uri())
         assert tab.evaluate("document.documentElement.scrollWidth") <= 1000
         assert tab.is_visible("#legend .ramp") and "viridis" in tab.inner_text("#legend")
-        over = tab.evaluate("""[...document.querySelectorAll('th')].filter(
-            c => c.scrollWidth > c.clientWidth + 1).length""")           # no header word wider than its cell
+        over = tab.evaluate("""[...document.querySelectorAll('th, td')].filter(
+            c => c.scrollWidth > c.clientWidth + 1).length""")           # nothing spills out of its cell
         # a file name breaks only at its <wbr>s (after / _ - .): each piece between them is on one line
         pieces = tab.evaluate("""[...document.querySelectorAll('td.label b')].flatMap(b =>
             [...b.childNodes].filter(n => n.nodeType === 3).map(n => {
                 const r = document.createRange(); r.selectNodeContents(n);
                 return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }))""")
-        browser.close()
+    finally:
+        tab.close()
     assert over == 0 and pieces and max(pieces) == 1 and len(pieces) > 2 * 6

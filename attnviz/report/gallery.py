@@ -37,14 +37,14 @@ body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fff}
 .filters button.on{background:#234;color:#fff;border-color:#234}
 table{border-collapse:collapse;width:100%;table-layout:fixed}
 th,td{border:1px solid #ddd;padding:3px;vertical-align:top;overflow-wrap:break-word}
-th{background:#eef1f5;font-weight:600;font-size:11px;position:sticky;top:44px;overflow-wrap:normal;padding:3px 2px}
+th{background:#eef1f5;font-weight:600;font-size:11px;position:sticky;top:44px;padding:3px 2px}
 th.label{width:13%}td.label{font-size:12px}
 td img{width:100%;max-width:220px;height:auto;display:block;cursor:zoom-in}
 figcaption{font-size:11px;color:#444}
 .legend{display:flex;align-items:center;gap:8px;font-size:12px;color:#444;margin:4px 0 10px}
 .legend .ramp{width:240px;height:12px;border:1px solid #888}
 tr.error td.label{color:#b00020}.err{color:#b00020}
-.prov{font-weight:normal;color:#666}
+.prov{font-weight:normal;color:#666;font-size:10px}
 #lightbox{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;flex-direction:column;
 align-items:center;justify-content:center;cursor:zoom-out}
 #lightbox[hidden]{display:none}#lightbox img{max-width:95vw;max-height:88vh}
