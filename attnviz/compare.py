@@ -23,6 +23,7 @@ from attnviz.pipeline.batch import aligned_batches
 from attnviz.pipeline.outdir import read_manifest
 from attnviz.pipeline.runner import PIXEL_BUDGET
 from attnviz.probes.base import LayerTap
+from attnviz.render.band import unbanded
 from attnviz.render.overlay import fit
 from attnviz.render.sheet import SCALES, SheetCell, SheetRow, render_pages
 from attnviz.report.atomic import save_png, write_atomic
@@ -201,7 +202,7 @@ def _from_run(out: Path, kinds: list[str] | None, cell: int, report: CompareRepo
         arrays = load_maps(out, entry)
         try:
             with Image.open(out / entry["output"] / original) as im:
-                image = fit(im, cell)
+                image = fit(unbanded(im.convert("RGB")), cell)      # a random run's band is not the image
         except Exception as e:  # noqa: BLE001  (damaged after the check: one line, never a crash)
             report.failed.append((entry["source"], f"{original} unreadable ({one_line(e, 80)})"))
             continue

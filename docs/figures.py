@@ -74,10 +74,8 @@ def explain_strips(seed: int = 7, index: int = 2) -> list[Path]:
     with tempfile.TemporaryDirectory() as tmp:
         write_explained(ex, tmp)
         for s in ex.strips:
-            target = DOCS / f"explain-{s.kind}.png"
-            with Image.open(Path(tmp) / f"{s.kind}.png") as im:   # 256 colours: a third of the bytes
-                im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
-            out.append(target)
+            with Image.open(Path(tmp) / f"{s.kind}.png") as im:   # 256 dithered colours: a third of the bytes
+                out.append(_palette_png(im, f"explain-{s.kind}.png"))
     return out
 
 
@@ -90,8 +88,9 @@ def _palette_png(image: Image.Image, name: str) -> Path:
     return out
 
 
-def compare_and_gallery(scenes: int = 3) -> list[Path]:
-    """`attnviz compare` on a demo run (three scenes), and the run's gallery in headless Chromium."""
+def compare_and_gallery(scenes: int = 3, sheet: bool = True) -> list[Path]:
+    """`attnviz compare` on a demo run (three scenes), and the run's gallery in headless Chromium
+    (a 1,000 px wide window: the page fits it); `sheet=False`: the gallery only."""
     import shutil
     import tempfile
     from attnviz.compare import compare
@@ -100,15 +99,17 @@ def compare_and_gallery(scenes: int = 3) -> list[Path]:
         warnings.simplefilter("ignore")
         out = Path(tmp) / "demo"
         run_demo(out, scenes, command=f"attnviz demo -o demo_out/ --scenes {scenes}")
-        sheet = compare([out], Path(tmp) / "sheet.png", kinds=["channel", "spatial", "self"], cell=160)
-        done = [_palette_png(Image.open(sheet.files[0]), "compare_sheet.png")]
+        done = []
+        if sheet:
+            pages = compare([out], Path(tmp) / "sheet.png", kinds=["channel", "spatial", "self"], cell=160)
+            done.append(_palette_png(Image.open(pages.files[0]), "compare_sheet.png"))
         try:
             from playwright.sync_api import sync_playwright
         except ImportError:
             return done                                   # the screenshot needs playwright + chromium
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 660})
+            page = browser.new_page(viewport={"width": 1000, "height": 720})
             page.goto((out / "index.html").as_uri())
             page.screenshot(path=str(Path(tmp) / "gallery.png"))
             browser.close()

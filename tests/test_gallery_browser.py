@@ -78,3 +78,33 @@ def test_click_enlarges(page):
     assert tab.eval_on_selector("#lightbox img", "i => i.naturalWidth") > 0
     tab.keyboard.press("Escape")
     assert not tab.is_visible("#lightbox") and errors == []
+
+
+def test_a_wide_run_fits_a_1000_px_window_with_its_colour_bar(page, tmp_path):
+    """14 map columns and long names: no horizontal scrolling at 1,000 px, names broken only at / _ - ."""
+    from attnviz.report.gallery import gallery_html
+    kinds = ["channel", "spatial", "mixed-serial", "mixed-parallel", "self", "self-rollout", "self-received"]
+    maps = [{"kind": k.split("-")[0] if k.startswith("self") else k, "name": k, "provenance": "native",
+             "layer": "blocks.11.attention_module.gate", "file": f"{k}.png", "npz_key": k} for k in kinds]
+    maps += [{"kind": "cross", "name": f"cross-{i}", "provenance": "native", "layer": "cross", "file": "x.png",
+              "npz_key": f"c{i}", "prompt": f"the very long prompt number {i}"} for i in range(7)]
+    images = [{"source": f"a_rather_long_folder_name/some_image_file_name_{i}.jpg", "output": f"o{i}", "status": "ok",
+               "maps": maps} for i in range(2)]
+    html_file = tmp_path / "index.html"
+    html_file.write_text(gallery_html({"backbone": {"name": "demo", "pretrained": True}, "images": images,
+                                       "settings": {"colormap": "viridis"}}), encoding="utf-8")
+    tab = page[0].context.browser.new_page(viewport={"width": 1000, "height": 700})   # the module's browser
+    try:
+        tab.goto(html_file.as_uri())
+        assert tab.evaluate("document.documentElement.scrollWidth") <= 1000
+        assert tab.is_visible("#legend .ramp") and "viridis" in tab.inner_text("#legend")
+        over = tab.evaluate("""[...document.querySelectorAll('th, td')].filter(
+            c => c.scrollWidth > c.clientWidth + 1).length""")           # nothing spills out of its cell
+        # a file name breaks only at its <wbr>s (after / _ - .): each piece between them is on one line
+        pieces = tab.evaluate("""[...document.querySelectorAll('td.label b')].flatMap(b =>
+            [...b.childNodes].filter(n => n.nodeType === 3).map(n => {
+                const r = document.createRange(); r.selectNodeContents(n);
+                return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }))""")
+    finally:
+        tab.close()
+    assert over == 0 and pieces and max(pieces) == 1 and len(pieces) > 2 * 6

@@ -10,7 +10,7 @@ from attnviz.render import (
     CHART_SIZE, GridCell, GridRow, bar_axes, channel_bars, channel_depth, colorize, fit, grid,
     grid_layout, grid_size, output_size, overlay, top_channels,
 )
-from attnviz.render.charts import _BAR, _DOT, _TOP
+from attnviz.render.charts import _BAR, _DOT, _TOP, zoom_limits
 from attnviz.render.grid import BACKGROUND, BOX_COLOUR, LETTERBOX
 
 JET_HI = tuple(int(v) for v in matplotlib.colormaps["jet"](1.0, bytes=True)[:3])   # dark red
@@ -161,22 +161,46 @@ def test_channel_bars_heights_order_and_no_global_state() -> None:
     assert img.mode == "RGB" and img.size == CHART_SIZE == (1000, 450)
     a = np.asarray(img)
     bars, dist = bar_axes(w, 20, "channel weights · layer4 · derived")
-    zero = round(bars.py(0.0))
+    top = np.sort(w)[::-1][:20]
+    assert (bars.y0, bars.y1) == zoom_limits(top)             # 0.96–0.999: a zoomed axis, so they differ
+    base = bars.y0
+    zero = round(bars.py(base))
     runs = _runs(a[zero - 2, : bars.box[2] + 1], _BAR)        # just above the axis: every bar
     assert len(runs) == 20
-    top = np.sort(w)[::-1][:20]
     heights = []
     for (x0, x1), v in zip(runs, top):
         column = a[:zero, (x0 + x1) // 2]
         heights.append(zero - min(s for s, _ in _runs(column, _BAR)))
         assert abs(x1 - x0 - 0.8 * (bars.px(1) - bars.px(0))) <= 1.5   # bar width 0.8 of a slot
-    # pixel heights proportional to the weights (independent of the axis limits)
-    np.testing.assert_allclose(np.array(heights) / heights[0], top / top[0], atol=1.5 / heights[0])
+    # pixel heights proportional to the weights above the axis' base
+    np.testing.assert_allclose(np.array(heights) / heights[0], (top - base) / (top[0] - base), atol=1.5 / heights[0])
     # right axes: the top k filled orange left of the dashed cut, the rest blue
     y = round(dist.py(0.05))
     assert np.abs(a[y, round(dist.px(5))].astype(int) - [243, 203, 177]).max() <= 2   # 0.35·_TOP + 0.65·white
     assert np.abs(a[y, round(dist.px(150))].astype(int) - [202, 218, 235]).max() <= 2  # 0.25·_BAR + 0.75·white
     assert dict(matplotlib.rcParams) == before               # no global state touched
+
+
+def test_near_equal_weights_get_a_zoomed_axis_that_says_so() -> None:
+    """Gates 0.96–0.99 drawn from 0 look equal: the axis zooms (bars differ visibly) and a red note
+    says it does not start at 0; equal weights keep the plain axis and say they are all equal."""
+    w = 0.96 + 0.03 * np.random.default_rng(2).random(256)
+    top = np.sort(w)[::-1][:20]
+    lo, hi = zoom_limits(top)
+    assert lo < top.min() and hi > top.max() and lo > 0.9
+    assert zoom_limits(np.full(64, 0.5)) is None and zoom_limits(np.linspace(0.2, 1.0, 9)) is None
+    a = np.asarray(channel_bars(w, 20))
+    bars, _ = bar_axes(w, 20)
+    base = round(bars.py(bars.y0))
+    heights = [base - round(bars.py(v)) for v in top]
+    assert heights[0] > 4 * heights[-1] > 0                   # the differences are visible
+    note = a[bars.box[1] - 20:bars.box[1], bars.box[0]:bars.box[2]]
+    assert (np.abs(note.astype(int) - (176, 0, 32)).sum(-1) < 60).sum() > 50   # the red note line
+    flat = np.asarray(channel_bars(np.full(64, 0.5), 20))
+    bars, _ = bar_axes(np.full(64, 0.5), 20)
+    assert bars.y0 == 0.0
+    note = flat[bars.box[1] - 20:bars.box[1], bars.box[0]:bars.box[2]]
+    assert (np.abs(note.astype(int) - (176, 0, 32)).sum(-1) < 60).sum() > 50   # "top 20: all equal (0.5)"
 
 
 def test_channel_bars_k_larger_than_c_and_negative_weights() -> None:

@@ -1,6 +1,7 @@
 """The demo model (`--backbone demo`): every attention kind native, trained in this repo."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from attnviz.errors import AttnvizError
 from attnviz.probes.behaviour import AttentionCapture
 from attnviz.text import slug, unique
 from attnviz.zoo.model import DemoNet, load_demo_model, tokenize
+from attnviz.zoo.palette import unlike_world
 from attnviz.zoo.world import caption
 from attnviz.results import AttentionMap, Options
 
@@ -26,6 +28,7 @@ class DemoBackbone(Backbone):
     native_cross: bool = True
     own_prompts: bool = True           # no --text: each image's top-1 class as its caption
     texts: tuple[str, ...] = field(default_factory=tuple)
+    warned_world: bool = False         # the out-of-world warning is given once per backbone
 
     def prepare(self, options: Options) -> None:
         """Check that every prompt uses the caption vocabulary."""
@@ -46,6 +49,7 @@ class DemoBackbone(Backbone):
         Each image's prompts: its own (`prompts[i]`), else --text, else its top-1 class's caption.
         """
         model = self.model
+        self._check_world(x)
         feats = model.gated_features(x)                                  # (B, C, 24, 24)
         logits = model.presence_from(feats)                              # (B, K)
         chosen, source = [], []
@@ -61,6 +65,22 @@ class DemoBackbone(Backbone):
         cross = cap.maps[model.cross_attn][:, 0]                         # (B, k, 576), one head
         return logits, {"demo_prompts": chosen, "demo_source": source, "demo_match": match,
                         "demo_cross": cross}
+
+    def _check_world(self, x: torch.Tensor) -> None:
+        """Warn once when an image is unlike the generated scenes (the test: attnviz/zoo/palette.py)."""
+        if self.warned_world:
+            return
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        rgb = ((x.detach().float() * std + mean) * 255.0).clamp(0, 255).permute(0, 2, 3, 1).cpu().numpy()
+        for image in rgb:
+            why = unlike_world(image)
+            if why is not None:
+                self.warned_world = True
+                warnings.warn(f"demo: an image unlike the demo's world: {why}. The demo model only knows "
+                              "coloured shapes on grey clutter; its classes and maps on such images mean little.",
+                              stacklevel=3)
+                return
 
     def cross_maps(self, batch: Any) -> list[list[AttentionMap]]:
         """One map per prompt: the caption query's attention over the 24×24 CBAM tokens."""

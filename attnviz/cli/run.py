@@ -148,12 +148,18 @@ def agreement_table(mean: dict) -> None:
 
 def pointing_table(ev, title: str) -> None:
     """Pointing game and energy in box per kind."""
-    table = Table(title=Text(shown(title)), title_justify="left")
-    for col in ("kind", "pointing game", "energy in box", "maps"):
+    table = Table(title=Text(shown(title)), title_justify="left",
+                  caption="chance: the hit rate of a peak on a random cell (≈ the share of the image the boxes cover)",
+                  caption_justify="left")
+    for col in ("kind", "pointing game", "chance", "energy in box", "maps"):
         table.add_column(col, justify="right" if col != "kind" else "left")
     for kind, frac in ev.pointing_game.items():
-        table.add_row(kind, f"{frac:.1%}", f"{ev.energy_in_box[kind]:.1%}", str(ev.counts[kind]))
+        table.add_row(kind, f"{frac:.1%}", f"{ev.chance.get(kind, float('nan')):.1%}", f"{ev.energy_in_box[kind]:.1%}",
+                      str(ev.counts[kind]))
     err_console.print(table)
+    if ev.random_weights:
+        say("random weights", "bold red", "the run's model was never trained: its maps mean nothing, and neither "
+            "do these scores (compare them with chance)")
 
 
 @app.command()

@@ -44,14 +44,26 @@ def _rank(s: np.ndarray, k: int = SHOWN) -> tuple[list[int], list[int]]:
 
 
 def feature_tiles(step: str, formula: str, provenance: str, source: str, f: torch.Tensor,
-                  s: np.ndarray, vmax: float | None = None) -> Panel:
-    """A few channels of f (1, C, H, W): the most raised and the most cut by gate s (± `vmax` colour scale)."""
-    up, down = _rank(s)
-    chans = up + [c for c in down if c not in up]
+                  s: np.ndarray, scales: list[float] | None = None) -> Panel:
+    """A few channels of f (1, C, H, W): the most raised and the most cut by gate s, each tile on its
+    own ± scale (`scales`: reuse another panel's, so s ⊙ F reads against F channel by channel).
+
+    All-zero channels (dead after a ReLU: their gate is the lowest) draw as blank tiles, so "most cut"
+    shows the most cut channels that carry anything, and the panel says how many were skipped."""
+    flat = f[0].flatten(1)
+    alive = np.asarray((flat.amax(1) > flat.amin(1)).cpu())
+    up, _ = _rank(s)
+    order = [int(i) for i in np.argsort(s, kind="stable")]                 # most cut first
+    live = [c for c in order if alive[c] and c not in up]
+    down = (live or [c for c in order if c not in up])[:SHOWN]
+    dead = sum(1 for c in order[:order.index(down[0])] if not alive[c]) if down else 0
+    chans = up + down
     labels = [f"c{c} (s={s[c]:.2f})" for c in chans]
     tiles = np32(f[0, chans])
+    own = [float(np.abs(t).max()) or 1.0 for t in tiles]
+    note = f"{dead} all-zero channels with a lower s not shown" if dead else ""
     return Panel(step, formula, provenance, source, tiles, view="tiles", labels=labels, cmap="RdBu_r",
-                 vmax=vmax or float(np.abs(tiles).max()) or None)
+                 vmax=list(scales) if scales is not None else own, note=note)
 
 
 def gate_bars(step: str, formula: str, provenance: str, source: str, s: np.ndarray) -> Panel:
@@ -110,9 +122,10 @@ def channel_strip(ctx: Context) -> Strip:
         scaled = (f * s[:, :, None, None], "derived")
     sv = np32(s[0])
     final = Panel("the map", "M_c = Σ_c s_c F[c]", prov, src, np32(channel_map(f, s)[0]), view="overlay", cmap="jet")
-    tiles = feature_tiles("features F", "F: C×H×W (most raised, most cut)", prov, src, f, sv)
+    tiles = feature_tiles("features F", "F: C×H×W (most raised, most cut)", prov, src, f, sv)   # one scale per tile
     row = [tiles, z_panel, excite, gate,
-           feature_tiles("scaled features", "s ⊙ F  (same colour scale)", scaled[1], src, scaled[0], sv, tiles.vmax),
+           feature_tiles("scaled features", "s ⊙ F  (each tile on its F scale)", scaled[1], src, scaled[0], sv,
+                         tiles.vmax),
            final]
     return Strip("channel", f"channel attention (SE) — {prov}, {src}", [[p for p in row if p is not None]],
                  finals={"channel": final})

@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import html
+import io
 import platform
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import torch
+from PIL import Image
 
 from attnviz import __version__
 from attnviz.errors import AttnvizError
 from attnviz.explain.figure import figure_bytes, strip_figure
 from attnviz.explain.stages import Explained
-from attnviz.report.atomic import save_json, write_atomic
+from attnviz.render.band import RANDOM_BAND, banded
+from attnviz.report.atomic import encode_png, save_json, write_atomic
+from attnviz.report.gallery import BAND_CSS, random_band_html
 from attnviz.text import printable, shown
 
 __all__ = ["FORMATS", "write_explained", "record"]
@@ -40,7 +44,8 @@ def _html(ex: Explained, files: dict[str, str]) -> str:
              "<style>body{font-family:sans-serif;margin:1.5em;color:#1a202c}img{max-width:100%;"
              "border:1px solid #e2e8f0}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0 2em}"
              "td,th{border:1px solid #e2e8f0;padding:2px 6px;text-align:left}.native{color:#2f855a}"
-             ".derived{color:#c05621}nav a{margin-right:1em}</style></head><body>",
+             ".derived{color:#c05621}nav a{margin-right:1em}",
+             f"{BAND_CSS}</style></head><body>", *([] if ex.pretrained else [random_band_html()]),
              f"<h1>attnviz explain: {e(ex.source)}</h1>",
              f"<p>backbone <b>{e(ex.backbone)}</b>, weights {e(ex.weights)}; top class: "
              + (e(f"{ex.predictions[0].label} ({ex.predictions[0].probability:.3f})") if ex.predictions else "—")
@@ -75,8 +80,10 @@ def write_explained(ex: Explained, out: str | Path, fmt: str = "png") -> list[Pa
     files = {s.kind: f"{s.kind}.{fmt}" for s in ex.strips}
     written = []
     for s in ex.strips:
-        fig = strip_figure(s, ex.image, f"   ·   {shown(ex.source)}, {ex.backbone}")
-        data = figure_bytes(fig, fmt)
+        band = "" if ex.pretrained or fmt == "png" else RANDOM_BAND           # SVG: drawn in the figure
+        data = figure_bytes(strip_figure(s, ex.image, f"   ·   {shown(ex.source)}, {ex.backbone}", band=band), fmt)
+        if fmt == "png" and not ex.pretrained:                              # PNG: the band of every picture
+            data = encode_png(banded(Image.open(io.BytesIO(data)).convert("RGB")))
         write_atomic(out / files[s.kind], lambda f, d=data: f.write(d))
         written.append(out / files[s.kind])
     save_json(out / "explain.json", record(ex, files))

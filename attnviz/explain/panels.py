@@ -30,7 +30,8 @@ class Panel:
     raised: list[int] = field(default_factory=list)   # bars: indices drawn (and named) as raised
     cut: list[int] = field(default_factory=list)      # bars: indices drawn (and named) as cut
     cmap: str = "viridis"
-    vmax: float | None = None                         # tiles: a shared ±scale (features and scaled features)
+    vmax: list[float] | None = None                   # tiles: each tile's ±scale (features and scaled features)
+    note: str = ""                                    # a line drawn under the panel's array
     geometry: Geometry | None = None                  # overlay: where its cells look (drawn as `run` draws)
 
     def summary(self) -> dict[str, Any]:

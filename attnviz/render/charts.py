@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from attnviz.render.draw import Axes, clip, font, mix, nice_ticks, text, tick_label, vtext, width
 from attnviz.render.overlay import colorize
 
-__all__ = ["CHART_SIZE", "top_channels", "bar_axes", "channel_bars", "channel_depth"]
+__all__ = ["CHART_SIZE", "ZOOM", "top_channels", "zoom_limits", "bar_axes", "channel_bars", "channel_depth"]
 
 CHART_SIZE = (1000, 450)      # (width, height) in pixels of every channel_bars image
 _BAR = (43, 108, 176)         # #2b6cb0
@@ -19,6 +19,7 @@ _DOT = (56, 178, 172)         # #38b2ac, mean gate weight
 _WHITE = (255, 255, 255)
 # font sizes in pixels: matplotlib's 13, 11, 10 and 9 pt at 100 dpi
 _SUPTITLE, _TITLE, _LABEL, _TICK = 18, 15, 14, 12
+_NOTE_H = _TICK + 10          # the line of notes (zoomed axis, legend) between a panel's title and its axes
 
 
 def _weights(weights: np.ndarray) -> np.ndarray:
@@ -67,6 +68,28 @@ def _fill(img: Image.Image, points: list[tuple[float, float]], colour: tuple[int
     img.paste(colour, (x0, y0), mask)
 
 
+ZOOM = 0.25      # values whose spread is under this share of their size get a zoomed axis (said on the chart)
+
+
+def zoom_limits(values: np.ndarray) -> tuple[float, float] | None:
+    """Axis limits that show the differences of near-equal positive values (e.g. gates 0.96–0.99,
+    which bars from 0 draw as equal), or None when a plain axis from 0 shows them already."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo
+    if not (lo > 0 and 0 < span < ZOOM * hi):
+        return None
+    return lo - 0.15 * span, hi + 0.1 * span
+
+
+def _base(ax: Axes) -> float:
+    """Where bars start: 0, or the bottom of a zoomed axis that does not reach 0."""
+    return 0.0 if ax.y0 <= 0.0 <= ax.y1 else ax.y0
+
+
 def _dashed(draw: ImageDraw.ImageDraw, x: float, top: float, bottom: float, colour) -> None:
     for y in range(int(top), int(bottom), 6):
         draw.line((x, y, x, min(y + 3, bottom)), fill=colour)
@@ -74,10 +97,10 @@ def _dashed(draw: ImageDraw.ImageDraw, x: float, top: float, bottom: float, colo
 
 def _layout(top_labels: list[str], k: int, title: str) -> tuple[int, int, int, bool]:
     """Top and bottom pixel rows of both axes, the bar tick font size, and whether labels turn."""
-    rotate = k * max(len(s) for s in top_labels) > 72          # too many digits side by side
+    rotate = k * max(len(s) for s in top_labels) > 54          # too many digits side by side
     size = _TICK if k <= 32 else max(7, _TICK - (k - 32) // 16)
     tall = max(width(s, font(size)) for s in top_labels) if rotate else size
-    top = (8 + _SUPTITLE + 10 if title else 8) + _TITLE + 10
+    top = (8 + _SUPTITLE + 10 if title else 8) + _TITLE + 4 + _NOTE_H     # title, then a line of notes
     bottom = CHART_SIZE[1] - 8 - _LABEL - 8 - round(tall) - 8
     return top, bottom, size, rotate
 
@@ -89,10 +112,10 @@ def bar_axes(weights: np.ndarray, top_k: int = 20, title: str = "") -> tuple[Axe
     k, n = len(top), w.size
     vals = np.array([v if np.isfinite(v) else 0.0 for _, v in top])
     t, b, _, _ = _layout([str(i) for i, _ in top], k, title)
-    y0, y1 = _limits(min(0.0, vals.min()), max(0.0, vals.max()), sticky_zero=True)
+    y0, y1 = zoom_limits(vals) or _limits(min(0.0, vals.min()), max(0.0, vals.max()), sticky_zero=True)
     finite = w[np.isfinite(w)]
-    d0, d1 = _limits(min(0.0, finite.min()) if finite.size else 0.0,
-                     finite.max() if finite.size else 1.0, sticky_zero=False)
+    d0, d1 = zoom_limits(finite) or _limits(min(0.0, finite.min()) if finite.size else 0.0,
+                                            finite.max() if finite.size else 1.0, sticky_zero=False)
 
     def left_edge(x0: int, ticks: list[float]) -> int:     # room for tick labels and the y label
         return x0 + 8 + _LABEL + 10 + round(max(width(tick_label(v, ticks), font(_TICK)) for v in ticks))
@@ -122,22 +145,52 @@ def channel_bars(weights: np.ndarray, top_k: int = 20, title: str = "") -> Image
                yfont=font(_TICK))
     for x, (_, v) in zip(xs, top):
         v = v if np.isfinite(v) else 0.0
-        a, b = sorted((bars.py(0.0), bars.py(v)))
+        a, b = sorted((bars.py(_base(bars)), bars.py(v)))
         draw.rectangle((round(bars.px(x - 0.4)), round(a), round(bars.px(x + 0.4)) - 1, round(b) - 1),
                        fill=_BAR)
         if k <= 12:                                        # room to print each value on its bar
             text(draw, (bars.px(x), bars.py(v) + (-3 if v >= 0 else 3)), f"{v:.3g}", font(11),
                  anchor="md" if v >= 0 else "ma")
-    zero = round(bars.py(0.0))
+    zero = round(bars.py(_base(bars)))
     draw.line((bars.box[0], zero, bars.box[2], zero), fill=(77, 77, 77))
     _title(draw, bars, f"top {k} of {n} channels")
+    _note(draw, bars, _spread_note(np.array([v for _, v in top]), bars, f"top {k}"))
     _distribution(img, draw, dist, w, k)
     return img
 
 
+def _pair(lo: float, hi: float) -> tuple[str, str]:
+    """lo and hi with as many significant digits as it takes to tell them apart (4 at least)."""
+    for p in range(4, 9):
+        a, b = f"{lo:.{p}g}", f"{hi:.{p}g}"
+        if a != b:
+            return a, b
+    return a, b
+
+
+def _spread_note(values: np.ndarray, ax: Axes, which: str, short: bool = False) -> str:
+    """What the axis does to near-equal values, in words (empty when it is a plain axis)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size > 1 and float(v.max()) == float(v.min()):
+        return f"{which}: all equal ({float(v[0]):.3g})"
+    if not ax.y0 <= 0.0 <= ax.y1 and ax.y0 > 0:
+        a, b = _pair(float(v.min()), float(v.max()))
+        if short:
+            return "zoomed, not from 0"
+        return f"axis zoomed, not from 0: {which} span {a}–{b}, differences drawn large"
+    return ""
+
+
+def _note(draw: ImageDraw.ImageDraw, ax: Axes, s: str) -> None:
+    """A line between an axes' title and its box, left-aligned, in the warning colour."""
+    if s:
+        text(draw, (ax.box[0], ax.box[1] - _NOTE_H / 2), s, font(_TICK), fill=(176, 0, 32), anchor="lm")
+
+
 def _title(draw: ImageDraw.ImageDraw, ax: Axes, s: str) -> None:
     left, top, right, _ = ax.box
-    text(draw, ((left + right) / 2, top - 8), clip(s, font(_TITLE), right - left), font(_TITLE),
+    text(draw, ((left + right) / 2, top - _NOTE_H - 4), clip(s, font(_TITLE), right - left), font(_TITLE),
          anchor="md")
 
 
@@ -153,7 +206,7 @@ def _distribution(img: Image.Image, draw: ImageDraw.ImageDraw, ax: Axes, w: np.n
     ax.frame(img, draw, xticks, nice_ticks(ax.y0, ax.y1, 6), [str(int(v)) for v in xticks],
              font(_TICK), grid_x=True, xlabel="rank (0 = largest)", ylabel="weight",
              label_font=font(_LABEL))
-    base = ax.py(min(0.0, float(ranked[keep].min())) if keep.any() else 0.0)
+    base = ax.py(min(0.0, float(ranked[keep].min())) if keep.any() and ax.y0 <= 0.0 else ax.y0)
     rest = [p for p, r in zip(pts, ranks) if r >= k - 1]     # shares its first point with the top k
     head = [p for p, r in zip(pts, ranks) if r < k]
     if rest:
@@ -172,11 +225,14 @@ def _distribution(img: Image.Image, draw: ImageDraw.ImageDraw, ax: Axes, w: np.n
     cut = float(ranked[:k][keep[:k]].min()) if keep[:k].any() else float("nan")
     legend = f"top {k}" + (f" (weight ≥ {cut:.3g})" if np.isfinite(cut) else "")
     f = font(_TICK)
-    x = ax.box[2] - 8 - width(legend, f)
-    y = ax.box[1] + 10
-    draw.rectangle((x - 32, y - 5, x - 8, y + 5), fill=mix(_TOP, 0.35))
+    x = ax.box[2] - width(legend, f)
+    y = ax.box[1] - _NOTE_H / 2                          # in the notes line above the axes: never on the curve
+    draw.rectangle((x - 30, y - 5, x - 6, y + 5), fill=mix(_TOP, 0.35))
     text(draw, (x, y), legend, f, anchor="lm")
     _title(draw, ax, f"all {n} weights, sorted")
+    note = _spread_note(ranked[keep], ax, "all", short=True)
+    if note:
+        _note(draw, ax, clip(note, f, x - 36 - ax.box[0]))
 
 
 def channel_depth(gates: list[tuple[str, np.ndarray]], title: str = "", bins: int = 40) -> Image.Image:

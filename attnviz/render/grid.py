@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from attnviz.geometry import Geometry
 from attnviz.maps import is_flat
+from attnviz.render.band import draw_band
 from attnviz.render.draw import AnyFont, clip, font, ring, text, width
 from attnviz.render.overlay import blender, colorize, colormap_lut, fit
 
@@ -17,7 +18,6 @@ __all__ = ["GridCell", "GridRow", "GridLayout", "grid_layout", "grid_size", "gri
 
 BACKGROUND = (255, 255, 255)      # sheet
 LABEL_BAND = (232, 235, 240)      # behind each row label
-BANNER = (176, 0, 32)             # the warning band (random weights)
 LETTERBOX = (128, 128, 128)       # around an image that does not fill its square cell
 BOX_COLOUR = (255, 255, 255)      # ground-truth box outline, edged in black
 TEXT = (20, 20, 20)
@@ -178,11 +178,7 @@ def grid(rows: Sequence[GridRow], colormap: str = "jet", alpha: float = 0.5,
     font = _font(g.font)
     shift = g.label_h if banner else 0
     if banner:
-        bold = _font(g.font, bold=True)
-        draw.rectangle((0, 0, sheet.width - 1, g.label_h - 1), fill=BANNER)
-        shown = _clip(f"⚠ {banner} ⚠", bold, sheet.width - 2 * g.pad)
-        draw.text(((sheet.width - _width(shown, bold)) / 2, (g.label_h - g.line) / 2 + 1), shown,
-                  font=bold, fill=(255, 255, 255))
+        draw_band(sheet, 0, g.label_h, banner, g.font)
     for r, row in enumerate(rows):
         top = shift + g.pad + r * g.row_h
         if row.label:                                          # no empty bands between rows

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from attnviz.geometry import Geometry
 from attnviz.maps import FLAT_ATOL, FLAT_RTOL, is_flat
+from attnviz.render.band import RANDOM_BAND, draw_band
 from attnviz.render.draw import ring
 from attnviz.render.overlay import blend, colorize, colormap_lut, fit
 
@@ -26,9 +27,8 @@ __all__ = ["SCALES", "FLAT_RTOL", "FLAT_ATOL", "RANDOM_BAND", "SheetCell", "Shee
            "sheet_layout", "sheet_size", "is_flat", "cell_ranges", "render_pages"]
 
 SCALES = ("cell", "row", "shared")
-RANDOM_BAND = "random weights — maps mean nothing"
 BACKGROUND, TEXT, MISSING = (255, 255, 255), (20, 20, 20), (200, 200, 200)
-LETTERBOX, BAND, HEADER = (128, 128, 128), (176, 0, 32), (232, 235, 240)
+LETTERBOX, HEADER = (128, 128, 128), (232, 235, 240)
 HEADER_LINES = 3
 
 AnyFont = Union[ImageFont.FreeTypeFont, ImageFont.ImageFont]
@@ -236,13 +236,10 @@ def render_pages(columns: Sequence[str], rows: Sequence[SheetRow], *, per_page: 
         font, bold = _font(g.font), _font(g.font, bold=True)
         n = len(range(0, len(rows), per_page))
         head = f"{title} · page {start // per_page + 1} of {n}" if n > 1 else title
-        draw.text((g.pad, g.pad), _fit_text(head, bold, page.width - 2 * g.pad), font=bold, fill=TEXT)
-        y = g.pad + g.line + g.pad
-        if random:
-            draw.rectangle((0, y, page.width, y + g.random_h - g.pad // 2), fill=BAND)
-            draw.text((page.width / 2, y + (g.random_h - g.pad // 2) / 2), f"⚠ {RANDOM_BAND} ⚠",
-                      font=_font(g.font + 4, bold=True), fill=(255, 255, 255), anchor="mm")
-            y += g.random_h
+        if random:                                      # the band first: the top rows say it
+            draw_band(page, 0, g.random_h - g.pad // 2, RANDOM_BAND, g.font + 4)
+        draw.text((g.pad, g.random_h + g.pad), _fit_text(head, bold, page.width - 2 * g.pad), font=bold, fill=TEXT)
+        y = g.random_h + g.pad + g.line + g.pad
         draw.rectangle((0, y, page.width, g.top - g.pad // 2), fill=HEADER)
         x_first = g.pad + g.label_w + g.pad
         for k, text in enumerate(["original", *heads]):

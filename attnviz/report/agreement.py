@@ -17,6 +17,7 @@ from PIL import Image
 from attnviz.geometry import Geometry
 from attnviz.render.overlay import heat
 from attnviz.metrics import spearman
+from attnviz.render.band import banded
 from attnviz.report.atomic import save_png
 from attnviz.report.tables import load_maps, write_csv
 
@@ -128,6 +129,7 @@ def write_agreement(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     write_csv(out / "agreement.csv", COLUMNS, rows)
     mean = mean_agreement(rows)
     if len(mean["kinds"]) >= 2:
-        save_png(out / "agreement.png",
-                 _heatmap(mean, f"agreement between kinds, mean over {mean['images']} images"))
+        picture = _heatmap(mean, f"agreement between kinds, mean over {mean['images']} images")
+        random = not (manifest.get("backbone") or {}).get("pretrained", True)
+        save_png(out / "agreement.png", banded(picture) if random else picture)
     return mean

@@ -11,7 +11,7 @@ import numpy as np
 
 from attnviz.errors import AttnvizError, one_line
 from attnviz.geometry import Geometry
-from attnviz.metrics import Box, energy_in_boxes, peak, pointing_hit
+from attnviz.metrics import Box, chance_rate, energy_in_boxes, peak, pointing_hit
 from attnviz.report.atomic import save_json
 from attnviz.report.integrity import MANIFEST_LIMIT, checked
 from attnviz.report.tables import write_summary_csv
@@ -103,18 +103,22 @@ def _targets(m: dict[str, Any], boxes: list[Box]) -> list[Box] | None:
 
 @dataclass
 class Evaluation:
-    """Per kind: how often the peak hits, the mean energy in the boxes, and how many maps."""
+    """Per kind: how often the peak hits, the hit rate of a peak on a random cell (chance), the
+    mean energy in the boxes, and how many maps; whether the run's weights were random."""
 
     pointing_game: dict[str, float] = field(default_factory=dict)
     energy_in_box: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)      # images with no boxes
     skipped: list[str] = field(default_factory=list)      # "source: why" of images whose files are damaged
+    chance: dict[str, float] = field(default_factory=dict)
+    random_weights: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"pointing_game": self.pointing_game, "energy_in_box": self.energy_in_box,
-                "counts": self.counts, "images_without_boxes": self.missing, "images_skipped": self.skipped}
+        return {"pointing_game": self.pointing_game, "chance": self.chance, "energy_in_box": self.energy_in_box,
+                "counts": self.counts, "images_without_boxes": self.missing, "images_skipped": self.skipped,
+                "random_weights": self.random_weights}
 
 
 def evaluate_run(out: str | Path, boxes: Mapping[str, list[Box]], tolerance: float = 0.0,
@@ -146,7 +150,8 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
     by_name = {Path(k).name: v for k, v in boxes.items()}
     hits: dict[str, list[bool]] = {}
     energy: dict[str, list[float]] = {}
-    ev = Evaluation()
+    chance: dict[str, list[float]] = {}
+    ev = Evaluation(random_weights=not (manifest.get("backbone") or {}).get("pretrained", True))
     images, ev.skipped = checked(out, manifest["images"], ["maps.npz"])     # damaged or foreign: a note each, never read
     for image in images:
         if image.get("status") != "ok":
@@ -168,6 +173,8 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
                 point = peak(data, size, g) if g is not None else [float(v) for v in m["peak"]]
                 hit = pointing_hit(point, targets, tolerance)
                 share = energy_in_boxes(data, size, targets, g)
+                # chance: a peak on a uniformly random cell hits this often (≈ the boxes' share of the image)
+                chance.setdefault(key, []).append(chance_rate(data.shape, size, targets, tolerance, g))
                 hits.setdefault(key, []).append(hit)
                 energy.setdefault(key, []).append(share)
         except Exception as e:  # noqa: BLE001  (BadZipFile, EOFError, a hand-edited record …: this image only)
@@ -175,6 +182,7 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
                               f"rerun `attnviz run` to redo it")
     ev.pointing_game = {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
     ev.energy_in_box = {k: round(float(np.mean(v)), 4) for k, v in energy.items()}
+    ev.chance = {k: round(float(np.mean(v)), 4) for k, v in chance.items()}
     ev.counts = {k: len(v) for k, v in hits.items()}
     if write:
         save_json(out / "evaluation.json", ev.as_dict())

@@ -6,32 +6,46 @@ Every text a user or a file name supplies is HTML-escaped.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from attnviz.render.band import BAND_COLOUR, RANDOM_BAND
+from attnviz.render.overlay import colormap_lut
 from attnviz.report.atomic import write_atomic
 from attnviz.report.integrity import original_of
 from attnviz.report.tables import columns_of
 
-__all__ = ["write_gallery", "gallery_html", "RANDOM_BAND"]
+__all__ = ["write_gallery", "gallery_html", "RANDOM_BAND", "BAND_CSS", "random_band_html"]
 
-RANDOM_BAND = "random weights — maps mean nothing"
+BAND_CSS = (".random{background:#%02x%02x%02x;color:#fff;font-weight:bold;font-size:18px;padding:10px 14px;"
+            "margin-bottom:12px}" % BAND_COLOUR)
+
+
+def random_band_html() -> str:
+    """The HTML twin of the pictures' random-weights band (style: BAND_CSS)."""
+    return f'<div class="random" id="random">⚠ {html.escape(RANDOM_BAND)}</div>'
+
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fff}
-.random{background:#b00020;color:#fff;font-weight:bold;font-size:18px;padding:10px 14px;margin-bottom:12px}
+""" + BAND_CSS + """
 .meta{color:#555}.notes li{color:#7a4b00}
 .filters{display:flex;flex-wrap:wrap;gap:14px;margin:12px 0;position:sticky;top:0;background:#fff;padding:6px 0}
+.filters [data-filter]{display:flex;flex-wrap:wrap;gap:3px}
 .filters button{border:1px solid #999;background:#f4f4f4;border-radius:4px;padding:3px 9px;cursor:pointer}
 .filters button.on{background:#234;color:#fff;border-color:#234}
-table{border-collapse:collapse}th,td{border:1px solid #ddd;padding:4px;vertical-align:top}
-th{background:#eef1f5;font-weight:600;font-size:12px;position:sticky;top:44px}
-td.label{min-width:170px;max-width:230px;overflow-wrap:anywhere;font-size:12px}
-td img{width:160px;display:block;cursor:zoom-in}
-figcaption{font-size:11px;color:#444;max-width:160px}
+table{border-collapse:collapse;width:100%;table-layout:fixed}
+th,td{border:1px solid #ddd;padding:3px;vertical-align:top;overflow-wrap:break-word}
+th{background:#eef1f5;font-weight:600;font-size:11px;position:sticky;top:44px;padding:3px 2px}
+th.label{width:13%}td.label{font-size:12px}
+td img{width:100%;max-width:220px;height:auto;display:block;cursor:zoom-in}
+figcaption{font-size:11px;color:#444}
+.legend{display:flex;align-items:center;gap:8px;font-size:12px;color:#444;margin:4px 0 10px}
+.legend .ramp{width:240px;height:12px;border:1px solid #888}
 tr.error td.label{color:#b00020}.err{color:#b00020}
-.prov{font-weight:normal;color:#666}
+.prov{font-weight:normal;color:#666;font-size:10px}
 #lightbox{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;flex-direction:column;
 align-items:center;justify-content:center;cursor:zoom-out}
 #lightbox[hidden]{display:none}#lightbox img{max-width:95vw;max-height:88vh}
@@ -91,8 +105,25 @@ def _buttons(name: str, label: str, values: list[str]) -> str:
     return f'<div data-filter="{name}">{"".join(items)}</div>'
 
 
+def _name(text: Any) -> str:
+    """A file name, escaped, breakable after / _ - . (never inside a word)."""
+    return re.sub(r"([/_\-.])", r"\1<wbr>", _e(text))
+
+
+def _legend(colormap: str) -> str:
+    """The colour bar every overlay is drawn with (render.overlay's lookup table as a CSS gradient)."""
+    try:
+        lut = colormap_lut(colormap)
+    except ValueError:
+        return ""
+    stops = ", ".join("#%02x%02x%02x" % tuple(int(v) for v in lut[round(k * (len(lut) - 1) / 10)]) for k in range(11))
+    return (f'<div class="legend" id="legend"><span>0 (min)</span><span class="ramp" '
+            f'style="background:linear-gradient(to right, {stops})"></span><span>1 (max)</span>'
+            f"<span>each map min–max normalised on its own · colormap {_e(colormap)}</span></div>")
+
+
 def _label(image: dict[str, Any]) -> str:
-    parts = [f"<b>{_e(image['source'])}</b>"]
+    parts = [f"<b>{_name(image['source'])}</b>"]
     if image.get("status") != "ok":
         parts.append(f'<span class="err">error: {_e(image.get("error"))}</span>')
     for p in (image.get("predictions") or [])[:3]:
@@ -131,11 +162,11 @@ def gallery_html(manifest: dict[str, Any]) -> str:
     bb = manifest.get("backbone") or {}
     kinds = list(dict.fromkeys(m["kind"] for _, m in columns.values()))
     provenances = sorted({m["provenance"] for _, m in columns.values()})
-    heads = ['<th>image</th>', '<th data-col="0">original</th>']
+    heads = ['<th class="label">image</th>', '<th data-col="0">original</th>']
     for c, key in enumerate(keys, start=1):
         title, m = columns[key]
         heads.append(f'<th data-col="{c}" data-kind="{_e(m["kind"])}" data-provenance="{_e(m["provenance"])}">'
-                     f'{_e(title)}<br><span class="prov">{_e(m["provenance"])} · {_e(m.get("layer", ""))}</span></th>')
+                     f'{_name(title)}<br><span class="prov">{_e(m["provenance"])} · {_name(m.get("layer", ""))}</span></th>')
     errors = [i for i in images if i.get("status") != "ok"]
     ok = len(images) - len(errors)
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -143,7 +174,7 @@ def gallery_html(manifest: dict[str, Any]) -> str:
              f"<title>attnviz · {_e(bb.get('name', ''))} · {len(images)} images</title>",
              f"<style>{_STYLE}</style></head><body>"]
     if bb and not bb.get("pretrained", True):
-        parts.append(f'<div class="random" id="random">⚠ {_e(RANDOM_BAND)}</div>')
+        parts.append(random_band_html())
     parts.append(f"<h1>attnviz · {_e(bb.get('name', ''))}</h1>")
     parts.append(f'<p class="meta">weights {_e(bb.get("weights"))} · layer {_e(bb.get("layer"))} · '
                  f"{ok} ok, {len(errors)} errors · <code>{_e(manifest.get('command', ''))}</code></p>")
@@ -157,6 +188,7 @@ def gallery_html(manifest: dict[str, Any]) -> str:
                  + _buttons("provenance", "provenances", provenances)
                  + _buttons("status", "statuses", ["ok", "error"])
                  + f'<span><span id="shown">{len(images)}</span> of {len(images)} images shown</span></div>')
+    parts.append(_legend((manifest.get("settings") or {}).get("colormap", "jet")))
     parts.append(f'<table id="gallery"><thead><tr>{"".join(heads)}</tr></thead><tbody>')
     parts += [_row(i, keys) for i in images]
     parts.append("</tbody></table>")

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from attnviz.errors import AttnvizError
 from attnviz.maps import cell_centre, is_flat, query_point
 from attnviz.render import GridCell, GridRow, blender, channel_bars, channel_depth, fit, grid
+from attnviz.render.band import banded
 from attnviz.render.draw import ring
 from attnviz.report.atomic import FORMATS, save_image, save_npz, save_png
 from attnviz.results import AttentionMap, Result
@@ -31,7 +32,11 @@ class Style:
     alpha: float = 0.5
     top_k: int = 20           # bars in channel_weights.png
     format: str = "png"       # overlays (and original): png, jpg or webp; charts and grids stay PNG
-    banner: str = ""          # a warning across every grid (the random-weights band)
+    banner: str = ""          # a warning on every picture (the random-weights band, render/band.py)
+
+    def mark(self, image: Image.Image) -> Image.Image:
+        """`image` with the band above it when there is a banner (grids draw theirs in their layout)."""
+        return banded(image, self.banner) if self.banner else image
 
     @property
     def ext(self) -> str:
@@ -84,7 +89,7 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     if not folder.resolve().is_relative_to(out.resolve()):   # image names never escape OUT
         raise OSError(f"output folder {r.output!r} would lie outside {out}")
     fitted = fit(image, style.size)                # resized once, shared by every overlay
-    save_image(folder / f"original.{style.ext}", fitted, style.format)
+    save_image(folder / f"original.{style.ext}", style.mark(fitted), style.format)
     paint = blender(fitted, style.colormap, style.alpha)    # the image's share computed once
     arrays: dict[str, np.ndarray] = {}
     cells = [GridCell("original", None)]
@@ -94,14 +99,14 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
         if point is not None:                       # the query this map is the row of
             ring(ImageDraw.Draw(painted), point[0] * painted.width, point[1] * painted.height,
                  max(4, min(painted.size) // 40))
-        save_image(folder / f"{m.name}.{style.ext}", painted, style.format)
+        save_image(folder / f"{m.name}.{style.ext}", style.mark(painted), style.format)
         arrays[m.name] = m.data.astype(np.float32)
         flat = " · flat" if is_flat(m.data) else ""
         cells.append(GridCell(f"{_title(m)}\n{m.provenance}{flat}", m.data, m.geometry, point))
         if m.weights is not None:
             arrays[f"{m.name}_weights"] = m.weights.astype(np.float32)
             title = f"{m.name} weights · {m.layer} · {m.provenance} · {len(m.weights)} channels"
-            save_png(folder / f"{m.name}_weights.png", channel_bars(m.weights, style.top_k, title))
+            save_png(folder / f"{m.name}_weights.png", style.mark(channel_bars(m.weights, style.top_k, title)))
         arrays.update({f"{m.name}_{k}": v.astype(np.float32) for k, v in m.extras.items()})
         _write_extras(folder, m, image, style)
     for name, rows in zip(grid_names(len(cells)), _grid_pages(image, cells, shown(r.source), boxes)):
@@ -160,7 +165,7 @@ def _write_extras(folder: Path, m: AttentionMap, image: Image.Image, style: Styl
     gates = [(k.removeprefix("gate:"), v) for k, v in m.extras.items() if k.startswith("gate:")]
     if gates:
         title = f"native channel gates of the model, first (top) to last · {len(gates)} gates"
-        save_png(folder / "channel_depth.png", channel_depth(gates, title))
+        save_png(folder / "channel_depth.png", style.mark(channel_depth(gates, title)))
     heads = m.extras.get("heads")
     if heads is not None:
         cells = [GridCell(f"head {h}", heads[h]) for h in range(len(heads))]

@@ -16,7 +16,7 @@ __all__ = ["COLUMNS", "cell", "column", "columns_of", "entropy", "load_maps", "s
 
 COLUMNS = ["source", "output", "status", "error", "kind", "name", "provenance", "layer", "prompt",
            "min", "max", "mean", "entropy", "peak_x", "peak_y", "top1_label", "top1_probability",
-           "deletion", "insertion", "pointing_game", "energy_in_box"]
+           "deletion", "insertion", "pointing_game", "energy_in_box", "backbone", "weights"]
 
 
 def entropy(m: np.ndarray) -> float:
@@ -85,9 +85,11 @@ def summary_rows(out: Path, manifest: dict[str, Any]) -> Iterator[dict[str, Any]
     """The rows of summary.csv: every map of every ok image; one row (no map) per failed image."""
     pointing = manifest.get("pointing_game") or {}
     energy = manifest.get("energy_in_box") or {}
+    bb = manifest.get("backbone") or {}          # every row says which model drew it ("none": random init)
     for image in manifest.get("images", []):
         base = {"source": image.get("source"), "output": image.get("output"),
-                "status": image.get("status"), "error": image.get("error") or ""}
+                "status": image.get("status"), "error": image.get("error") or "",
+                "backbone": bb.get("name"), "weights": bb.get("weights")}
         preds = image.get("predictions") or []
         if preds:
             base.update(top1_label=preds[0].get("label"), top1_probability=preds[0].get("probability"))
