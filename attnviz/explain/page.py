@@ -65,6 +65,11 @@ def _html(ex: Explained, files: dict[str, str]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def strip_bytes(ex: Explained, strip: Any, fmt: str = "png") -> bytes:
+    """The file `<kind>.<fmt>` of one strip, encoded."""
+    return figure_bytes(strip_figure(strip, ex.image, f"   ·   {printable(ex.source)}, {ex.backbone}"), fmt)
+
+
 def write_explained(ex: Explained, out: str | Path, fmt: str = "png") -> list[Path]:
     """Write every strip's figure, explain.json and explain.html into `out`; the paths written."""
     if fmt not in FORMATS:
@@ -75,8 +80,7 @@ def write_explained(ex: Explained, out: str | Path, fmt: str = "png") -> list[Pa
     files = {s.kind: f"{s.kind}.{fmt}" for s in ex.strips}
     written = []
     for s in ex.strips:
-        fig = strip_figure(s, ex.image, f"   ·   {printable(ex.source)}, {ex.backbone}")
-        data = figure_bytes(fig, fmt)
+        data = strip_bytes(ex, s, fmt)
         write_atomic(out / files[s.kind], lambda f, d=data: f.write(d))
         written.append(out / files[s.kind])
     save_json(out / "explain.json", record(ex, files))
