@@ -171,7 +171,9 @@ def check(name: str, value: Any) -> None:
     if value is None:
         return
     if s.choices is not None and value not in s.choices:
-        raise AttnvizError(f"{_flag(s)} {value!r}: use one of {', '.join(s.choices)}")
+        c = s.choices
+        names = f"{', '.join(c[:-1])} or {c[-1]}" if len(c) <= 3 else f"one of {', '.join(c)}"
+        raise AttnvizError(f"{_flag(s)} {value!r}: use {names}")
     if s.min is None and s.max is None:
         return
     whole = isinstance(s.default, int) or s.name in ("input_size", "workers", "seed")

@@ -10,13 +10,14 @@ from rich.text import Text
 from attnviz.cli.app import app
 from attnviz.cli.common import (EXIT_SOME_FAILED, Bar, backbone_name, check_paths, colormap_option, guard,
                                 out_console, prompts_from, query_option, say, split_kinds)
+from attnviz.settings import split_list
 from attnviz.text import printable
 
 __all__ = ["compare"]
 
 
 def _names(value: Optional[str]) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+    return split_list(value)
 
 
 @app.command()

@@ -219,23 +219,43 @@ class Analyser:
                       ) -> list[tuple[list[Prediction], list[AttentionMap]]]:
         """`analyse_batch` for a normalised batch `x` (B, 3, S, S) made from `images` (their sizes and,
         for --slide, their pixels)."""
+        logits, [maps] = self._forward(x, images, prompts, targets, [self])
+        return [(self._predictions(row), m) for row, m in zip(logits, maps)]
+
+    @torch.no_grad()
+    def analyse_layers(self, images: Sequence[Image.Image], others: Sequence[Analyser]
+                       ) -> tuple[list[list[Prediction]], list[list[list[AttentionMap]]]]:
+        """ONE forward pass for this analyser and `others` on the same backbone (other layers, say):
+        the predictions, and each analyser's maps per image, each read from its own layer."""
+        if any(a.backbone is not self.backbone for a in others):
+            raise ValueError("analyse_layers: every analyser must share this one's backbone")
+        logits, per = self._forward(self.preprocess(images), images, None, None, [self, *others])
+        return [self._predictions(row) for row in logits], per
+
+    def _forward(self, x: torch.Tensor, images: Sequence[Image.Image], prompts: list[list[str]] | None,
+                 targets: list[tuple[Any, ...]] | None, group: Sequence[Analyser]
+                 ) -> tuple[torch.Tensor, list[list[list[AttentionMap]]]]:
         bb = self.backbone
         bb.set_images(list(images))        # --slide reads the decoded images at full resolution
-        with capture(bb.model, layers=self.tapped, gates=self.gates, attention=self.attention,
+        tapped = list(dict.fromkeys(n for a in group for n in a.tapped))
+        with capture(bb.model, layers=tapped, gates=self.gates, attention=self.attention,
                      heads=self.heads) as cap:
             logits, aux = bb.forward(x, prompts)
         self.forwards += 1
-        batch = Batch(bb, self.layer, cap.outputs, logits, [im.size for im in images],
-                      self.options, self.plans, inventory=self.inventory, gates=cap.gates,
-                      gate_inputs=cap.gate_inputs, attention=cap.attention, windows=cap.windows, aux=aux,
-                      aligner=self.aligner, targets=[parse_targets(t) for t in targets] if targets else None)
-        maps: list[list[AttentionMap]] = [[] for _ in images]
-        for kind in self.kinds:
-            for i, per_image in enumerate(kind.compute(batch)):
-                maps[i].extend(per_image)
-        for per_image in maps:
-            self.aligner.stamp(per_image)       # each map's cell → pixel mapping (manifest "geometry")
-        return [(self._predictions(row), m) for row, m in zip(logits, maps)]
+        per = []
+        for a in group:
+            batch = Batch(bb, a.layer, cap.outputs, logits, [im.size for im in images],
+                          a.options, a.plans, inventory=a.inventory, gates=cap.gates,
+                          gate_inputs=cap.gate_inputs, attention=cap.attention, windows=cap.windows, aux=aux,
+                          aligner=a.aligner, targets=[parse_targets(t) for t in targets] if targets else None)
+            maps: list[list[AttentionMap]] = [[] for _ in images]
+            for kind in a.kinds:
+                for i, per_image in enumerate(kind.compute(batch)):
+                    maps[i].extend(per_image)
+            for per_image in maps:
+                a.aligner.stamp(per_image)       # each map's cell → pixel mapping (manifest "geometry")
+            per.append(maps)
+        return logits, per
 
     def _predictions(self, logits: torch.Tensor) -> list[Prediction]:
         """Top classes; any head works (int-valued, zero classes, more outputs than names)."""

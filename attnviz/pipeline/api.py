@@ -11,14 +11,14 @@ from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, discover, to_rgb
 from attnviz.pipeline.analyser import Analyser, decode
 from attnviz.results import Result
+from attnviz.settings import check
 
 __all__ = ["analyse", "analyse_with", "check_batch_size"]
 
 
 def check_batch_size(batch_size: Any) -> int:
     """A batch size is a whole number ≥ 1 (one line otherwise)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise AttnvizError(f"batch_size {batch_size!r}: use a whole number ≥ 1")
+    check("batch_size", batch_size)          # the schema's limit (the CLI's --batch-size)
     return batch_size
 
 

@@ -31,6 +31,7 @@ from attnviz.report.manifest import Manifest
 from attnviz.report.outputs import Style
 from attnviz.report.writer import Writer
 from attnviz.results import Result
+from attnviz.settings import check
 
 __all__ = ["run", "RunReport", "MANIFEST_EVERY_S", "PIXEL_BUDGET"]
 
@@ -84,10 +85,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     Every run also writes OUT/index.html and OUT/summary.csv; `stats` adds OUT/agreement.csv/.png.
     """
     check_batch_size(batch_size)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise AttnvizError(f"--workers {workers!r}: use a whole number ≥ 0")
-    if engine not in ("local", "ray"):
-        raise AttnvizError(f"--engine {engine!r}: use local or ray")
+    check("workers", workers)                                    # limits from the settings schema
+    check("engine", engine)
     style = style or Style()
     out = Path(out)
     outputs_filter(out, paths)                                   # refuse an OUT that is a file, early
