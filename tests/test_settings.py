@@ -99,3 +99,16 @@ def test_schema_choices_are_the_libraries_own():
     from attnviz.report.atomic import FORMATS
     assert SCHEMA["variant"].choices == CHOICES
     assert SCHEMA["format"].choices == tuple(FORMATS)
+
+
+@pytest.mark.parametrize("command", ["compare", "explain"])
+def test_shared_options_of_other_commands_have_the_schema_s_flags_defaults_and_limits(command):
+    by_param = {s.cli_param: s for s in SCHEMA.values() if s.flags}
+    cmd = typer.main.get_command(app).commands[command]
+    shared = [p for p in cmd.params if p.param_type_name == "option" and p.name in by_param]
+    assert {"backbone", "weights", "tau" if command == "explain" else "alpha", "input_size"} <= {p.name for p in shared}
+    for p in shared:
+        s = by_param[p.name]
+        assert set(p.opts) | set(p.secondary_opts) == _flags(s), p.name
+        assert (p.min, p.max) == (s.min, s.max), p.name
+        assert p.default == (None if s.many else s.default), p.name
