@@ -26,10 +26,8 @@ with torch.no_grad():
     model(torch.randn(16, 3, 128, 128))
 model.eval()
 
-categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
-analyser = attnviz.Analyser(model, ["spatial", "channel", "self", "cross"], input_size=128,
-                            categories=categories, name="resnet18")
-analyser.backbone.mean, analyser.backbone.input_size, analyser.layer"""),
+analyser = attnviz.Analyser(model, ["spatial", "channel", "self", "cross"], input_size=128)
+analyser.backbone.name, analyser.backbone.mean, analyser.layer   # torchvision's own metadata"""),
     ("md", """`analyser(x)` takes a float tensor `(B, 3, S, S)` **in [0, 1], not normalised** (attnviz applies
 the model's mean/std, as the CLI does), or `normalized=True` for a tensor your own transform
 already normalised. `analyser.to_tensor(images)` makes exactly the CLI's tensor, so the maps below

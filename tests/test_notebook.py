@@ -33,7 +33,8 @@ def setup(tmp_path_factory):
     out = cli("run", str(root / "imgs"), "-o", str(root / "out"), "-b", "resnet18", "-w", str(root / "w.pt"),
               "--input-size", "64", "--quiet")
     assert out.code == 0, out.stderr
-    analyser = attnviz.Analyser(model, input_size=64, categories=CATEGORIES, name="resnet18")
+    analyser = attnviz.Analyser(model, input_size=64)       # a torchvision instance describes itself
+    assert analyser.backbone.name == "resnet18" and analyser.backbone.categories == CATEGORIES
     return root, model, images, analyser
 
 
@@ -124,6 +125,18 @@ def test_tensor_mistakes_are_one_line(setup):
         analyser(torch.rand(1, 3, 32, 32))
     with pytest.raises(AttnvizError, match="float tensor"):
         analyser(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_instance_keywords_describe_a_model_that_does_not(setup):
+    _, model, _, _ = setup
+    a = attnviz.Analyser(model, ["spatial"], input_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                         categories=[f"c{i}" for i in range(1000)], name="mine")
+    assert (a.backbone.name, a.backbone.mean, a.backbone.std, a.backbone.categories[3]) == \
+        ("mine", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "c3")
+    with pytest.raises(AttnvizError, match="categories: 2 names for a head of 1000"):
+        attnviz.Analyser(model, ["spatial"], input_size=64, categories=["a", "b"])
+    with pytest.raises(AttnvizError, match="three numbers"):
+        attnviz.Analyser(model, ["spatial"], input_size=64, mean=(0.5, 0.5))
 
 
 def test_a_timm_instance_reads_its_pretrained_cfg_and_matches_the_cli(tmp_path):

@@ -11,6 +11,7 @@ from torch import nn
 from attnviz.backbones.base import Backbone
 from attnviz.backbones.hf import hf_backbone
 from attnviz.backbones.timm import timm_backbone
+from attnviz.backbones.torchvision import _weights_enum, torchvision_backbone, torchvision_name
 from attnviz.backbones.user import Tokens, module_backbone
 from attnviz.errors import AttnvizError
 from attnviz.probes.receptive import fingerprint
@@ -31,6 +32,8 @@ def _family(model: nn.Module) -> str:
         return "timm"
     if module.startswith("transformers.") and hasattr(model, "config"):
         return "hf"
+    if module.startswith("torchvision.models"):
+        return "torchvision"
     return "module"
 
 
@@ -39,7 +42,8 @@ def from_module(model: nn.Module, *, name: str | None = None, input_size: int | 
                 categories: Sequence[str] | None = None, tokens: Tokens | None = None) -> Backbone:
     """The Backbone of a model instance, on the device its parameters are on (never moved).
 
-    timm models: mean, std, size and classes from `pretrained_cfg`; transformers models: classes,
+    torchvision models: the builder whose default weights have its parameter count (its name,
+    classes, mean/std and size from torchvision's metadata); timm models: mean, std, size and classes from `pretrained_cfg`; transformers models: classes,
     tokens and size from `config`; any other: attributes `mean`, `std`, `input_size`, `categories`,
     `tokens` when it has them, else ImageNet's mean/std, 224 px and `class i`. The keywords win."""
     if not isinstance(model, nn.Module):
@@ -51,7 +55,8 @@ def from_module(model: nn.Module, *, name: str | None = None, input_size: int | 
         raise AttnvizError(f"std={std!r}: every value must be > 0")
     device = module_device(model)
     family = _family(model)
-    name = name or type(model).__name__
+    builder = torchvision_name(model) if family == "torchvision" else None   # e.g. "resnet18"
+    name = name or builder or type(model).__name__
     # the weights' own fingerprint: the geometry cache must never serve one instance's cells to another
     described = f"instance (weights sum {fingerprint(model):.9g})"
     if family == "timm":
@@ -60,6 +65,9 @@ def from_module(model: nn.Module, *, name: str | None = None, input_size: int | 
         side = input_size or _side(model)
         pre = (tuple(mean), tuple(std), side, "bilinear", []) if mean is not None and std is not None else None
         bb = hf_backbone(model, name, described, True, pre, input_size=input_size, device=device)
+    elif builder is not None:          # torchvision's weights metadata: classes, mean/std, size
+        bb = torchvision_backbone(model, name, described, True, _weights_enum(builder).DEFAULT,
+                                  input_size=input_size, device=device)
     else:
         bb = module_backbone(model, name, described, True, input_size=input_size, device=device, tokens=tokens)
     changes: dict = {}

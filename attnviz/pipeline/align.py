@@ -15,7 +15,7 @@ from typing import Sequence
 
 from attnviz.backbones import Backbone
 from attnviz.geometry import Geometry
-from attnviz.probes.receptive import measure_geometry
+from attnviz.probes.receptive import fingerprint, measure_geometry
 from attnviz.results import AttentionMap
 
 __all__ = ["Aligner", "EXACT", "cache_dir"]
@@ -76,7 +76,9 @@ class Aligner:
 
     def _key(self, layer: str) -> str:
         bb = self.backbone
-        raw = json.dumps([bb.name, bb.weights, layer, bb.input_size, list(bb.layers[layer].grid)])
+        # the weights' own fingerprint too: a file path (`-w model.pt`) may hold other weights next time
+        raw = json.dumps([bb.name, bb.weights, layer, bb.input_size, list(bb.layers[layer].grid),
+                          fingerprint(bb.model)])
         return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
     def _load(self, layer: str) -> Geometry | None:
