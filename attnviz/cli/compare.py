@@ -9,8 +9,8 @@ from rich.text import Text
 
 from attnviz.cli.app import app
 from attnviz.cli.schema import option
-from attnviz.cli.common import (EXIT_SOME_FAILED, Bar, backbone_name, check_paths, colormap_option, guard,
-                                out_console, prompts_from, query_option, say, split_kinds)
+from attnviz.cli.common import (EXIT_SOME_FAILED, Bar, backbone_name, check_paths, guard,
+                                out_console, prompts_from, say, split_kinds)
 from attnviz.settings import split_list
 from attnviz.text import printable
 

@@ -10,7 +10,7 @@ from rich.text import Text
 from attnviz.cli.app import app
 from attnviz.cli.schema import option
 from attnviz.cli.common import (EXIT_USAGE, backbone_name, check_paths, fail, guard, out_console, prompts_from,
-                                query_option, say)
+                                say)
 from attnviz.text import printable
 
 __all__ = ["explain"]

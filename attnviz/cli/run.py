@@ -10,7 +10,7 @@ from rich.text import Text
 
 from attnviz.cli.app import app
 from attnviz.cli.common import (EXIT_OK, EXIT_SOME_FAILED, Bar, backbone_name, check_paths, colormap_option,
-                                command_line, err_console, guard, out_console, prompts_from, query_option,
+                                command_line, err_console, guard, out_console, prompts_from,
                                 say, shown, split_kinds)
 from attnviz.cli.schema import option
 
