@@ -9,20 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 from PIL import Image
 
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError, one_line
 from attnviz.geometry import Geometry
 from attnviz.images import check_inputs, discover
-from attnviz.kinds import Batch
 from attnviz.maps import query_point
 from attnviz.pipeline.analyser import Analyser
 from attnviz.pipeline.batch import aligned_batches
 from attnviz.pipeline.outdir import read_manifest
 from attnviz.pipeline.runner import PIXEL_BUDGET
-from attnviz.probes.base import LayerTap
 from attnviz.render.band import unbanded
 from attnviz.render.overlay import fit
 from attnviz.render.sheet import SCALES, SheetCell, SheetRow, render_pages
@@ -105,30 +102,6 @@ def _add(item: _Image, maps: Sequence[AttentionMap], kinds: set[str] | None, pre
             _point(record, item.size), m.geometry)
 
 
-def _forward_layers(analysers: list[Analyser], images: list[Image.Image]
-                    ) -> tuple[list[list[Prediction]], list[list[list[AttentionMap]]]]:
-    """ONE forward pass tapping every analyser's layers; each analyser's kinds read their own layer."""
-    a0 = analysers[0]
-    bb = a0.backbone
-    x = a0.preprocess(images)
-    with torch.no_grad(), LayerTap(bb.model, [n for a in analysers for n in a.tapped]) as tap:
-        logits, aux = bb.forward(x, None)
-    a0.forwards += 1
-    per_layer = []
-    for a in analysers:
-        batch = Batch(bb, a.layer, tap.outputs, logits, [im.size for im in images], a.options, a.plans,
-                      inventory=a.inventory, aux=aux, aligner=a.aligner)
-        maps: list[list[AttentionMap]] = [[] for _ in images]
-        with torch.no_grad():
-            for kind in a.kinds:
-                for i, found in enumerate(kind.compute(batch)):
-                    maps[i].extend(found)
-        for found in maps:
-            a.aligner.stamp(found)          # each map drawn where its cells look, as `run` draws it
-        per_layer.append(maps)
-    return [a0._predictions(row) for row in logits], per_layer
-
-
 def _analysers(by: str, backbone: str | Backbone, kinds: list[str] | None, layers: list[str],
                backbones: list[str], options: dict[str, Any]) -> list[tuple[str, Analyser]]:
     """(column prefix, analyser) per column group: one for kinds, one per layer or backbone."""
@@ -161,7 +134,8 @@ def _compute(paths: Sequence[str | Path], by: str, backbone: str | Backbone, kin
         report.failed += [(r.source, r.error or "") for r in loaded if r.status != "ok"]
         images = [im for _, im in good]
         if images and by == "layers":
-            preds, per_group = _forward_layers([a for _, a in groups], images)
+            first, *others = [a for _, a in groups]
+            preds, per_group = first.analyse_layers(images, others)     # one forward for every layer
         elif images:
             outcomes = [a.analyse_batch(images) for _, a in groups]   # one forward per backbone
             preds = [o[0] for o in outcomes[0]]

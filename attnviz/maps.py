@@ -6,7 +6,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from attnviz.geometry import Geometry, nearest_cell, resample
 
@@ -69,15 +68,10 @@ def normalise(m: np.ndarray) -> np.ndarray:
 
 
 def upsample(m: np.ndarray, height: int, width: int, geometry: Geometry | None = None) -> np.ndarray:
-    """Bilinear resize of an (h, w) map to (height, width), pixel centres aligned.
-
-    With a `geometry` (a CNN layer's measured receptive fields) the map is spread by its cells'
-    fields, Σ_i m_i·E_i / Σ_i E_i, as every picture draws it (see attnviz.geometry)."""
-    if geometry is not None and geometry.fits(np.shape(m)):
-        return resample(m, height, width, geometry)
-    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
-    out = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
-    return out[0, 0].numpy()
+    """Resize an (h, w) map to (height, width): `attnviz.geometry.resample` (bilinear, pixel centres
+    aligned; with a `geometry` — a CNN layer's measured receptive fields — the map is spread by its
+    cells' fields, Σ_i m_i·E_i / Σ_i E_i, as every picture draws it)."""
+    return resample(m, height, width, geometry)
 
 
 def query_cell(xy: tuple[float, float], size: tuple[int, int], grid: tuple[int, int],

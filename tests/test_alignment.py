@@ -202,3 +202,20 @@ def test_no_outliers_on_an_unplanted_vit(monkeypatch):
         bb = load_backbone("timm:vit_tiny_patch16_224", "none", seed=0)
     m = Analyser(bb, ["self"]).analyse_batch([Image.new("RGB", (64, 64), (90, 120, 150))])[0][1][0]
     assert m.meta["outlier_tokens"] == []
+
+
+def test_disk_cache_key_follows_the_weights_not_the_file_name(resnet18_small):
+    """`-w model.pt` rewritten with other weights must not be served the old file's geometry."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from attnviz.pipeline.align import Aligner
+    a = dataclasses.replace(resnet18_small, weights="model.pt", pretrained=True)
+    other = copy.deepcopy(resnet18_small.model)
+    with torch.no_grad():
+        other.layer4[1].conv2.weight.mul_(1.5)
+    b = dataclasses.replace(a, model=other)
+    assert Aligner(a)._key("layer4") != Aligner(b)._key("layer4")
+    assert Aligner(a)._key("layer4") == Aligner(dataclasses.replace(a))._key("layer4")

@@ -75,7 +75,8 @@ def test_by_layers_is_one_forward_and_equals_each_layer_alone(resnet18_small):
     layers = ["layer2", "layer3"]
     groups = cmp._analysers("layers", resnet18_small, ["spatial", "channel"], layers, [], {})
     images = [photo(80, 60, 1), photo(50, 70, 2)]
-    preds, per_layer = cmp._forward_layers([a for _, a in groups], images)
+    first, *others = [a for _, a in groups]
+    preds, per_layer = first.analyse_layers(images, others)
     assert sum(a.forwards for _, a in groups) == 1
     for name, maps in zip(layers, per_layer):
         alone = Analyser(resnet18_small, ["spatial", "channel"], layer=name, native=False).analyse_batch(images)

@@ -67,10 +67,23 @@ def test_writer_depth_bounds_tasks_in_flight() -> None:
 
 # ---- overlays: geometry unchanged -------------------------------------------------------------------
 
+def torch_upsample(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The independent reference: torch's bilinear interpolate, align_corners=False."""
+    import torch
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
 @pytest.mark.parametrize("grid, size", [((7, 7), (512, 384)), ((5, 9), (300, 512)), ((24, 24), (96, 96))])
-def test_bilinear_is_maps_upsample(grid: tuple[int, int], size: tuple[int, int]) -> None:
+def test_the_one_resize_is_torch_bilinear(grid: tuple[int, int], size: tuple[int, int]) -> None:
     m = np.random.default_rng(0).random(grid).astype(np.float32)
-    np.testing.assert_allclose(bilinear(m, size[1], size[0]), upsample(m, size[1], size[0]), atol=1e-6)
+    np.testing.assert_allclose(bilinear(m, size[1], size[0]), torch_upsample(m, size[1], size[0]), atol=1e-6)
+    assert bilinear is resample_of() and np.array_equal(upsample(m, size[1], size[0]), bilinear(m, size[1], size[0]))
+
+
+def resample_of():
+    from attnviz.geometry import bilinear as one
+    return one
 
 
 @pytest.mark.parametrize("cell", [(0, 0), (3, 5), (6, 2), (6, 6)])
@@ -82,12 +95,12 @@ def test_one_hot_peak_lands_on_the_same_pixels_as_before(cell: tuple[int, int]) 
     w, h = 512, 384
     drawn = np.asarray(overlay(Image.new("RGB", (640, 480)), m, size=512, alpha=1.0))
     lut = matplotlib.colormaps["jet"](np.arange(256), bytes=True)[:, :3]
-    idx = np.minimum(np.floor(np.clip(upsample(normalise(m), h, w), 0, 1) * 256), 255).astype(int)
+    idx = np.minimum(np.floor(np.clip(torch_upsample(normalise(m), h, w), 0, 1) * 256), 255).astype(int)
     same = np.all(drawn == lut[idx], axis=-1)
     assert same.mean() > 0.999                       # float rounding may move a rare boundary pixel
     hot = idx == idx.max()
     assert same[hot].all() and hot.sum() >= 1
-    ry, rx = np.unravel_index(np.argmax(upsample(m, h, w)), (h, w))
+    ry, rx = np.unravel_index(np.argmax(torch_upsample(m, h, w)), (h, w))
     assert hot[ry, rx] and tuple(drawn[ry, rx]) == tuple(lut[idx.max()])
 
 

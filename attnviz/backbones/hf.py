@@ -16,7 +16,7 @@ from attnviz.backbones.registry import register_family
 from attnviz.backbones.weights import WeightsSpec, check_input_size, load_state_dict_file, warn_random
 from attnviz.errors import AttnvizError, one_line
 
-__all__ = ["HfBackbone", "load_hf", "EXTRA_HINT"]
+__all__ = ["HfBackbone", "load_hf", "hf_backbone", "EXTRA_HINT"]
 
 EXTRA_HINT = 'Hugging Face backbones need the optional extra: pip install -e ".[hf]"'
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -179,8 +179,24 @@ def load_hf(name: str, weights: WeightsSpec, *, input_size: int | None = None,
     """`hf:ID_OR_DIR` with --weights DEFAULT (its own weights), a revision TAG, a FILE, or none."""
     ref = name.removeprefix("hf:")
     model, config, described, src, kw = _build(ref, weights)
-    model.eval().to(device)
     mean, std, side, resample, notes = _preprocessing(src, kw, config)
+    return hf_backbone(model, name, described, weights.pretrained, (mean, std, side, resample, notes),
+                       input_size=input_size, device=device)
+
+
+def hf_backbone(model: nn.Module, name: str, described: str, pretrained: bool,
+                preprocessing: tuple[tuple, tuple, int, str, list[str]] | None = None, *,
+                input_size: int | None = None, device: torch.device = torch.device("cpu")) -> Backbone:
+    """A built transformers classifier as a Backbone: its config says classes, tokens and size.
+
+    `preprocessing`: (mean, std, side, resampling, notes) from its image processor; None: ImageNet's, noted."""
+    config = model.config
+    model.eval().to(device)
+    if preprocessing is None:
+        side0 = _pair(getattr(config, "image_size", 224))[0]
+        preprocessing = IMAGENET_MEAN, IMAGENET_STD, side0, "bilinear", [
+            "no image processor given: ImageNet mean/std assumed (pass mean=, std=)"]
+    mean, std, side, resample, notes = preprocessing
     if config.model_type in FIXED_SIZE:
         side = check_input_size(name, input_size, _pair(config.image_size)[0])
     elif input_size:
@@ -196,7 +212,7 @@ def load_hf(name: str, weights: WeightsSpec, *, input_size: int | None = None,
         default = _default_layer(model, layers, len(categories), tokens is not None)
     except ValueError:
         raise AttnvizError(f"{name} produces no spatial feature map to read") from None
-    return HfBackbone(name=name, model=model, weights=described, pretrained=weights.pretrained,
+    return HfBackbone(name=name, model=model, weights=described, pretrained=pretrained,
                       categories=categories, mean=mean, std=std, input_size=side, default_layer=default,
                       layers=layers, classifier=head, classifier_layer=pooled, tokens=tokens, device=device,
                       notes=notes, interpolation=resample)

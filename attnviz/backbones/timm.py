@@ -15,7 +15,7 @@ from attnviz.backbones.registry import register_family
 from attnviz.backbones.weights import WeightsSpec, check_input_size, load_state_dict_file, warn_random
 from attnviz.errors import AttnvizError, one_line
 
-__all__ = ["load_timm", "timm_names", "EXTRA_HINT"]
+__all__ = ["load_timm", "timm_backbone", "timm_names", "EXTRA_HINT"]
 
 EXTRA_HINT = 'timm backbones need the optional extra: pip install -e ".[timm]"'
 
@@ -149,9 +149,15 @@ def _default_layer(model: nn.Module, layers: dict[str, LayerInfo], n: int, token
 def load_timm(name: str, weights: WeightsSpec, *, input_size: int | None = None,
               device: torch.device = torch.device("cpu")) -> Backbone:
     """`timm:NAME` with --weights DEFAULT (timm's default tag), a TAG, a FILE, or none."""
-    from timm.data import resolve_model_data_config
     arch, tag = _resolve(name, weights)
     model, described = _build(arch, tag, weights)
+    return timm_backbone(model, name, described, weights.pretrained, input_size=input_size, device=device)
+
+
+def timm_backbone(model: nn.Module, name: str, described: str, pretrained: bool, *, input_size: int | None = None,
+                  device: torch.device = torch.device("cpu")) -> Backbone:
+    """A built timm model as a Backbone: its pretrained_cfg says mean, std, size; the model its tokens."""
+    from timm.data import resolve_model_data_config
     model.eval().to(device)
     data = resolve_model_data_config(model)
     size = int(data["input_size"][-1])
@@ -171,7 +177,7 @@ def load_timm(name: str, weights: WeightsSpec, *, input_size: int | None = None,
         default = _default_layer(model, layers, len(categories), tokens)
     except ValueError:
         raise AttnvizError(f"{name} produces no spatial feature map to read") from None
-    return Backbone(name=name, model=model, weights=described, pretrained=weights.pretrained,
+    return Backbone(name=name, model=model, weights=described, pretrained=pretrained,
                     categories=categories, mean=tuple(float(m) for m in data["mean"]),
                     std=tuple(float(s) for s in data["std"]), input_size=size, default_layer=default,
                     layers=layers, classifier=head, classifier_layer=pooled, tokens=tokens, device=device,

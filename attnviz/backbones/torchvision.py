@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -17,7 +18,7 @@ from attnviz.backbones.base import (Backbone, LayerInfo, describe_layers, find_c
 from attnviz.backbones.weights import WeightsSpec, check_input_size, load_state_dict_file, warn_random
 from attnviz.errors import AttnvizError, one_line
 
-__all__ = ["load_torchvision", "classification_models"]
+__all__ = ["load_torchvision", "classification_models", "torchvision_backbone", "torchvision_name"]
 
 DOWNLOAD_TIMEOUT_S = 30
 
@@ -129,6 +130,29 @@ def load_torchvision(name: str, weights: WeightsSpec, *, input_size: int | None 
         warn_random(name)
         model = tvm.get_model(name, weights=None)
         described = "none"
+    return torchvision_backbone(model, name, described, described != "none", meta_source,
+                                input_size=input_size, device=device)
+
+
+def torchvision_name(model: nn.Module) -> str | None:
+    """The torchvision builder of a model instance: the one of its module whose default weights
+    have exactly its parameter count (torchvision's own metadata); None when none or several fit."""
+    module = type(model).__module__
+    if not module.startswith("torchvision.models"):
+        return None
+    count = sum(p.numel() for p in model.parameters())
+    fits = []
+    for builder in (b for b in classification_models() if tvm.get_model_builder(b).__module__ == module):
+        enum = _weights_enum(builder)
+        if enum is not None and enum.DEFAULT.meta.get("num_params") == count:
+            fits.append(builder)
+    return fits[0] if len(fits) == 1 else None
+
+
+def torchvision_backbone(model: nn.Module, name: str, described: str, pretrained: bool, meta_source: Any,
+                         *, input_size: int | None = None, device: torch.device = torch.device("cpu")) -> Backbone:
+    """A built torchvision classifier as a Backbone; `meta_source` (a weights enum entry) says its
+    categories, mean/std and input size."""
     model.eval().to(device)
 
     categories: list[str] = list(meta_source.meta["categories"]) if meta_source else []
@@ -150,7 +174,7 @@ def load_torchvision(name: str, weights: WeightsSpec, *, input_size: int | None 
                            f"try another --input-size") from None
     head, pooled = find_classifier(order, layers, n_classes)
     tokens = _vit_grid(model)
-    return Backbone(name=name, model=model, weights=described, pretrained=described != "none",
+    return Backbone(name=name, model=model, weights=described, pretrained=pretrained,
                     categories=categories, mean=mean, std=std, input_size=size,
                     default_layer=_default_layer(model, layers, n_classes), layers=layers,
                     classifier=head, classifier_layer=pooled, tokens=tokens, device=device)

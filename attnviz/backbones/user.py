@@ -16,7 +16,7 @@ from attnviz.backbones.weights import WeightsSpec, load_into
 from attnviz.errors import AttnvizError
 from attnviz.probes.locate import locate
 
-__all__ = ["load_user_model", "build_from_factory", "infer_tokens"]
+__all__ = ["load_user_model", "module_backbone", "build_from_factory", "infer_tokens"]
 
 Tokens = tuple[int, tuple[int, int]]
 MAX_PREFIX = 16   # class, distillation and register tokens: a handful, never a grid's worth
@@ -56,9 +56,16 @@ def load_user_model(name: str, weights: WeightsSpec, *, input_size: int | None =
     if weights.kind == "file":
         load_into(model, weights.path, spec)
         described = str(weights.path)
+    return module_backbone(model, spec, described, weights.pretrained, input_size=input_size, device=device)
+
+
+def module_backbone(model: nn.Module, spec: str, described: str, pretrained: bool, *,
+                    input_size: int | None = None, device: torch.device = torch.device("cpu"),
+                    tokens: Tokens | None = None) -> Backbone:
+    """Any nn.Module as a Backbone; optional attributes `categories`, `mean`, `std`, `input_size`, `tokens`."""
     model.eval().to(device)
     size = input_size or int(getattr(model, "input_size", 224))
-    tokens = _declared_tokens(model, spec)
+    tokens = tokens or _declared_tokens(model, spec)
     try:
         layers, order = describe_layers(model, size, device, tokens)
         example = torch.zeros(1, 3, size, size, device=device)
@@ -89,11 +96,13 @@ def load_user_model(name: str, weights: WeightsSpec, *, input_size: int | None =
         default = getattr(model, "default_layer", None) or last_stage(model, layers, len(categories))
     except ValueError:
         raise AttnvizError(f"{spec} produces no spatial feature map to read") from None
-    return Backbone(name=spec, model=model, weights=described, pretrained=weights.pretrained,
+    return Backbone(name=spec, model=model, weights=described, pretrained=pretrained,
                     categories=categories, mean=tuple(getattr(model, "mean", IMAGENET_MEAN)),
                     std=tuple(getattr(model, "std", IMAGENET_STD)), input_size=size,
                     default_layer=default, layers=layers, classifier=classifier,
                     classifier_layer=pooled, tokens=tokens, device=device, notes=notes)
+
+
 
 
 def _declared_tokens(model: nn.Module, spec: str) -> Tokens | None:

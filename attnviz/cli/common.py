@@ -22,7 +22,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from attnviz.errors import AttnvizError, one_line
-from attnviz.text import read_prompts, shown
+from attnviz.settings import split_list
+from attnviz.text import printable, read_prompts, shown
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "out_console",
            "err_console", "shown", "say", "fail", "guard", "Bar", "colormap_option", "query_option", "prompts_from",
@@ -197,7 +198,7 @@ def query_option(value: Optional[str]) -> Optional[tuple[float, float]]:
     if value is None:
         return None
     try:
-        x, y = (float(v) for v in value.split(","))
+        x, y = (float(v) for v in value.split(","))      # exactly two: "1,,2" is not a point
     except ValueError:
         raise typer.BadParameter("expected X,Y in image pixels, e.g. 120,80") from None
     if not (math.isfinite(x) and math.isfinite(y)):
@@ -225,7 +226,7 @@ def split_kinds(values: Optional[List[str]]) -> Optional[List[str]]:
     """--kinds a,b --kinds c -> [a, b, c]; given but empty is a usage error naming the kinds."""
     if not values:
         return None
-    names = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    names = split_list(values)
     if not names:
         from attnviz.kinds import KINDS
         fail(f"--kinds: name at least one kind ({', '.join(KINDS)})", EXIT_USAGE)

@@ -8,15 +8,17 @@ import typer
 from rich.text import Text
 
 from attnviz.cli.app import app
-from attnviz.cli.common import (EXIT_SOME_FAILED, Bar, backbone_name, check_paths, colormap_option, guard,
-                                out_console, prompts_from, query_option, say, split_kinds)
+from attnviz.cli.schema import option
+from attnviz.cli.common import (EXIT_SOME_FAILED, Bar, backbone_name, check_paths, guard,
+                                out_console, prompts_from, say, split_kinds)
+from attnviz.settings import split_list
 from attnviz.text import printable
 
 __all__ = ["compare"]
 
 
 def _names(value: Optional[str]) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+    return split_list(value)
 
 
 @app.command()
@@ -26,25 +28,25 @@ def compare(
     by: str = typer.Option("kinds", "--by", help="Columns: kinds (every map of one backbone), layers (--layers) or backbones (--backbones)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="--by layers: comma-separated layers (`attnviz layers NAME`); maps are derived from each."),
     backbones: Optional[str] = typer.Option(None, "--backbones", help="--by backbones: comma-separated backbone names."),
-    kinds: Optional[List[str]] = typer.Option(None, "--kinds", "-k", help="Kinds to show, comma-separated or repeated (default: all by kinds; spatial by layers/backbones)."),
+    kinds: Optional[List[str]] = option("kinds", help="Kinds to show, comma-separated or repeated (default: all by kinds; spatial by layers/backbones)."),
     scale: str = typer.Option("cell", "--scale", help="cell: each map min–max on its own; row: one scale per row; shared: one scale per kind across the sheet (equal values, equal colours)."),
     per_page: int = typer.Option(8, "--per-page", min=1, help="Rows (images) per page."),
     cell: int = typer.Option(256, "--cell", min=64, max=1024, help="Side of each square cell in pixels."),
-    backbone: str = typer.Option("resnet50", "--backbone", "-b", help="Backbone for --by kinds/layers (`attnviz backbones`)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Your own model instead: package.module:factory."),
-    weights: str = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a weights enum name or tag, a state_dict FILE, or none (random init)."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="--by kinds/backbones: layer to read (default: the last feature stage)."),
-    text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="Cross-attention prompt (repeatable); default: the top-1 class name."),
-    text_file: Optional[Path] = typer.Option(None, "--text-file", help="Prompts, one per line ('#' starts a comment)."),
-    query: Optional[str] = typer.Option(None, "--query", callback=query_option, help="Self-attention query X,Y in image pixels."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, max=2048, help="Model input side (default: the weights' own)."),
-    colormap: str = typer.Option("jet", "--colormap", callback=colormap_option, help="Matplotlib colormap name."),
-    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Heatmap opacity over the image."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random-init weights."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors still print)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    backbone: str = option("backbone", help="Backbone for --by kinds/layers (`attnviz backbones`)."),
+    model: Optional[str] = option("model", help="Your own model instead: package.module:factory."),
+    weights: str = option("weights", help="DEFAULT, a weights enum name or tag, a state_dict FILE, or none (random init)."),
+    layer: Optional[str] = option("layer", help="--by kinds/backbones: layer to read (default: the last feature stage)."),
+    text: Optional[List[str]] = option("texts", help="Cross-attention prompt (repeatable); default: the top-1 class name."),
+    text_file: Optional[Path] = option("text_file", help="Prompts, one per line ('#' starts a comment)."),
+    query: Optional[str] = option("query", help="Self-attention query X,Y in image pixels."),
+    input_size: Optional[int] = option("input_size", help="Model input side (default: the weights' own)."),
+    colormap: str = option("colormap", help="Matplotlib colormap name."),
+    alpha: float = option("alpha", help="Heatmap opacity over the image."),
+    batch_size: int = option("batch_size", help="Images per forward pass."),
+    device: str = option("device", help="cpu, cuda or auto."),
+    seed: Optional[int] = option("seed", help="Seed for random-init weights."),
+    quiet: bool = option("quiet", help="No progress bar or summary (errors still print)."),
+    debug: bool = option("debug", help="Show tracebacks."),
 ) -> None:
     """Sheets of images side by side: rows are images, columns are kinds, layers or backbones."""
     from attnviz.compare import compare as compare_api

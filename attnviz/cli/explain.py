@@ -8,8 +8,9 @@ import typer
 from rich.text import Text
 
 from attnviz.cli.app import app
+from attnviz.cli.schema import option
 from attnviz.cli.common import (EXIT_USAGE, backbone_name, check_paths, fail, guard, out_console, prompts_from,
-                                query_option, say)
+                                say)
 from attnviz.text import printable
 
 __all__ = ["explain"]
@@ -20,17 +21,17 @@ def explain(
     image: str = typer.Argument(..., help="One image file."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder: <kind>.png per kind, explain.html, explain.json."),
     kind: str = typer.Option("all", "--kind", "-k", help="channel, spatial, mixed, self, cross (comma-separated) or all."),
-    backbone: str = typer.Option("resnet50", "--backbone", "-b", help="Backbone name (`attnviz backbones`)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Your own model instead: package.module:factory."),
-    weights: str = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a weights enum name or tag, a state_dict FILE, or none."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer of the derived stages (default: the last feature stage)."),
-    text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="Cross-attention prompt (repeatable); default: the top-1 class."),
-    query: Optional[str] = typer.Option(None, "--query", callback=query_option, help="Self-attention query X,Y in image pixels."),
-    tau: float = typer.Option(0.1, "--tau", min=1e-4, help="Temperature of derived self-attention."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, max=2048, help="Model input side."),
+    backbone: str = option("backbone", help="Backbone name (`attnviz backbones`)."),
+    model: Optional[str] = option("model", help="Your own model instead: package.module:factory."),
+    weights: str = option("weights", help="DEFAULT, a weights enum name or tag, a state_dict FILE, or none."),
+    layer: Optional[str] = option("layer", help="Layer of the derived stages (default: the last feature stage)."),
+    text: Optional[List[str]] = option("texts", help="Cross-attention prompt (repeatable); default: the top-1 class."),
+    query: Optional[str] = option("query", help="Self-attention query X,Y in image pixels."),
+    tau: float = option("tau", help="Temperature of derived self-attention."),
+    input_size: Optional[int] = option("input_size", help="Model input side."),
     fmt: str = typer.Option("png", "--format", help="png, or svg for slides."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random-init weights."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    seed: Optional[int] = option("seed", help="Seed for random-init weights."),
+    debug: bool = option("debug", help="Show tracebacks."),
 ) -> None:
     """Each attention mechanism step by step on your image: one strip of stages per kind."""
     from attnviz.explain import explain as run_explain, write_explained

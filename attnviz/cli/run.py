@@ -11,7 +11,8 @@ from rich.text import Text
 from attnviz.cli.app import app
 from attnviz.cli.common import (EXIT_OK, EXIT_SOME_FAILED, Bar, backbone_name, check_paths, colormap_option,
                                 command_line, command_started, err_console, guard, out_console, prompts_from,
-                                query_option, say, shown, split_kinds)
+                                say, shown, split_kinds)
+from attnviz.cli.schema import option
 
 __all__ = ["run", "demo", "evaluate", "agreement_table"]
 
@@ -19,50 +20,52 @@ __all__ = ["run", "demo", "evaluate", "agreement_table"]
 @app.command()
 def run(
     paths: List[str] = typer.Argument(..., help="Image files and/or folders (folders recurse)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; mirrors the input tree)."),
-    backbone: str = typer.Option("resnet50", "--backbone", "-b", help="Backbone name (`attnviz backbones` lists every family and name)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Your own model instead: package.module:factory (a callable returning an nn.Module)."),
-    weights: str = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a weights enum name or tag (IMAGENET1K_V1), a state_dict FILE, or none (random init)."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer to read (default: the last feature stage; see `attnviz layers`)."),
-    kinds: Optional[List[str]] = typer.Option(None, "--kinds", "-k", help="Kinds to compute, comma-separated or repeated (default: all; `attnviz kinds` lists them)."),
-    text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="Cross-attention prompt (repeatable); default: the top-1 class name."),
-    text_file: Optional[Path] = typer.Option(None, "--text-file", help="Prompts, one per line ('#' starts a comment)."),
-    per_word: bool = typer.Option(False, "--per-word", help="CLIP: also a map for each content word of each prompt."),
-    contrast: bool = typer.Option(False, "--contrast", help="CLIP: also each prompt's similarity minus the mean of the others'."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="CLIP: open_clip pretrained tag (default: the arch's usual one); same as --weights TAG."),
-    clip_variant: str = typer.Option("value", "--clip-variant", help="CLIP patch tokens: value (MaskCLIP, default), clear (ClearCLIP), sclip (SCLIP), naclip (NACLIP), plain (the last block's output), or all (every one side by side)."),
-    slide: Optional[str] = typer.Option(None, "--slide", help="CLIP: WINDOW,STRIDE[,SHORT] — overlapping crops of the image resized to a short side of SHORT px (default 1.5 × WINDOW), patch similarities averaged (e.g. 224,112)."),
-    query: Optional[str] = typer.Option(None, "--query", callback=query_option, help="Self-attention query X,Y in image pixels (default: the spatial-map peak)."),
-    faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score every map by deletion/insertion AUC (extra forward passes: slower)."),
-    sanity: bool = typer.Option(False, "--sanity", help="Also compare the first batch's maps with a fully randomised model's (rank correlation; ≥ 0.3 is flagged)."),
-    stats: bool = typer.Option(False, "--stats", help="Also write agreement.csv/.png: per image and pair of kinds, Spearman's rho and the IoU of the top-20 % regions."),
-    derived_only: bool = typer.Option(False, "--derived-only", help="Derive channel, spatial, mixed and self from --layer even where the model has its own attention modules (to compare with the native maps)."),
-    align: bool = typer.Option(True, "--align/--no-align", help="Draw CNN maps by their cells' measured receptive fields (peaks at each field's centroid; measured once per architecture, weights, layer and input size, cached on disk); --no-align: bilinear from block centres."),
-    outliers: str = typer.Option("keep", "--outliers", help="Patch tokens of outlying norm (ViT artifact tokens, listed as outlier_tokens): keep (the map as computed), mask (left blank), or interpolate (their neighbours' mean)."),
-    self_layer: Optional[str] = typer.Option(None, "--self-layer", help="Attention module for the per-head maps (default: the last; see `attnviz inspect`)."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, max=2048, help="Model input side, 16 to 2048 (default: the weights' own, usually 224)."),
-    size: int = typer.Option(512, "--size", min=16, max=8192, help="Longest side of the written pictures, 16 to 8192."),
-    colormap: str = typer.Option("jet", "--colormap", callback=colormap_option, help="Matplotlib colormap name (jet, inferno, viridis ...)."),
-    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="Heatmap opacity over the image."),
-    top_k: int = typer.Option(20, "--top-k", min=1, help="Channels shown as bars in channel_weights.png."),
-    tau: float = typer.Option(0.1, "--tau", min=1e-4, help="Temperature of derived self-attention."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random-init weights."),
-    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster; the ray extra)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray: the cluster to join (auto: the one `ray start` runs here); default: a local one."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Local: threads that draw and write files while the next batch runs (default: one per core; 0: none). Ray: actors, each with its own model (default: one per CPU of the cluster)."),
-    fmt: str = typer.Option("png", "--format", help="Overlays and original: png, jpg or webp (charts, grids and maps.npz keep theirs)."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="Ray: GPUs per actor (a fraction shares a GPU)."),
-    resume: bool = typer.Option(True, "--resume", help="Keep the images an earlier run into OUT completed with the same settings (the default)."),
-    force: bool = typer.Option(False, "--force", help="Recompute every image even if OUT holds a run with other settings or files attnviz did not write; outputs the new settings no longer produce are removed."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (errors still print)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    out: Path = option("out", default=...),
+    backbone: str = option("backbone"),
+    model: Optional[str] = option("model"),
+    weights: str = option("weights"),
+    layer: Optional[str] = option("layer"),
+    kinds: Optional[List[str]] = option("kinds"),
+    text: Optional[List[str]] = option("texts"),
+    text_file: Optional[Path] = option("text_file"),
+    target: Optional[List[str]] = option("targets"),
+    per_word: bool = option("per_word"),
+    contrast: bool = option("contrast"),
+    pretrained: Optional[str] = option("pretrained"),
+    clip_variant: str = option("variant"),
+    slide: Optional[str] = option("slide"),
+    query: Optional[str] = option("query"),
+    faithfulness: bool = option("faithfulness"),
+    sanity: bool = option("sanity"),
+    stats: bool = option("stats"),
+    derived_only: bool = option("native"),
+    align: bool = option("align"),
+    outliers: str = option("outliers"),
+    self_layer: Optional[str] = option("self_layer"),
+    input_size: Optional[int] = option("input_size"),
+    size: int = option("size"),
+    colormap: str = option("colormap"),
+    alpha: float = option("alpha"),
+    top_k: int = option("top_k"),
+    tau: float = option("tau"),
+    batch_size: int = option("batch_size"),
+    device: str = option("device"),
+    seed: Optional[int] = option("seed"),
+    engine: str = option("engine"),
+    address: Optional[str] = option("address"),
+    workers: Optional[int] = option("workers"),
+    fmt: str = option("format"),
+    gpus_per_worker: float = option("gpus_per_worker"),
+    resume: bool = option("resume"),
+    force: bool = option("force"),
+    quiet: bool = option("quiet"),
+    debug: bool = option("debug"),
 ) -> None:
     """Write heatmaps, bar charts, grids, raw maps and a manifest for every image."""
     from attnviz.pipeline import run as run_pipeline
     from attnviz.pipeline.distributed import RayOptions
     from attnviz.report.outputs import Style
+    from attnviz.settings import split_list
 
     started = command_started()
     inputs = check_paths(paths)
@@ -80,6 +83,7 @@ def run(
                 native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
                 stats=stats, engine=engine, workers=workers if engine == "local" else None,
                 align=align, outliers=outliers, on_status=bar.status, started=started,
+                targets=tuple(split_list(target)),
                 ray=RayOptions(address, workers or None, gpus_per_worker) if engine == "ray" else None)
 
     report = guard(go, debug)

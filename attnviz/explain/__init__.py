@@ -5,6 +5,6 @@ captured tensors into strips of panels, `figure` draws a strip, `page` writes th
 """
 from attnviz.explain.panels import Panel, Strip
 from attnviz.explain.stages import EXPLAIN_KINDS, Explained, explain
-from attnviz.explain.page import write_explained
+from attnviz.explain.page import strip_bytes, write_explained
 
-__all__ = ["EXPLAIN_KINDS", "Explained", "Panel", "Strip", "explain", "write_explained"]
+__all__ = ["EXPLAIN_KINDS", "Explained", "Panel", "Strip", "explain", "strip_bytes", "write_explained"]

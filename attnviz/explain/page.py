@@ -70,6 +70,15 @@ def _html(ex: Explained, files: dict[str, str]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def strip_bytes(ex: Explained, strip: Any, fmt: str = "png") -> bytes:
+    """The file `<kind>.<fmt>` of one strip, encoded (a random-weights run's strip carries the band)."""
+    band = "" if ex.pretrained or fmt == "png" else RANDOM_BAND           # SVG: drawn in the figure
+    data = figure_bytes(strip_figure(strip, ex.image, f"   ·   {shown(ex.source)}, {ex.backbone}", band=band), fmt)
+    if fmt == "png" and not ex.pretrained:                              # PNG: the band of every picture
+        data = encode_png(banded(Image.open(io.BytesIO(data)).convert("RGB")))
+    return data
+
+
 def write_explained(ex: Explained, out: str | Path, fmt: str = "png") -> list[Path]:
     """Write every strip's figure, explain.json and explain.html into `out`; the paths written."""
     if fmt not in FORMATS:
@@ -80,10 +89,7 @@ def write_explained(ex: Explained, out: str | Path, fmt: str = "png") -> list[Pa
     files = {s.kind: f"{s.kind}.{fmt}" for s in ex.strips}
     written = []
     for s in ex.strips:
-        band = "" if ex.pretrained or fmt == "png" else RANDOM_BAND           # SVG: drawn in the figure
-        data = figure_bytes(strip_figure(s, ex.image, f"   ·   {shown(ex.source)}, {ex.backbone}", band=band), fmt)
-        if fmt == "png" and not ex.pretrained:                              # PNG: the band of every picture
-            data = encode_png(banded(Image.open(io.BytesIO(data)).convert("RGB")))
+        data = strip_bytes(ex, s, fmt)
         write_atomic(out / files[s.kind], lambda f, d=data: f.write(d))
         written.append(out / files[s.kind])
     save_json(out / "explain.json", record(ex, files))

@@ -10,6 +10,7 @@ from PIL import Image
 
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError, ImageError
+from attnviz.settings import split_list
 from attnviz.explain import attend, gates, mixed
 from attnviz.explain.capture import StageTap
 from attnviz.explain.context import Context
@@ -52,7 +53,7 @@ class Explained:
 
 def parse_kinds(kinds: str | Sequence[str]) -> list[str]:
     """`all`, one kind or several (comma-separated or a list), in canonical order; unknown ones fail."""
-    names = [k.strip() for item in ([kinds] if isinstance(kinds, str) else kinds) for k in item.split(",") if k.strip()]
+    names = split_list(kinds)
     if not names:
         raise AttnvizError(f"--kind: name one of {', '.join(EXPLAIN_KINDS)} or all")
     if "all" in names:

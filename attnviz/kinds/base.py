@@ -38,6 +38,7 @@ class Batch:
     aux: dict[str, Any] = field(default_factory=dict)      # what the backbone's forward returned beside logits
     cache: dict[str, Any] = field(default_factory=dict)   # results one kind shares with another
     aligner: Any = None   # .geometry(layer, grid) -> measured cell centres (pipeline.align.Aligner)
+    targets: list[tuple[Any, ...]] | None = None   # per image: the classes asked for (`targets=` of a call)
 
     def geometry(self, layer: str | None = None, grid: tuple[int, ...] | None = None) -> Geometry | None:
         """Where the cells of `layer` (default: the chosen one) lie, when measured and of `grid`."""

@@ -14,7 +14,7 @@ from attnviz.kinds.base import Batch, Kind, register_kind
 from attnviz.text import slug, unique, words
 from attnviz.results import AttentionMap, Options
 
-__all__ = ["match_classes", "cross_map", "Cross"]
+__all__ = ["match_classes", "class_index", "cross_map", "Cross"]
 
 
 def match_classes(prompt: str, categories: list[str]) -> list[int]:
@@ -45,6 +45,20 @@ def _closest(prompt: str, categories: list[str], n: int = 5) -> list[str]:
         grams = [" ".join(p[i:i + k]) for i in range(max(len(p) - k + 1, 1))]
         return max(difflib.SequenceMatcher(None, g, name.lower()).ratio() for g in grams)
     return sorted(dict.fromkeys(categories), key=score, reverse=True)[:n]
+
+
+def class_index(target: int | str, backbone: Backbone) -> int:
+    """A `--target`: a class index of the head, or a class name (exact, any case); one line otherwise."""
+    cats = backbone.categories
+    if isinstance(target, int):
+        if not 0 <= target < len(cats):
+            raise AttnvizError(f"--target {target}: {backbone.name} has classes 0 to {len(cats) - 1}")
+        return target
+    lower = [c.lower() for c in cats]
+    if target.lower() in lower:
+        return lower.index(target.lower())
+    close = ", ".join(_closest(target, cats))
+    raise AttnvizError(f"--target {target!r} is not a class of {backbone.name}; closest: {close}")
 
 
 def cross_map(f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -81,6 +95,8 @@ class Cross(Kind):
                 raise AttnvizError(f"--text {prompt!r} names none of {backbone.name}'s classes; "
                                    f"closest: {close}")
             plan[prompt] = classes
+        for t in options.targets:
+            class_index(t, backbone)           # an unknown class fails before any image is read
         return plan
 
     def layers(self, backbone: Backbone, layer: str) -> list[str]:
@@ -96,8 +112,10 @@ class Cross(Kind):
         weight = bb.classifier.weight.detach().float().to(f.device)   # (K, C)
         probs = torch.softmax(batch.logits.float(), dim=1)
         plan: dict[str, list[int]] = batch.plans.get(self.name) or {}
-        per_image = [dict(plan) if plan else {bb.categories[int(i)]: [int(i)]}
-                     for i in batch.logits.argmax(dim=1)]
+        asked = batch.targets or [batch.options.targets] * len(batch.sizes)    # per image, or for all
+        per_image = [{bb.categories[c]: [c] for c in (class_index(t, bb) for t in targets)} if targets
+                     else dict(plan) if plan else {bb.categories[int(i)]: [int(i)]}
+                     for i, targets in zip(batch.logits.argmax(dim=1), asked)]
         out: list[list[AttentionMap]] = []
         for i, prompts in enumerate(per_image):
             maps, used = [], set()
@@ -105,7 +123,8 @@ class Cross(Kind):
                 name = unique(f"cross-{slug(prompt) or f'prompt-{j + 1}'}", used)
                 w = weight[classes].mean(dim=0)[None]                   # (1, C)
                 m = cross_map(f[i:i + 1], w)[0]
-                meta = {"prompt": prompt, "prompt_source": "--text" if plan else "top-1 class",
+                source = "--target" if asked[i] else "--text" if plan else "top-1 class"
+                meta = {"prompt": prompt, "prompt_source": source,
                         "classes": [{"index": c, "label": bb.categories[c]} for c in classes],
                         "probability": round(float(probs[i, classes].sum()), 6)}
                 maps.append(AttentionMap("cross", name, "derived", bb.classifier_layer,

@@ -5,76 +5,61 @@ import dataclasses
 import difflib
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
+from torch import nn
 
 from attnviz.backbones import Backbone, WeightsSpec, load_backbone
-from attnviz.backbones.clip_core import CHOICES
 from attnviz.backbones.clip_slide import parse_slide
+from attnviz.backbones.instance import from_module
 from attnviz.errors import AttnvizError, ImageError
 from attnviz.images import ImageSource, identity, load_image, to_rgb
 from attnviz.kinds import Batch, get_kinds
 from attnviz.pipeline.align import Aligner
 from attnviz.probes import capture
 from attnviz.probes.locate import Inventory, locate
-from attnviz.results import OUTLIER_MODES, AttentionMap, Options, Prediction, Result
+from attnviz.report.manifest import RunRecord
+from attnviz.results import AttentionMap, Options, Prediction, Result
+from attnviz.settings import MAX_INPUT, check, group, split_list
 
-__all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode", "MAX_INPUT"]
+__all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode", "parse_targets", "MAX_INPUT"]
 
-MAX_INPUT = 2048   # model input side: larger inputs cost GBs per image in every backbone
 # the resampling names of timm's and transformers' configs (Backbone.interpolation), as PIL filters
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
               "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
               "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
-@dataclass(frozen=True)
-class AnalyserConfig:
-    """Every setting of an Analyser; each field is the CLI option of the same name."""
+# the analyser's settings of the schema (attnviz.settings), as dataclass fields with their defaults
+_Fields = dataclasses.make_dataclass(
+    "_Fields", [(s.name, Any, dataclasses.field(default=s.default)) for s in group("analyser")], frozen=True)
+_Fields.__module__ = __name__
 
-    weights: str = "DEFAULT"                      # DEFAULT | an enum name or tag | FILE | none
-    layer: str | None = None                      # default: the backbone's last feature stage
-    texts: tuple[str, ...] = ()                   # cross-attention prompts
-    query: tuple[float, float] | None = None      # self-attention query (x, y) in image pixels
-    input_size: int | None = None
-    device: str = "cpu"
-    seed: int | None = None                       # seed for random-init weights
-    tau: float = 0.1                              # temperature of derived self-attention
-    top: int = 5                                  # predictions kept per image
-    self_layer: str | None = None                 # attention module of the per-head maps
-    per_word: bool = False
-    contrast: bool = False
-    variant: str = "value"                        # CLIP patch tokens: a variant, or "all" side by side
-    slide: tuple[int, int, int] | None = None     # CLIP --slide: (window, stride, short side) in pixels
-    native: bool = True                           # False: derive every kind from `layer`
-    align: bool = True                            # place CNN cells at their measured receptive-field centres
-    outliers: str = "keep"                        # high-norm patch tokens: keep | mask | interpolate
+
+@dataclasses.dataclass(frozen=True)     # its __init__ again, now calling __post_init__
+class AnalyserConfig(_Fields):  # type: ignore[misc, valid-type]
+    """Every setting of an Analyser: the schema's analyser group (attnviz.settings.SCHEMA, help there)."""
 
     def __post_init__(self) -> None:
         """Check what can be checked before any model is loaded (one-line AttnvizErrors)."""
-        if isinstance(self.texts, str):
-            object.__setattr__(self, "texts", (self.texts,))
-        object.__setattr__(self, "texts", tuple(self.texts))
+        put = lambda k, v: object.__setattr__(self, k, v)   # noqa: E731  (frozen)
+        put("texts", (self.texts,) if isinstance(self.texts, str) else tuple(self.texts))
+        put("targets", parse_targets(self.targets))
         if self.query is not None:
-            q = tuple(self.query)
-            if len(q) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in q):
+            q = tuple(split_list(self.query) if isinstance(self.query, str) else self.query)
+            try:
+                q = tuple(float(v) for v in q)
+            except (TypeError, ValueError):
+                q = ()
+            if len(q) != 2 or not all(math.isfinite(v) for v in q):
                 raise AttnvizError(f"query {self.query!r}: expected two finite numbers (x, y) in image pixels")
-            object.__setattr__(self, "query", (float(q[0]), float(q[1])))
-        if self.variant not in CHOICES:
-            raise AttnvizError(f"--clip-variant {self.variant!r}: use one of {', '.join(CHOICES)}")
+            put("query", q)
         slide = parse_slide(self.slide)                    # "224,112" or a tuple; one line when malformed
-        object.__setattr__(self, "slide", slide.as_tuple() if slide else None)
-        if self.outliers not in OUTLIER_MODES:
-            raise AttnvizError(f"--outliers {self.outliers!r}: use one of {', '.join(OUTLIER_MODES)}")
-        if not (isinstance(self.tau, (int, float)) and self.tau > 0 and math.isfinite(self.tau)):
-            raise AttnvizError(f"--tau {self.tau!r}: use a positive number")
-        if not isinstance(self.top, int) or self.top < 1:
-            raise AttnvizError(f"top {self.top!r}: use a whole number ≥ 1")
-        if self.input_size is not None and not (isinstance(self.input_size, int) and 16 <= self.input_size <= MAX_INPUT):
-            raise AttnvizError(f"--input-size {self.input_size!r}: use a whole number from 16 to {MAX_INPUT}")
+        put("slide", slide.as_tuple() if slide else None)
+        for s in group("analyser"):
+            check(s.name, getattr(self, s.name))
 
     @classmethod
     def of(cls, config: AnalyserConfig | None = None, **options: Any) -> AnalyserConfig:
@@ -88,33 +73,58 @@ class AnalyserConfig:
     @property
     def options(self) -> Options:
         """The settings the kinds read."""
-        return Options(tau=self.tau, query=self.query, texts=self.texts, self_layer=self.self_layer,
-                       per_word=self.per_word, contrast=self.contrast, variant=self.variant,
-                       slide=self.slide, outliers=self.outliers)
+        return Options(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Options)})
 
     def settings(self) -> dict[str, Any]:
         """JSON-ready form (the manifest's record of what was asked)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+def parse_targets(targets: Any) -> tuple[int | str, ...]:
+    """`targets=`: a class index or name, or a list of them (one per image); "3" counts as the index 3."""
+    if targets is None:
+        return ()
+    items = [targets] if isinstance(targets, (int, str)) else list(targets)
+    out: list[int | str] = []
+    for t in items:
+        if isinstance(t, bool) or not isinstance(t, (int, str)) or (isinstance(t, int) and t < 0):
+            raise AttnvizError(f"--target {t!r}: use a class index (0, 1 …) or a class name")
+        t = t.strip() if isinstance(t, str) else t
+        out.append(int(t) if isinstance(t, str) and t.isdigit() else t)
+    return tuple(out)
+
+
 class Analyser:
     """A backbone and the chosen kinds: every kind of a batch from ONE forward pass."""
 
-    def __init__(self, backbone: str | Backbone = "resnet50", kinds: Sequence[str] | None = None,
-                 config: AnalyserConfig | None = None, *, progress: Callable[[str], None] | None = None,
-                 **options: Any) -> None:
-        """`progress(text)`: told what is being done while loading and measuring (a status line)."""
+    def __init__(self, backbone: str | Backbone | nn.Module = "resnet50", kinds: Sequence[str] | None = None,
+                 config: AnalyserConfig | None = None, *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, categories: Sequence[str] | None = None,
+                 tokens: tuple[int, tuple[int, int]] | None = None, name: str | None = None,
+                 progress: Callable[[str], None] | None = None, **options: Any) -> None:
+        """`backbone`: a name (`attnviz backbones`), a Backbone, or a model instance (an nn.Module, used
+        where it is: its device, put in eval mode); `mean`, `std`, `categories`, `tokens`, `name`
+        describe an instance that does not say them itself. `options`: the settings (attnviz.settings).
+        `progress(text)`: told what is being done while loading and measuring (a status line)."""
         t0 = time.perf_counter()
         config = AnalyserConfig.of(config, **options)
         if isinstance(kinds, str):
-            kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+            kinds = split_list(kinds)
         chosen = get_kinds(list(kinds) if kinds is not None else None)   # unknown names fail before loading
         self.config = config
-        if progress and not isinstance(backbone, Backbone):
-            progress(f"loading {backbone}")
-        self.backbone = bb = backbone if isinstance(backbone, Backbone) else load_backbone(
-            backbone, WeightsSpec.parse(config.weights), input_size=config.input_size,
-            device=config.device, seed=config.seed)
+        if isinstance(backbone, nn.Module):
+            bb = from_module(backbone, name=name, input_size=config.input_size, mean=mean, std=std,
+                             categories=categories, tokens=tokens)
+        elif isinstance(backbone, Backbone):
+            bb = backbone
+        elif isinstance(backbone, str):
+            if progress:
+                progress(f"loading {backbone}")
+            bb = load_backbone(backbone, WeightsSpec.parse(config.weights), input_size=config.input_size,
+                               device=config.device, seed=config.seed)
+        else:
+            raise AttnvizError(f"backbone: expected a name, a Backbone or an nn.Module, got {type(backbone).__name__}")
+        self.backbone = bb
         # native=False: derive every kind from --layer even where the model has attention modules
         self.inventory = find_attention(bb)[1] if config.native else Inventory()
         self.layer = self._layer(config.layer or bb.default_layer)
@@ -156,6 +166,19 @@ class Analyser:
         measuring = self.aligner.seconds
         self.timings = {"loading": time.perf_counter() - t0 - measuring, "measuring": measuring}
 
+    def record(self) -> RunRecord:
+        """The manifest's record of this analyser: its backbone, kinds and settings (no pipeline objects)."""
+        bb = self.backbone
+        return RunRecord(
+            backbone={"name": bb.name, "weights": bb.weights, "pretrained": bb.pretrained, "layer": self.layer,
+                      "classifier_layer": bb.classifier_layer, "input_size": bb.input_size, "mean": list(bb.mean),
+                      "std": list(bb.std), "device": str(bb.device),
+                      "native": dict(self.plan.native),
+                      "unreadable_attention": list(self.inventory.unsupported),
+                      "unreadable_reasons": dict(self.inventory.reasons)},
+            kinds=[k.name for k in self.kinds], settings=self.config.settings(),
+            notes=list(self.notes) + list(bb.notes))
+
     def twin(self, backbone: Backbone) -> Analyser:
         """The same kinds and settings on another backbone (the sanity check's randomised model)."""
         return Analyser(backbone, [k.name for k in self.kinds], self.config)
@@ -172,48 +195,84 @@ class Analyser:
             raise AttnvizError(f"--layer {name!r} is not a feature map of {bb.name}; {hint}")
         return name
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """The whole image squashed to input_size² with the weights' resampling, in [0, 1], normalised.
-
-        As timm's / torchvision's `Resize((S, S), interpolation)` + `ToTensor` + `Normalize` on a
-        PIL image (no centre crop): (B, 3, S, S).
-        """
+    def to_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The images as the model sees them, NOT normalised: each squashed to input_size² with the
+        weights' resampling (as timm's / torchvision's `Resize((S, S), interpolation)` + `ToTensor`,
+        no centre crop), scaled to [0, 1]: (B, 3, S, S) on the CPU. `preprocess` normalises it."""
         s = self.backbone.input_size
         resample = RESAMPLING.get(self.backbone.interpolation, Image.Resampling.BILINEAR)
         arrays = [torch.frombuffer(bytearray(to_rgb(im).resize((s, s), resample).tobytes()),
                                    dtype=torch.uint8).reshape(s, s, 3) for im in images]
-        x = torch.stack(arrays).permute(0, 3, 1, 2).float() / 255.0
+        return torch.stack(arrays).permute(0, 3, 1, 2).float() / 255.0
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """(x − mean) / std with the backbone's mean and std, on the backbone's device."""
         mean = torch.tensor(self.backbone.mean)[None, :, None, None]
         std = torch.tensor(self.backbone.std)[None, :, None, None]
-        return ((x - mean) / std).to(self.backbone.device)
+        if x.device.type == "cpu":        # the CLI's arithmetic, bit for bit
+            return ((x - mean) / std).to(self.backbone.device)
+        return (x - mean.to(x.device)) / std.to(x.device)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The whole image squashed to input_size², scaled to [0, 1], normalised: (B, 3, S, S)."""
+        return self.normalise(self.to_tensor(images))
 
     @torch.no_grad()
-    def analyse_batch(self, images: Sequence[Image.Image], prompts: list[list[str]] | None = None
+    def analyse_batch(self, images: Sequence[Image.Image], prompts: list[list[str]] | None = None,
+                      targets: list[tuple[Any, ...]] | None = None
                       ) -> list[tuple[list[Prediction], list[AttentionMap]]]:
         """Predictions and maps for a batch of RGB images, from one forward pass.
 
-        `prompts`: one list per image, for text backbones that take per-image prompts (demo).
+        `prompts`: one list per image, for text backbones that take per-image prompts (demo);
+        `targets`: one tuple of classes per image (the derived cross map's), else the settings'.
         """
         if not images:
             return []
+        return self.forward_batch(self.preprocess(images), images, prompts, targets)
+
+    @torch.no_grad()
+    def forward_batch(self, x: torch.Tensor, images: Sequence[Image.Image], prompts: list[list[str]] | None = None,
+                      targets: list[tuple[Any, ...]] | None = None
+                      ) -> list[tuple[list[Prediction], list[AttentionMap]]]:
+        """`analyse_batch` for a normalised batch `x` (B, 3, S, S) made from `images` (their sizes and,
+        for --slide, their pixels)."""
+        logits, [maps] = self._forward(x, images, prompts, targets, [self])
+        return [(self._predictions(row), m) for row, m in zip(logits, maps)]
+
+    @torch.no_grad()
+    def analyse_layers(self, images: Sequence[Image.Image], others: Sequence[Analyser]
+                       ) -> tuple[list[list[Prediction]], list[list[list[AttentionMap]]]]:
+        """ONE forward pass for this analyser and `others` on the same backbone (other layers, say):
+        the predictions, and each analyser's maps per image, each read from its own layer."""
+        if any(a.backbone is not self.backbone for a in others):
+            raise ValueError("analyse_layers: every analyser must share this one's backbone")
+        logits, per = self._forward(self.preprocess(images), images, None, None, [self, *others])
+        return [self._predictions(row) for row in logits], per
+
+    def _forward(self, x: torch.Tensor, images: Sequence[Image.Image], prompts: list[list[str]] | None,
+                 targets: list[tuple[Any, ...]] | None, group: Sequence[Analyser]
+                 ) -> tuple[torch.Tensor, list[list[list[AttentionMap]]]]:
         bb = self.backbone
-        x = self.preprocess(images)
         bb.set_images(list(images))        # --slide reads the decoded images at full resolution
-        with capture(bb.model, layers=self.tapped, gates=self.gates, attention=self.attention,
+        tapped = list(dict.fromkeys(n for a in group for n in a.tapped))
+        with capture(bb.model, layers=tapped, gates=self.gates, attention=self.attention,
                      heads=self.heads) as cap:
             logits, aux = bb.forward(x, prompts)
         self.forwards += 1
-        batch = Batch(bb, self.layer, cap.outputs, logits, [im.size for im in images],
-                      self.options, self.plans, inventory=self.inventory, gates=cap.gates,
-                      gate_inputs=cap.gate_inputs, attention=cap.attention, windows=cap.windows, aux=aux,
-                      aligner=self.aligner)
-        maps: list[list[AttentionMap]] = [[] for _ in images]
-        for kind in self.kinds:
-            for i, per_image in enumerate(kind.compute(batch)):
-                maps[i].extend(per_image)
-        for per_image in maps:
-            self.aligner.stamp(per_image)       # each map's cell → pixel mapping (manifest "geometry")
-        return [(self._predictions(row), m) for row, m in zip(logits, maps)]
+        per = []
+        for a in group:
+            batch = Batch(bb, a.layer, cap.outputs, logits, [im.size for im in images],
+                          a.options, a.plans, inventory=a.inventory, gates=cap.gates,
+                          gate_inputs=cap.gate_inputs, attention=cap.attention, windows=cap.windows, aux=aux,
+                          aligner=a.aligner, targets=[parse_targets(t) for t in targets] if targets else None)
+            maps: list[list[AttentionMap]] = [[] for _ in images]
+            for kind in a.kinds:
+                for i, per_image in enumerate(kind.compute(batch)):
+                    maps[i].extend(per_image)
+            for per_image in maps:
+                a.aligner.stamp(per_image)       # each map's cell → pixel mapping (manifest "geometry")
+            per.append(maps)
+        return logits, per
 
     def _predictions(self, logits: torch.Tensor) -> list[Prediction]:
         """Top classes; any head works (int-valued, zero classes, more outputs than names)."""

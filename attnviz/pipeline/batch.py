@@ -14,7 +14,7 @@ from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource
 from attnviz.pipeline.analyser import Analyser, decode
 from attnviz.pipeline.outdir import entry_files
-from attnviz.report.outputs import Style, write_outputs, written
+from attnviz.report.outputs import Style, write_outputs
 from attnviz.results import Result
 
 __all__ = ["FATAL", "aligned_batches", "analysed", "write_one", "written_or_error", "process_batch",
@@ -95,18 +95,23 @@ def analysed(analyser: Analyser, loaded: list[Result], batch: list[tuple[Slot, I
 
 
 def write_one(out: Path, r: Result, image: Image.Image, style: Style, boxes: Mapping[str, list],
-              old: Mapping[str, dict[str, Any]]) -> list[str]:
-    """Write one image's files (and remove the ones an earlier run with other settings left)."""
+              old: Mapping[str, dict[str, Any]], into: list[str] | None = None) -> list[str]:
+    """Write one image's files (and remove the ones an earlier run with other settings left); their
+    names as the writer wrote them, also appended to `into` (a writer thread's result)."""
     files = write_outputs(out, r, image, style, boxes.get(r.source, ()))
+    if into is not None:
+        into += files
     if r.output in old:                                # outputs these settings no longer produce
         remove_files(out, r.output, set(entry_files(old[r.output])) - set(files))
     return files
 
 
-def written_or_error(r: Result, error: BaseException | None, out: Path, style: Style) -> list[str] | None:
-    """The files of a written image (None for an error record); a full or read-only disk stops the run."""
+def written_or_error(r: Result, error: BaseException | None, out: Path, files: list[str] | None
+                     ) -> list[str] | None:
+    """The files of a written image, as `write_one` wrote them (None for an error record); a full or
+    read-only disk stops the run."""
     if error is None:
-        return written(r, style.ext) if r.status == "ok" else None
+        return files if r.status == "ok" else None
     if not isinstance(error, OSError):
         raise error
     if error.errno in FATAL:
@@ -120,13 +125,13 @@ def process_batch(analyser: Analyser, loaded: list[Result], batch: list[tuple[Sl
                   old: Mapping[str, dict[str, Any]]) -> Iterator[tuple[Result, list[str] | None]]:
     """`analysed` and `write_one` in this thread: each Result with its files, as soon as they are on disk."""
     for r, image in analysed(analyser, loaded, batch, prompts, faithful):
-        error = None
+        error, files = None, None
         if image is not None:
             try:
-                write_one(out, r, image, style, boxes, old)
+                files = write_one(out, r, image, style, boxes, old)
             except Exception as e:  # noqa: BLE001  (sorted by written_or_error)
                 error = e
-        yield r, written_or_error(r, error, out, style)
+        yield r, written_or_error(r, error, out, files)
 
 
 def stop(e: OSError, where: Path) -> AttnvizError:

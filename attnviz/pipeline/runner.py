@@ -32,6 +32,7 @@ from attnviz.report.manifest import Manifest
 from attnviz.report.outputs import Style
 from attnviz.report.writer import Writer
 from attnviz.results import Result
+from attnviz.settings import check
 
 __all__ = ["run", "RunReport", "MANIFEST_EVERY_S", "PIXEL_BUDGET"]
 
@@ -91,10 +92,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     entered = time.perf_counter()
     started = entered if started is None else started
     check_batch_size(batch_size)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise AttnvizError(f"--workers {workers!r}: use a whole number ≥ 0")
-    if engine not in ("local", "ray"):
-        raise AttnvizError(f"--engine {engine!r}: use local or ray")
+    check("workers", workers)                                    # limits from the settings schema
+    check("engine", engine)
     style = style or Style()
     out = Path(out)
     outputs_filter(out, paths)                                   # refuse an OUT that is a file, early
@@ -111,7 +110,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         analyser = Analyser(backbone, kinds, progress=on_status, **options)
         if not analyser.backbone.pretrained:        # every grid says so, not only the terminal
             style = dataclasses.replace(style, banner=RANDOM_NOTE)
-        manifest = Manifest(out, analyser, style, batch_size, command,
+        manifest = Manifest(out, analyser.record(), style, batch_size, command,
                             {"faithfulness": faithfulness, "sanity": sanity})
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
         remote = (backbone, ray or RayOptions()) if engine == "ray" else None
@@ -164,8 +163,9 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
                     per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
                     manifest.sanity = checks.sanity(analyser, [im for _, im in batch], per_image)
                 for r, image in analysed(analyser, loaded, batch, prompts, faithfulness):
+                    files: list[str] = []                      # filled by the writer with what it wrote
                     writer.submit(write_one if image is not None else None, out, r, image, style, boxes,
-                                  plan.old, tag=r)
+                                  plan.old, files, tag=(r, files))
                 _record(writer.finished(), manifest, report, out, style, on_batch)
             _record(writer.drain(), manifest, report, out, style, on_batch)
         except BaseException:               # Ctrl-C, a full disk: keep what is already on disk
@@ -192,8 +192,8 @@ def _record(done, manifest: Manifest, report: RunReport, out: Path, style: Style
             on_batch: Callable[[int], None] | None) -> None:
     """Images whose files are written (in input order): into the manifest, the report and the bar."""
     n = 0
-    for r, error in done:
-        manifest.add(r, written_or_error(r, error, out, style))
+    for (r, files), error in done:
+        manifest.add(r, written_or_error(r, error, out, files))
         r.maps = []                                  # recorded; keep memory flat on big folders
         report.results.append(r)
         n += 1

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from attnviz.images import to_rgb
-from attnviz.geometry import Geometry, resample
+from attnviz.geometry import Geometry, bilinear, resample   # bilinear: re-exported (one resize)
 from attnviz.maps import is_flat, normalise
 
 __all__ = ["output_size", "colormap_lut", "colorize", "bilinear", "heat", "fit", "blender", "blend", "overlay"]
@@ -65,29 +65,6 @@ def _indices(x: np.ndarray, n: int) -> np.ndarray:
     # x * N is exact in float32 for N a power of two (256), so floor matches the float64 rule
     idx = (np.clip(x, 0.0, 1.0) * np.float32(n)).astype(np.intp)
     return np.minimum(idx, n - 1, out=idx)
-
-
-@lru_cache(maxsize=64)
-def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For each output pixel of a 1-D bilinear resize: its two source indices and their weights.
-
-    The same source positions and weights as torch's `interpolate(mode="bilinear",
-    align_corners=False)` (attnviz.maps.upsample): src = (dst + ½)·n_in/n_out − ½, clamped at 0."""
-    scale = np.float32(n_in / n_out)
-    src = np.maximum((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
-    i0 = np.minimum(src.astype(np.intp), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = (src - i0).astype(np.float32)
-    return i0, i1, (1 - w1).astype(np.float32), w1
-
-
-def bilinear(m: np.ndarray, height: int, width: int) -> np.ndarray:
-    """`attnviz.maps.upsample` with gathers and two blends per axis (same geometry, ~20× faster on CPU)."""
-    m = np.asarray(m, dtype=np.float32)
-    i0, i1, w0, w1 = _taps(m.shape[1], width)
-    cols = m[:, i0] * w0 + m[:, i1] * w1                                    # (h, width)
-    j0, j1, v0, v1 = _taps(m.shape[0], height)
-    return cols[j0] * v0[:, None] + cols[j1] * v1[:, None]                  # (height, width)
 
 
 def heat(m: np.ndarray, height: int, width: int, geometry: Geometry | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ from attnviz.report.atomic import save_json
 from attnviz.report.integrity import file_sizes
 from attnviz.report.outputs import Style, image_entry
 from attnviz.results import Result
+from attnviz.settings import SCHEMA, fingerprint_names
 
-__all__ = ["Manifest", "SCHEMA_VERSION", "environment"]
+__all__ = ["Manifest", "RunRecord", "SCHEMA_VERSION", "environment"]
 
 SCHEMA_VERSION = 1
 
@@ -36,51 +38,50 @@ def environment(device: Any) -> dict[str, Any]:
             "pillow": PIL.__version__}
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What the manifest records of the model and the settings; the pipeline makes it from its Analyser."""
+
+    backbone: dict[str, Any]        # manifest "backbone": name, weights, pretrained, layer, sizes, native kinds
+    kinds: list[str]                # the kinds computed
+    settings: dict[str, Any]        # every analyser setting of the schema (attnviz.settings), JSON-ready
+    notes: list[str] = field(default_factory=list)
+
+
 class Manifest:
     """Collects image records and rewrites the manifest atomically after every batch."""
 
-    def __init__(self, out: Path, analyser: Any, style: Style, batch_size: int, command: str,
+    def __init__(self, out: Path, record: RunRecord, style: Style, batch_size: int, command: str,
                  checks: dict[str, bool] | None = None) -> None:
-        bb = analyser.backbone
         self.path = out / "manifest.json"
         self._saved = float("-inf")    # monotonic time of the last write
         self.sanity: dict[str, float] | None = None   # kind -> rank correlation with a randomised model
         self.entries: dict[str, dict[str, Any]] = {}  # output folder -> record, once its files are written
         self.order: list[str] = []                    # output folders in manifest order (set by the runner)
         self.ext = style.ext             # file suffix of the overlays (--format)
+        values = {**record.settings, **{k: getattr(style, k) for k in ("size", "colormap", "alpha", "top_k")},
+                  "batch_size": batch_size, **(checks or {})}
+        pretrained = record.backbone.get("pretrained", True)
         self.head = {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "attnviz", "version": __version__, "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "python": platform.python_version()},
             "command": command or " ".join(sys.argv),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "backbone": {"name": bb.name, "weights": bb.weights, "pretrained": bb.pretrained,
-                         "layer": analyser.layer, "classifier_layer": bb.classifier_layer,
-                         "input_size": bb.input_size, "mean": list(bb.mean), "std": list(bb.std),
-                         "device": str(bb.device),
-                         "native": dict(analyser.plan.native),
-                         "unreadable_attention": list(analyser.inventory.unsupported),
-                         "unreadable_reasons": dict(analyser.inventory.reasons)},
-            "settings": {"kinds": [k.name for k in analyser.kinds], "texts": list(analyser.options.texts),
-                         "query": list(analyser.options.query) if analyser.options.query else None,
-                         "tau": analyser.options.tau, "size": style.size, "colormap": style.colormap,
-                         "alpha": style.alpha, "top_k": style.top_k, "batch_size": batch_size,
-                         "seed": analyser.config.seed},
-            "notes": list(analyser.notes) + list(bb.notes)
-            + ([] if bb.pretrained else [RANDOM_NOTE]),
+            "backbone": dict(record.backbone),
+            "settings": {"kinds": list(record.kinds),
+                         **{s.name: values.get(s.name) for s in SCHEMA.values() if s.manifest}},
+            "notes": list(record.notes) + ([] if pretrained else [RANDOM_NOTE]),
         }
         # what decides the files' content: a rerun with the same fingerprint may reuse them (resume)
-        head = self.head
         self.fingerprint = {
             "attnviz": __version__,
-            "backbone": {k: v for k, v in head["backbone"].items() if k != "device"},
-            "settings": {**{k: v for k, v in head["settings"].items() if k != "batch_size"},
-                         **analyser.config.settings(), **(checks or {})},
+            "backbone": {k: v for k, v in self.head["backbone"].items() if k != "device"},
+            "settings": {"kinds": list(record.kinds), **{n: values.get(n) for n in fingerprint_names()}},
         }
-        self.fingerprint["settings"].pop("device", None)
         # what else changes the numbers (in the last bits: kernels sum in another order): a resume
         # under another environment would mix two kinds of maps, so it is refused like other settings
-        self.fingerprint["environment"] = environment(bb.device)
+        self.fingerprint["environment"] = environment(record.backbone.get("device", "cpu"))
         self.head["fingerprint"] = self.fingerprint
 
     @property

@@ -3,36 +3,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from attnviz.errors import AttnvizError
 from attnviz.maps import cell_centre, is_flat, query_point
 from attnviz.render import GridCell, GridRow, blender, channel_bars, channel_depth, fit, grid
 from attnviz.render.band import banded
 from attnviz.render.draw import ring
-from attnviz.report.atomic import FORMATS, save_image, save_npz, save_png
+from attnviz.report.atomic import FORMATS, save_image, save_npz
 from attnviz.results import AttentionMap, Result
+from attnviz.settings import MAX_SIZE, SCHEMA, check, group
 from attnviz.text import shown
 
-__all__ = ["MAX_SIZE", "Style", "write_outputs", "written", "image_entry", "map_entry"]
-
-
-MAX_SIZE = 8192   # longest side of a written picture: 67 MP, under Pillow's decompression-bomb limit
+__all__ = ["MAX_SIZE", "Style", "write_outputs", "image_entry", "map_entry", "map_picture",
+           "overlay_picture", "grid_pictures"]
 
 
 @dataclass(frozen=True)
 class Style:
-    """How maps are drawn."""
+    """How maps are drawn: the schema's style settings (attnviz.settings.SCHEMA, help and limits there)."""
 
-    size: int = 512           # longest side of every overlay, in pixels
-    colormap: str = "jet"
-    alpha: float = 0.5
-    top_k: int = 20           # bars in channel_weights.png
-    format: str = "png"       # overlays (and original): png, jpg or webp; charts and grids stay PNG
-    banner: str = ""          # a warning on every picture (the random-weights band, render/band.py)
+    size: int = SCHEMA["size"].default           # longest side of every overlay, in pixels
+    colormap: str = SCHEMA["colormap"].default
+    alpha: float = SCHEMA["alpha"].default
+    top_k: int = SCHEMA["top_k"].default         # bars in channel_weights.png
+    format: str = SCHEMA["format"].default       # overlays (and original); charts and grids stay PNG
+    banner: str = ""          # a warning across every grid (the random-weights band)
 
     def mark(self, image: Image.Image) -> Image.Image:
         """`image` with the band above it when there is a banner (grids draw theirs in their layout)."""
@@ -45,15 +43,8 @@ class Style:
 
     def __post_init__(self) -> None:
         """One-line errors for values no picture can be drawn with."""
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 16 <= self.size <= MAX_SIZE:
-            raise AttnvizError(f"--size {self.size!r}: use a whole number from 16 to {MAX_SIZE}")
-        if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
-            raise AttnvizError(f"--alpha {self.alpha!r}: use a number from 0 to 1")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise AttnvizError(f"--top-k {self.top_k!r}: use a whole number ≥ 1")
-        if self.format not in FORMATS:
-            names = list(FORMATS)
-            raise AttnvizError(f"--format {self.format!r}: use {', '.join(names[:-1])} or {names[-1]}")
+        for s in group("style"):
+            check(s.name, getattr(self, s.name))
 
 
 def map_entry(m: AttentionMap, size: tuple[int, int], ext: str = "png") -> dict[str, Any]:
@@ -82,51 +73,64 @@ def image_entry(r: Result, ext: str = "png") -> dict[str, Any]:
             "maps": [map_entry(m, r.size, ext) for m in r.maps] if r.size else []}
 
 
-def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
-                  boxes: Sequence[Sequence[float]] = ()) -> list[str]:
-    """Write every file of one image under OUT/<r.output>/ (each file atomically); their names."""
-    folder = out / r.output
-    if not folder.resolve().is_relative_to(out.resolve()):   # image names never escape OUT
-        raise OSError(f"output folder {r.output!r} would lie outside {out}")
-    fitted = fit(image, style.size)                # resized once, shared by every overlay
-    save_image(folder / f"original.{style.ext}", style.mark(fitted), style.format)
-    paint = blender(fitted, style.colormap, style.alpha)    # the image's share computed once
-    arrays: dict[str, np.ndarray] = {}
+def map_picture(m: AttentionMap, image: Image.Image, paint: Callable[..., Image.Image]) -> Image.Image:
+    """The overlay `<name>.<ext>` of map `m`: `paint` (a `blender` over the fitted image) and the query's ring."""
+    point = query_point(m.kind, m.name, m.meta, image.size)
+    shown = paint(m.data, m.geometry)
+    if point is not None:                       # the query this map is the row of
+        ring(ImageDraw.Draw(shown), point[0] * shown.width, point[1] * shown.height,
+             max(4, min(shown.size) // 40))
+    return shown
+
+
+def overlay_picture(m: AttentionMap, image: Image.Image, style: Style) -> Image.Image:
+    """The picture `write_outputs` writes for map `m` over `image` (the original, any size)."""
+    return map_picture(m, image, blender(fit(image, style.size), style.colormap, style.alpha))
+
+
+def grid_pictures(r: Result, image: Image.Image, style: Style, boxes: Sequence[Sequence[float]] = ()
+                  ) -> list[Image.Image]:
+    """grid.png (and grid-2.png … for many maps): the original and every map side by side."""
     cells = [GridCell("original", None)]
     for m in r.maps:
         point = query_point(m.kind, m.name, m.meta, image.size)
-        painted = paint(m.data, m.geometry)
-        if point is not None:                       # the query this map is the row of
-            ring(ImageDraw.Draw(painted), point[0] * painted.width, point[1] * painted.height,
-                 max(4, min(painted.size) // 40))
-        save_image(folder / f"{m.name}.{style.ext}", style.mark(painted), style.format)
-        arrays[m.name] = m.data.astype(np.float32)
         flat = " · flat" if is_flat(m.data) else ""
         cells.append(GridCell(f"{_title(m)}\n{m.provenance}{flat}", m.data, m.geometry, point))
+    return [grid(rows, style.colormap, style.alpha, banner=style.banner)
+            for rows in _grid_pages(image, cells, r.source, boxes)]
+
+
+def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
+                  boxes: Sequence[Sequence[float]] = ()) -> list[str]:
+    """Write every file of one image under OUT/<r.output>/ (each file atomically); their names, as written."""
+    folder = out / r.output
+    if not folder.resolve().is_relative_to(out.resolve()):   # image names never escape OUT
+        raise OSError(f"output folder {r.output!r} would lie outside {out}")
+    files: list[str] = []
+
+    def save(name: str, picture: Image.Image, fmt: str = "png") -> None:
+        save_image(folder / name, picture, fmt)
+        files.append(name)
+
+    fitted = fit(image, style.size)                # resized once, shared by every overlay
+    save(f"original.{style.ext}", fitted, style.format)
+    paint = blender(fitted, style.colormap, style.alpha)    # the image's share computed once
+    arrays: dict[str, np.ndarray] = {}
+    for m in r.maps:
+        save(f"{m.name}.{style.ext}", map_picture(m, image, paint), style.format)
+        arrays[m.name] = m.data.astype(np.float32)
         if m.weights is not None:
             arrays[f"{m.name}_weights"] = m.weights.astype(np.float32)
             title = f"{m.name} weights · {m.layer} · {m.provenance} · {len(m.weights)} channels"
-            save_png(folder / f"{m.name}_weights.png", style.mark(channel_bars(m.weights, style.top_k, title)))
+            save(f"{m.name}_weights.png", style.mark(channel_bars(m.weights, style.top_k, title)))
         arrays.update({f"{m.name}_{k}": v.astype(np.float32) for k, v in m.extras.items()})
-        _write_extras(folder, m, image, style)
-    for name, rows in zip(grid_names(len(cells)), _grid_pages(image, cells, shown(r.source), boxes)):
-        save_png(folder / name, grid(rows, style.colormap, style.alpha, banner=style.banner))
+        for name, picture in _extras(m, image, style):
+            save(name, picture)
+    for name, picture in zip(grid_names(len(r.maps) + 1), grid_pictures(r, image, style, boxes)):
+        save(name, picture)
     save_npz(folder / "maps.npz", arrays)
-    return written(r, style.ext)
-
-
-def written(r: Result, ext: str = "png") -> list[str]:
-    """The files `write_outputs` writes for `r`, relative to its folder (the manifest's "files")."""
-    files = [f"original.{ext}"]
-    for m in r.maps:
-        files.append(f"{m.name}.{ext}")
-        if m.weights is not None:
-            files.append(f"{m.name}_weights.png")
-        if any(k.startswith("gate:") for k in m.extras):
-            files.append("channel_depth.png")
-        if m.extras.get("heads") is not None:
-            files.append(f"{m.name}-heads.png")
-    return list(dict.fromkeys([*files, *grid_names(len(r.maps) + 1), "maps.npz"]))
+    files.append("maps.npz")
+    return list(dict.fromkeys(files))
 
 
 GRID_COLUMNS = 12           # cells per grid row; more maps wrap onto further rows
@@ -160,19 +164,20 @@ def _prompt_title(m: AttentionMap) -> str:
     return shown(m.meta.get("prompt", m.name)) + variant + (" · contrast" if m.meta.get("contrast") else "")
 
 
-def _write_extras(folder: Path, m: AttentionMap, image: Image.Image, style: Style) -> None:
+def _extras(m: AttentionMap, image: Image.Image, style: Style) -> list[tuple[str, Image.Image]]:
     """channel_depth.png from every gate's weights; <name>-heads.png with one map per head."""
+    out = []
     gates = [(k.removeprefix("gate:"), v) for k, v in m.extras.items() if k.startswith("gate:")]
     if gates:
         title = f"native channel gates of the model, first (top) to last · {len(gates)} gates"
-        save_png(folder / "channel_depth.png", style.mark(channel_depth(gates, title)))
+        out.append(("channel_depth.png", style.mark(channel_depth(gates, title))))
     heads = m.extras.get("heads")
     if heads is not None:
         cells = [GridCell(f"head {h}", heads[h]) for h in range(len(heads))]
         rows = [GridRow(image, cells[i:i + 6], label=f"{m.name} · {m.layer} · {m.provenance}"
                         if i == 0 else "") for i in range(0, len(cells), 6)]
-        save_png(folder / f"{m.name}-heads.png", grid(rows, style.colormap, style.alpha, cell=160,
-                                                      banner=style.banner))
+        out.append((f"{m.name}-heads.png", grid(rows, style.colormap, style.alpha, cell=160, banner=style.banner)))
+    return out
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
