@@ -85,7 +85,7 @@ def map_picture(m: AttentionMap, image: Image.Image, paint: Callable[..., Image.
 
 def overlay_picture(m: AttentionMap, image: Image.Image, style: Style) -> Image.Image:
     """The picture `write_outputs` writes for map `m` over `image` (the original, any size)."""
-    return map_picture(m, image, blender(fit(image, style.size), style.colormap, style.alpha))
+    return style.mark(map_picture(m, image, blender(fit(image, style.size), style.colormap, style.alpha)))
 
 
 def grid_pictures(r: Result, image: Image.Image, style: Style, boxes: Sequence[Sequence[float]] = ()
@@ -97,7 +97,7 @@ def grid_pictures(r: Result, image: Image.Image, style: Style, boxes: Sequence[S
         flat = " · flat" if is_flat(m.data) else ""
         cells.append(GridCell(f"{_title(m)}\n{m.provenance}{flat}", m.data, m.geometry, point))
     return [grid(rows, style.colormap, style.alpha, banner=style.banner)
-            for rows in _grid_pages(image, cells, r.source, boxes)]
+            for rows in _grid_pages(image, cells, shown(r.source), boxes)]
 
 
 def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
@@ -113,11 +113,11 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
         files.append(name)
 
     fitted = fit(image, style.size)                # resized once, shared by every overlay
-    save(f"original.{style.ext}", fitted, style.format)
+    save(f"original.{style.ext}", style.mark(fitted), style.format)
     paint = blender(fitted, style.colormap, style.alpha)    # the image's share computed once
     arrays: dict[str, np.ndarray] = {}
     for m in r.maps:
-        save(f"{m.name}.{style.ext}", map_picture(m, image, paint), style.format)
+        save(f"{m.name}.{style.ext}", style.mark(map_picture(m, image, paint)), style.format)
         arrays[m.name] = m.data.astype(np.float32)
         if m.weights is not None:
             arrays[f"{m.name}_weights"] = m.weights.astype(np.float32)
