@@ -82,3 +82,4 @@ class Options:
     variant: str = "value"                      # CLIP patch tokens: a variant (value, clear, sclip, naclip, plain) or "all"
     slide: tuple[int, int, int] | None = None   # CLIP --slide: (window, stride, short side) in pixels
     outliers: str = "keep"                      # high-norm patch tokens: keep | mask (NaN) | interpolate
+    targets: tuple[str, ...] = ()               # gradient kinds: class names or indices (default: top-1)

@@ -1,6 +1,7 @@
 """The engine: a backbone and the chosen kinds, every kind of a batch from ONE forward pass."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -18,6 +19,7 @@ from attnviz.images import ImageSource, load_image, to_rgb
 from attnviz.kinds import Batch, get_kinds
 from attnviz.pipeline.align import Aligner
 from attnviz.probes import capture
+from attnviz.probes.grad import GradCapture
 from attnviz.probes.locate import Inventory, locate
 from attnviz.results import OUTLIER_MODES, AttentionMap, Options, Prediction, Result
 
@@ -47,12 +49,15 @@ class AnalyserConfig:
     native: bool = True                           # False: derive every kind from `layer`
     align: bool = True                            # place CNN cells at their measured receptive-field centres
     outliers: str = "keep"                        # high-norm patch tokens: keep | mask | interpolate
+    targets: tuple[str, ...] = ()                 # gradient kinds: class names or indices (default: top-1)
 
     def __post_init__(self) -> None:
         """Check what can be checked before any model is loaded (one-line AttnvizErrors)."""
         if isinstance(self.texts, str):
             object.__setattr__(self, "texts", (self.texts,))
         object.__setattr__(self, "texts", tuple(self.texts))
+        targets = (self.targets,) if isinstance(self.targets, (str, int)) else self.targets
+        object.__setattr__(self, "targets", tuple(str(t) for t in targets))
         if self.query is not None:
             q = tuple(self.query)
             if len(q) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in q):
@@ -85,7 +90,7 @@ class AnalyserConfig:
         """The settings the kinds read."""
         return Options(tau=self.tau, query=self.query, texts=self.texts, self_layer=self.self_layer,
                        per_word=self.per_word, contrast=self.contrast, variant=self.variant,
-                       slide=self.slide, outliers=self.outliers)
+                       slide=self.slide, outliers=self.outliers, targets=self.targets)
 
     def settings(self) -> dict[str, Any]:
         """JSON-ready form (the manifest's record of what was asked)."""
@@ -134,6 +139,13 @@ class Analyser:
         self.attention = list(dict.fromkeys(n.split("#")[0] for n in attention)) if "attention" in needs else []
         self.notes += self.inventory.notes()    # attention found but not drawn natively, and why
         self.heads = [config.self_layer or attention[-1]] if attention else []   # per-head maps: one layer
+        # gradient kinds: the forward runs with autograd, attention and their layers kept in the graph
+        grad_kinds = [k for k in self.kinds if "gradients" in k.needs]
+        self.gradients = bool(grad_kinds)
+        self.grad_attention = self.inventory.usable_self(bb.tokens)[0] \
+            if any("attention" in k.needs for k in grad_kinds) else []
+        self.grad_layers = list(dict.fromkeys(n for k in grad_kinds for n in k.layers(bb, self.layer)))
+        self.grad_blocks = any("blocks" in k.needs for k in grad_kinds)
         self.forwards = 0   # forward passes run so far (one per batch)
         self.aligner = Aligner(bb, config.align)   # measured cell centres
         # measured now, so that every batch is still ONE forward (other layers: on first use)
@@ -179,18 +191,27 @@ class Analyser:
         bb = self.backbone
         x = self.preprocess(images)
         bb.set_images(list(images))        # --slide reads the decoded images at full resolution
-        with capture(bb.model, layers=self.tapped, gates=self.gates, attention=self.attention,
-                     heads=self.heads) as cap:
+        grads = GradCapture(bb.model, self.grad_attention, self.grad_blocks, self.grad_layers) \
+            if self.gradients else None
+        with contextlib.ExitStack() as stack:
+            if grads is not None:      # entered first: the raw capture's mode sees each call first
+                stack.enter_context(torch.enable_grad())
+                stack.enter_context(grads)
+                x = x.requires_grad_(True)    # a graph even where the model's parameters are frozen
+            cap = stack.enter_context(capture(bb.model, layers=self.tapped, gates=self.gates,
+                                              attention=self.attention, heads=self.heads))
             logits, aux = bb.forward(x, prompts)
         self.forwards += 1
         batch = Batch(bb, self.layer, cap.outputs, logits, [im.size for im in images],
                       self.options, self.plans, inventory=self.inventory, gates=cap.gates,
                       gate_inputs=cap.gate_inputs, attention=cap.attention, windows=cap.windows, aux=aux,
-                      aligner=self.aligner)
+                      aligner=self.aligner, grads=grads)
         maps: list[list[AttentionMap]] = [[] for _ in images]
         for kind in self.kinds:
             for i, per_image in enumerate(kind.compute(batch)):
                 maps[i].extend(per_image)
+        logits = logits.detach()
+        del batch, grads                        # the graph goes before the next batch
         for per_image in maps:
             self.aligner.stamp(per_image)       # each map's cell → pixel mapping (manifest "geometry")
         return [(self._predictions(row), m) for row, m in zip(logits, maps)]
