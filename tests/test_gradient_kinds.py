@@ -159,3 +159,35 @@ def test_gradient_kinds_are_opt_in_and_targets_are_checked(tiny_timm):
 def test_gradient_kinds_are_unavailable_on_a_cnn(resnet18_small):
     with pytest.raises(AttnvizError, match="self-gae"):
         Analyser(resnet18_small, ["self-gae"])
+
+
+def test_gradcam_equals_the_textbook_formula_and_pytorch_grad_cam(resnet18_small):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    bb = resnet18_small
+    images = [photo(64, 64, seed=s) for s in range(2)]
+    an = Analyser(bb, ["gradcam"], layer="layer4", targets=("3", "11"))
+    x = an.preprocess(images)
+    results = an.analyse_batch(images)
+    m = copy.deepcopy(bb.model).double()
+    feats = {}
+    m.layer4.register_forward_hook(lambda mod, a, out: feats.__setitem__("f", out))
+    logits = m(x.double())
+    for slot, t in enumerate((3, 11)):
+        g, = torch.autograd.grad(logits[:, t].sum(), feats["f"], retain_graph=True)
+        want = ((g.mean(dim=(2, 3), keepdim=True) * feats["f"]).sum(1)).clamp(min=0).detach().numpy()
+        with GradCAM(model=bb.model, target_layers=[bb.model.layer4]) as cam:
+            theirs = cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(t)] * len(images))
+        for i, (_, maps) in enumerate(results):
+            got = maps[slot].data
+            assert maps[slot].meta["target"]["index"] == t and maps[slot].provenance == "derived"
+            assert np.abs(got - want[i]).max() <= 1e-4 * np.abs(want[i]).max()
+            ours = scale_cam_image(got[None], target_size=(64, 64))[0]     # their min-max and resize
+            assert np.abs(ours - theirs[i]).max() < 1e-3
+
+
+def test_gradcam_refuses_a_layer_changed_in_place(resnet18_small):
+    an = Analyser(resnet18_small, ["gradcam"], layer="layer4.1.bn2")
+    with pytest.raises(AttnvizError, match="in place"):
+        an.analyse_batch([photo(64, 64)])

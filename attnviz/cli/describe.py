@@ -117,10 +117,10 @@ def backbones(
 @app.command()
 def kinds() -> None:
     """List the attention kinds --kinds accepts, in grid order."""
-    from attnviz.kinds import get_kinds
-    table = Table(title="attention kinds", title_justify="left")
+    from attnviz.kinds import KINDS
+    table = Table(title="attention kinds (opt-in: only when named in --kinds)", title_justify="left")
     for col in ("kind", "what it is (native where the model has the module, else derived)"):
         table.add_column(col)
-    for kind in get_kinds(None):
-        table.add_row(kind.name, _t(kind.summary()))
+    for kind in sorted(KINDS.values(), key=lambda k: k.order):
+        table.add_row(kind.name + ("" if kind.default else " (opt-in)"), _t(kind.summary()))
     out_console.print(table)

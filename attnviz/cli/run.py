@@ -24,7 +24,8 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", help="Your own model instead: package.module:factory (a callable returning an nn.Module)."),
     weights: str = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a weights enum name or tag (IMAGENET1K_V1), a state_dict FILE, or none (random init)."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer to read (default: the last feature stage; see `attnviz layers`)."),
-    kinds: Optional[List[str]] = typer.Option(None, "--kinds", "-k", help="Kinds to compute, comma-separated or repeated (default: all; `attnviz kinds` lists them)."),
+    kinds: Optional[List[str]] = typer.Option(None, "--kinds", "-k", help="Kinds to compute, comma-separated or repeated (default: every raw kind; gradient kinds such as self-gae only when named; `attnviz kinds` lists them)."),
+    target: Optional[List[str]] = typer.Option(None, "--target", help="Gradient kinds (self-gae, self-legrad, gradcam): a class name or index to explain (repeatable, one map per target); default: each image's top-1 class."),
     text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="Cross-attention prompt (repeatable); default: the top-1 class name."),
     text_file: Optional[Path] = typer.Option(None, "--text-file", help="Prompts, one per line ('#' starts a comment)."),
     per_word: bool = typer.Option(False, "--per-word", help="CLIP: also a map for each content word of each prompt."),
@@ -78,7 +79,7 @@ def run(
                 input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
                 native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
                 stats=stats, engine=engine, workers=workers if engine == "local" else None,
-                align=align, outliers=outliers,
+                align=align, outliers=outliers, targets=tuple(target or ()),
                 ray=RayOptions(address, workers or None, gpus_per_worker) if engine == "ray" else None)
 
     report = guard(go, debug)

@@ -1,8 +1,8 @@
 """Train DemoViT on the demo world: ``python -m attnviz.demo.train_vit [--out PATH] [--minutes 14]``.
 
 Loss: multi-label presence of the 24 categories (BCE), nothing else; no loss touches an
-attention map. Scenes come from ``numpy.random.default_rng([seed, 2])`` (DemoNet's stream is
-``[seed, 1]``; the held-out scenes use other seeds). AdamW, warm-up then cosine over
+attention map. Scenes come from ``numpy.random.default_rng([seed, STREAM])`` (STREAM 2, then 3 for
+a second round with ``--init``; DemoNet's stream is ``[seed, 1]``; the held-out scenes use other seeds). AdamW, warm-up then cosine over
 ``--steps`` or ``--minutes``, whichever comes first (as ``attnviz.demo.train``).
 """
 from __future__ import annotations
@@ -26,11 +26,11 @@ VAL_SEED = 777_002
 class _Batches(torch.utils.data.IterableDataset):
     """Endless (images, presence) batches from one seeded stream."""
 
-    def __init__(self, seed: int, batch: int, size: int):
-        self.seed, self.batch, self.size = seed, batch, size
+    def __init__(self, seed: int, batch: int, size: int, stream: int = 2):
+        self.seed, self.batch, self.size, self.stream = seed, batch, size, stream
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, 2])
+        rng = np.random.default_rng([self.seed, self.stream])
         while True:
             scenes = [make_scene(rng, size=self.size) for _ in range(self.batch)]
             yield preprocess([s.image for s in scenes]), torch.from_numpy(np.stack([s.presence() for s in scenes]))
@@ -46,11 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", type=Path, default=None, help="continue from these weights (a second round)")
+    ap.add_argument("--stream", type=int, default=2, help="scene stream [seed, STREAM] (a new one per round)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = DemoViT()
-    loader = iter(torch.utils.data.DataLoader(_Batches(args.seed, args.batch, model.input_size),
+    if args.init is not None:
+        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
+    loader = iter(torch.utils.data.DataLoader(_Batches(args.seed, args.batch, model.input_size, args.stream),
                                               batch_size=None, num_workers=1, prefetch_factor=4))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     val = make_scenes(200, VAL_SEED, size=model.input_size)

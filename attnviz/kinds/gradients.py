@@ -1,6 +1,6 @@
 """What the gradient-weighted kinds share: targets, the attention in the graph, the token head.
 
-Definitions: docs/attention.md §7. The forward ran under `probes.grad.GradCapture` (the kinds
+Definitions: docs/attention.md §6. The forward ran under `probes.grad.GradCapture` (the kinds
 declare "gradients"), so `batch.logits` and `batch.grads.attention[name]` are in one graph.
 """
 from __future__ import annotations

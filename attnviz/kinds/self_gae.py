@@ -1,6 +1,6 @@
 """Self-attention weighted by its gradient (Chefer et al. 2021, GAE): the class token's relevance row.
 
-Definition: docs/attention.md §7.1. R = I; for every block b in order, Ā_b = mean_h[(∂y_t/∂A_b ⊙ A_b)⁺],
+Definition: docs/attention.md §6.1. R = I; for every block b in order, Ā_b = mean_h[(∂y_t/∂A_b ⊙ A_b)⁺],
 R ← R + Ā_b·R; the map is R's class-token row over the patches (without a class token: the mean of
 the patch rows). y_t is the target's logit. One backward per target for the whole batch.
 """

@@ -1,6 +1,6 @@
 """Self-attention gradients of every block's own prediction (Bousselham et al. 2024, LeGrad).
 
-Definition: docs/attention.md §7.2. For each block l, s_l = the target's logit computed from block
+Definition: docs/attention.md §6.2. For each block l, s_l = the target's logit computed from block
 l's output tokens through the model's own final norm, pooling and head; E_l = mean over heads and
 query rows of (∂s_l/∂A_l)⁺ over the patch columns; the map is Σ_l E_l. s_l depends on A_l only
 through block l, so each ∂s_l/∂A_l is one short backward (head + block l) on the shared graph.

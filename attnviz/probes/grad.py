@@ -159,6 +159,7 @@ class GradCapture(Probe):
         self.attention: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, torch.Tensor] = {}          # block output z_l, by attention module name
         self.outputs: dict[str, torch.Tensor] = {}         # outputs of `layers` (Grad-CAM's F), graph kept
+        self.versions: dict[str, int] = {}                 # their version counters when recorded
         self.blocks = {n: block_of(n, self.names, modules) for n in self.names}
         self._stack: list[str] = []
         self._thread = threading.get_ident()
@@ -183,6 +184,7 @@ class GradCapture(Probe):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if isinstance(output, torch.Tensor) and threading.get_ident() == self._thread:
                 self.outputs[name] = output
+                self.versions[name] = output._version      # a later in-place change shows as another
         return hook
 
     def _push(self, name: str) -> Callable[..., None]:
