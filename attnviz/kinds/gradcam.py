@@ -32,6 +32,8 @@ class GradCam(Kind):
     needs = frozenset({"gradients", "logits"})
 
     def unavailable(self, backbone: Backbone, options: Options) -> str | None:
+        if getattr(backbone, "bundle", None) is not None:
+            return f"{backbone.name} ranks text prompts outside the image graph: gradcam targets classes"
         if not backbone.categories:
             return f"{backbone.name} has no classes to target"
         return None

@@ -34,7 +34,10 @@ def relevance_row(r: torch.Tensor, prefix: int) -> tuple[torch.Tensor, str]:
 
 
 def gradient_unavailable(backbone: Backbone) -> str | None:
-    """Why a token gradient kind cannot run (no token grid), or None."""
+    """Why a token gradient kind cannot run (a CLIP tower, no token grid), or None."""
+    if getattr(backbone, "bundle", None) is not None:
+        return (f"{backbone.name} ranks text prompts, not classes: use cross-gae or cross-legrad "
+                f"with --text (each prompt is a target)")
     if backbone.tokens is None:
         return (f"{backbone.name} has no token grid (a CNN or window attention): gradient-weighted "
                 f"self-attention needs (B, heads, N, N) over patch tokens")
