@@ -162,6 +162,7 @@ def test_gradient_kinds_are_unavailable_on_a_cnn(resnet18_small):
 
 
 def test_gradcam_equals_the_textbook_formula_and_pytorch_grad_cam(resnet18_small):
+    pytest.importorskip("pytorch_grad_cam")      # the bench extra (CI installs it)
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
