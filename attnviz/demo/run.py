@@ -36,7 +36,7 @@ def run_demo(out: str | Path, scenes: int = 24, seed: int = DEMO_SEED, **options
     prompts = {name: [b["label"] for b in items] for name, items in boxes.items()}
     drawn = {name: [b["box"] for b in items] for name, items in boxes.items()}
     report = run([out / "scenes"], out, backbone="demo", prompts=prompts, boxes=drawn,
-                 own=("scenes", "boxes.json", "evaluation.json"), **options)
+                 own=("scenes", "boxes.json", "evaluation.json", "demo_vit.json"), **options)
     return report, evaluate_run(out, load_boxes(out / "boxes.json"))
 
 
