@@ -71,3 +71,19 @@ def test_gae_is_class_specific_on_two_object_scenes():
     r = evaluate_vit(n=40)
     assert r.specificity["self-gae"] > r.specificity["self"] + 0.3
     assert r.pointing["self-gae"] >= 0.85
+
+
+def test_explain_strips_of_the_gradient_kinds_end_on_the_maps_drawn():
+    from attnviz.explain.stages import explain
+    scene = [s for s in make_scenes(30, seed=7) if len(s.objects) >= 2][0]
+    image = Image.fromarray(np.asarray(scene.image, np.uint8))
+    ex = explain(image, "self-gae,self-legrad", "demo-vit", targets=(scene.objects[0].category,))
+    for kind in ("self-gae", "self-legrad"):
+        strip = ex.strip(kind)
+        (name, final), = strip.finals.items()
+        assert name.startswith(kind)
+        assert len(strip.panels()) >= 5
+    gae = ex.strip("self-gae")
+    (_, final), = gae.finals.items()
+    (_, maps), = Analyser("demo-vit", ["self-gae"], targets=(scene.objects[0].category,)).analyse_batch([image])
+    np.testing.assert_allclose(final.data, maps[0].data, rtol=1e-5, atol=1e-7)   # R's last row is the map

@@ -19,13 +19,14 @@ __all__ = ["explain"]
 def explain(
     image: str = typer.Argument(..., help="One image file."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder: <kind>.png per kind, explain.html, explain.json."),
-    kind: str = typer.Option("all", "--kind", "-k", help="channel, spatial, mixed, self, cross (comma-separated) or all."),
+    kind: str = typer.Option("all", "--kind", "-k", help="channel, spatial, mixed, self, cross (comma-separated) or all; self-gae, self-legrad (gradient-weighted, only when named)."),
     backbone: str = typer.Option("resnet50", "--backbone", "-b", help="Backbone name (`attnviz backbones`)."),
     model: Optional[str] = typer.Option(None, "--model", help="Your own model instead: package.module:factory."),
     weights: str = typer.Option("DEFAULT", "--weights", "-w", help="DEFAULT, a weights enum name or tag, a state_dict FILE, or none."),
     layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Layer of the derived stages (default: the last feature stage)."),
     text: Optional[List[str]] = typer.Option(None, "--text", "-t", help="Cross-attention prompt (repeatable); default: the top-1 class."),
     query: Optional[str] = typer.Option(None, "--query", callback=query_option, help="Self-attention query X,Y in image pixels."),
+    target: Optional[str] = typer.Option(None, "--target", help="self-gae / self-legrad: the class to explain, by name or index (default: the top-1 class)."),
     tau: float = typer.Option(0.1, "--tau", min=1e-4, help="Temperature of derived self-attention."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, max=2048, help="Model input side."),
     fmt: str = typer.Option("png", "--format", help="png, or svg for slides."),
@@ -42,7 +43,7 @@ def explain(
     def go():
         ex = run_explain(path, kind, backbone=backbone_name(backbone, model), weights=weights, layer=layer,
                          texts=tuple(prompts_from(text, None)), query=query, tau=tau, input_size=input_size,
-                         seed=seed)
+                         seed=seed, targets=(target,) if target else ())
         return ex, write_explained(ex, out, fmt)
 
     ex, written = guard(go, debug)

@@ -16,13 +16,19 @@ from attnviz.results import AttentionMap, Options
 __all__ = ["gae", "SelfGae"]
 
 
-def gae(attention: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
-    """Chefer's relevance R (B, N, N) from each block's A and ∂y/∂A (B, heads, N, N), in float64."""
+def gae(attention: list[torch.Tensor], grads: list[torch.Tensor],
+        stages: list[dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Chefer's relevance R (B, N, N) from each block's A and ∂y/∂A (B, heads, N, N), in float64.
+
+    `stages`, when given, receives per block the head means of A and ∂y/∂A, Ā and R after it
+    (each (B, N, N)), for `attnviz explain`."""
     n = attention[0].shape[-1]
     r = torch.eye(n, dtype=torch.float64, device=attention[0].device).expand(attention[0].shape[0], n, n)
     for a, g in zip(attention, grads):
         abar = (g.detach().double() * a.detach().double()).clamp(min=0).mean(dim=1)   # (B, N, N)
         r = r + abar @ r
+        if stages is not None:
+            stages.append({"A": a.detach().mean(dim=1), "dA": g.detach().mean(dim=1), "product": abar, "R": r})
     return r
 
 
@@ -72,11 +78,16 @@ class SelfGae(Kind):
             with torch.enable_grad():
                 y = batch.logits.gather(1, idx[:, None]).sum()
                 grads = torch.autograd.grad(y, attn, retain_graph=True)
-            row, token = relevance_row(gae(attn, list(grads)), prefix)
+            stages: list[dict[str, torch.Tensor]] = []
+            row, token = relevance_row(gae(attn, list(grads), stages), prefix)
             maps = row.float().reshape(-1, *grid).cpu().numpy()
+            # per block, the class-token row of each stage: (blocks, H, W) per image (explain's strip)
+            extras = {k: torch.stack([relevance_row(st[k], prefix)[0] for st in stages], 1).float()
+                      .reshape(-1, len(stages), *grid).cpu().numpy() for k in stages[0]}
             for i, t in enumerate(idx.tolist()):
                 meta = {**target_meta(batch, i, t, source), "token": token, "blocks": names}
                 label = meta["target"]["label"]
                 out[i].append(AttentionMap(self.name, map_name(self.name, label, source, used[i]), "native",
-                                           names[-1], maps[i], meta=meta))
+                                           names[-1], maps[i], meta=meta,
+                                           extras={f"stage_{k}": v[i] for k, v in extras.items()}))
         return out

@@ -61,10 +61,12 @@ class SelfLegrad(Kind):
                     y = s.gather(1, idx[:, None]).sum()
                     grads.append(torch.autograd.grad(y, batch.grads.attention[n], retain_graph=True)[0])
             maps = legrad(grads, prefix).float().reshape(-1, *grid).cpu().numpy()
+            per_block = torch.stack([legrad([g], prefix) for g in grads], 1).float()   # E_l: (B, L, N')
+            per_block = per_block.reshape(per_block.shape[0], len(grads), *grid).cpu().numpy()
             for i, t in enumerate(idx.tolist()):
                 meta = {**target_meta(batch, i, t, source), "blocks": names,
                         "block_outputs": [batch.grads.blocks[n] for n in names]}
                 label = meta["target"]["label"]
                 out[i].append(AttentionMap(self.name, map_name(self.name, label, source, used[i]), "native",
-                                           names[-1], maps[i], meta=meta))
+                                           names[-1], maps[i], meta=meta, extras={"stage_E": per_block[i]}))
         return out
