@@ -84,10 +84,16 @@ def inspect_model(
         table.add_row(_t(a.name), _t(a.type), a.kind, f"{a.queries}×{a.keys} tokens", str(a.heads))
     out_console.print(table)
     native = inv.native_kinds(bb.tokens is not None)
-    for kind in KINDS:
+    for kind, impl in KINDS.items():
         where = f"native ({native[kind]})" if kind in native else "derived"
         if kind == "cross" and bb.native_cross:       # the backbone reads its own text→image attention
             where = "native (the model's own text→image attention)"
+        if not impl.default:                          # gradient kinds: opt-in, and whether they can run
+            from attnviz.results import Options
+            reason = impl.unavailable(bb, Options(texts=("a prompt",)))
+            where = "opt-in, " + (f"not available: {reason}" if reason else
+                                  "derived (gradient of --layer)" if kind == "gradcam" else
+                                  "native (gradients through the model's own attention)")
         out_console.print(_t(f"  {kind:15s} {where}"), highlight=False)
     for line in inv.notes():      # attention found but not drawn natively, and why
         out_console.print(Text(shown(f"  {line}"), style="yellow"), highlight=False)

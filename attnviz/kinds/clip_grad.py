@@ -1,6 +1,6 @@
 """What cross-gae and cross-legrad share: a CLIP backbone's prompts and its image embedding in the graph.
 
-Definitions: docs/attention.md §6.4. The targets are the prompts' L2-normalised text embeddings;
+Definitions: docs/attention.md §6.3. The targets are the prompts' L2-normalised text embeddings;
 the image side is read from the graph-kept block outputs of `probes.grad`.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Text-to-image relevance by GAE (Chefer et al. 2021) for CLIP: one map per --text prompt.
 
-Definition: docs/attention.md §6.4. y_p = cos(image embedding, text embedding of prompt p); R as in
+Definition: docs/attention.md §6.3. y_p = cos(image embedding, text embedding of prompt p); R as in
 self-gae over every block of the image tower; the map is the class token's row over the patches.
 """
 from __future__ import annotations

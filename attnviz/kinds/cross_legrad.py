@@ -1,6 +1,6 @@
 """Text-to-image relevance by LeGrad (Bousselham et al. 2024) for CLIP, as its released code computes it.
 
-Definition: docs/attention.md §6.4. Where the released code (WalBouss/LeGrad, `compute_legrad_clip`)
+Definition: docs/attention.md §6.3. Where the released code (WalBouss/LeGrad, `compute_legrad_clip`)
 differs from the paper, this follows the code: only the last two blocks (its default
 `layer_index=-2`), and each block's image embedding pools the MEAN of all its tokens (class token
 included) before ln_post and proj; s_l = cos(that embedding, the prompt's text embedding).

@@ -1,6 +1,6 @@
 """Grad-CAM (Selvaraju et al. 2017) on --layer: ReLU(Σ_c w_c F_c), w_c = spatial mean of ∂y_t/∂F_c.
 
-Definition: docs/attention.md §6.3. The baseline users compare attention with; derived (a formula
+Definition: docs/attention.md §6.4. The baseline users compare attention with; derived (a formula
 over a layer's features and their gradient, not an attention module of the model). One backward
 per target for the whole batch.
 """
