@@ -68,14 +68,16 @@ class Settings:
                       "(random init).", "analyser", "--weights", "-w", fingerprint=True)
     layer: str | None = _s(None, "Layer to read (default: the last feature stage; see `attnviz layers`).",
                            "analyser", "--layer", "-l", fingerprint=True)
-    kinds: tuple[str, ...] | None = _s(None, "Kinds to compute, comma-separated or repeated (default: all; "
-                                       "`attnviz kinds` lists them).", "input", "--kinds", "-k", many=True)
+    kinds: tuple[str, ...] | None = _s(None, "Kinds to compute, comma-separated or repeated (default: every raw "
+                                       "kind; gradient kinds such as self-gae only when named; `attnviz kinds` "
+                                       "lists them).", "input", "--kinds", "-k", many=True)
     texts: tuple[str, ...] = _s((), "Cross-attention prompt (repeatable); default: the top-1 class name.",
                                 "analyser", "--text", "-t", param="text", many=True, kinds=True, manifest=True,
                                 fingerprint=True)
     text_file: str | None = _s(None, "Prompts, one per line ('#' starts a comment).", "input", "--text-file")
-    targets: tuple[Any, ...] = _s((), "Class of the derived cross map (CAM): a class index or name, "
-                                  "repeatable (a map for each); default: the top-1 class.", "analyser", "--target", param="target",
+    targets: tuple[Any, ...] = _s((), "Class to explain: a class name or index, repeatable (a map for each), for "
+                                  "the gradient kinds (self-gae, self-legrad, gradcam) and the derived cross map "
+                                  "(CAM); default: each image's top-1 class.", "analyser", "--target", param="target",
                                   many=True, kinds=True, manifest=True, fingerprint=True)
     per_word: bool = _s(False, "CLIP: also a map for each content word of each prompt.", "analyser",
                         "--per-word", kinds=True, fingerprint=True)

@@ -79,6 +79,29 @@ def explain_strips(seed: int = 7, index: int = 2) -> list[Path]:
     return out
 
 
+def gradient_kinds(seed: int = 7, n: int = 3) -> Path:
+    """demo-vit on two-object scenes: raw class-token attention and rollout (one map for every
+    class) beside self-gae and self-legrad targeted at each object's class."""
+    import numpy as np
+    from attnviz.pipeline import Analyser
+    from attnviz.zoo.world import make_scenes
+    scenes = [s for s in make_scenes(60, seed) if len(s.objects) >= 2][:n]
+    rows = []
+    for scene in scenes:
+        image = Image.fromarray(np.asarray(scene.image, np.uint8))
+        a, b = scene.objects[0].category, scene.objects[1].category
+        (_, raw), = Analyser("demo-vit", ["self"]).analyse_batch([image])
+        (_, grad), = Analyser("demo-vit", ["self-gae", "self-legrad"], targets=(a, b)).analyse_batch([image])
+        by = {m.name: m for m in [*raw, *grad]}
+        cells = [attnviz.GridCell("original", None), attnviz.GridCell("self (class token)", by["self"].data),
+                 attnviz.GridCell("self-rollout", by["self-rollout"].data)]
+        for kind in ("self-gae", "self-legrad"):
+            for c in (a, b):
+                cells.append(attnviz.GridCell(f"{kind}\n→ {c}", by[f"{kind}-{c.replace(' ', '-')}"].data))
+        rows.append(attnviz.GridRow(image, cells, label=f"demo-vit · scene with {a} and {b}"))
+    return _save(attnviz.grid(rows, cell=150), "gradient_kinds.png")
+
+
 def _palette_png(image: Image.Image, name: str) -> Path:
     """A PNG in 256 dithered colours (sheets and screenshots hold text: no JPEG), well under 300 KB."""
     rgb = image.convert("RGB")
@@ -124,6 +147,7 @@ def _save(image: Image.Image, name: str) -> Path:
 
 
 if __name__ == "__main__":
+    print(gradient_kinds())
     print(native_vs_derived())
     print(explain_strips())
     print(*compare_and_gallery())

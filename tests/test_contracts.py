@@ -50,6 +50,7 @@ def _tiny_hf(tmp_path_factory) -> str:
 EXAMPLES = {
     "": lambda tf: ("resnet18", {"input_size": 64}, {}),
     "demo": lambda tf: ("demo", {}, {}),
+    "demo-vit": lambda tf: ("demo-vit", {}, {}),
     "clip": lambda tf: (_tiny_clip(tf), {}, {"texts": ("a red car",)}),
     "model": lambda tf: ("model:tests.models:cbam_net", {}, {}),
     "timm": lambda tf: (pytest.importorskip("timm") and "timm:test_vit", {}, {}),
@@ -94,10 +95,28 @@ def derived_analyser(resnet18_small):
     return Analyser(resnet18_small, None, texts=("tabby cat",))
 
 
+@pytest.fixture(scope="module")
+def vit_analyser():
+    return Analyser("demo-vit", None)
+
+
+@pytest.fixture(scope="module")
+def clip_analyser(tmp_path_factory):
+    return Analyser(_load(_tiny_clip(tmp_path_factory)), None, texts=("a red car",))
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("where", ["demo", "derived"])
-def test_every_kind_computes_records_and_writes(kind, where, demo_analyser, derived_analyser, tmp_path):
-    base = demo_analyser if where == "demo" else derived_analyser
+@pytest.mark.parametrize("where", ["demo", "derived", "demo-vit", "clip"])
+def test_every_kind_computes_records_and_writes(kind, where, request, tmp_path):
+    opt_in = not KINDS[kind].default
+    if where in ("demo-vit", "clip") and not opt_in:
+        pytest.skip("the raw kinds are covered on demo and derived")
+    base = request.getfixturevalue({"demo": "demo_analyser", "derived": "derived_analyser",
+                                    "demo-vit": "vit_analyser", "clip": "clip_analyser"}[where])
+    reason = KINDS[kind].unavailable(base.backbone, base.options)
+    if reason:
+        assert opt_in, reason                 # every raw kind runs on every backbone
+        pytest.skip(reason)
     an = Analyser(base.backbone, [kind], base.config)
     image = photo(96, 64, 3)
     (preds, maps), = an.analyse_batch([image])
@@ -106,7 +125,7 @@ def test_every_kind_computes_records_and_writes(kind, where, demo_analyser, deri
     for m in maps:
         assert m.provenance in ("native", "derived")
         assert m.data.dtype == np.float32 and m.data.ndim == 2 and np.isfinite(m.data).all()
-    if where == "demo" and kind != "mixed-parallel":
+    if where == "demo" and kind not in ("mixed-parallel", "gradcam"):
         assert all(m.provenance == "native" for m in maps)            # the demo model has every module
     r = Result("p.png", tmp_path / "p.png", "p", size=image.size, predictions=preds, maps=maps)
     entry = json.loads(json.dumps(image_entry(r), allow_nan=False))  # strict JSON

@@ -69,5 +69,8 @@ def test_demo_command_writes_scenes_boxes_and_pointing_game(tmp_path):
     assert set(man["pointing_game"]) >= {"channel", "spatial", "mixed-serial", "self", "cross"}
     assert all(0 <= v <= 1 for v in man["pointing_game"].values())
     assert (out / "scene_000" / "grid.png").exists() and (out / "scenes" / "scene_000.png").exists()
+    vit = json.loads((out / "demo_vit.json").read_text())       # demo-vit scored on the same scenes
+    assert vit["scenes"] == 4 and set(vit["pointing"]) == {"self", "self-rollout", "self-gae", "self-legrad"}
+    assert all(0 <= v <= 1 for v in [*vit["pointing"].values(), *vit["specificity"].values()])
     again = attnviz("evaluate", str(out), "--boxes", str(out / "boxes.json"))
     assert again.returncode == 0 and json.loads((out / "evaluation.json").read_text())["pointing_game"] == man["pointing_game"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from attnviz.backbones import clip, demo, hf, timm, torchvision, user  # noqa: F401  (each registers its family)
+from attnviz.backbones import clip, demo, demo_vit, hf, timm, torchvision, user  # noqa: F401  (each registers its family)
 from attnviz.backbones.base import Backbone, LayerInfo, describe_layers
 from attnviz.backbones.registry import Family, register_family, registered
 from attnviz.backbones.weights import WeightsSpec

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -11,7 +11,7 @@ from attnviz.maps import Layout
 from attnviz.results import AttentionMap, Options
 
 __all__ = ["Backbone", "LayerInfo", "describe_layers", "find_classifier", "last_linear", "last_stage",
-           "logits_of", "POOLING"]
+           "logits_of", "POOLING", "checked_token_head"]
 
 POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
 
@@ -67,6 +67,9 @@ class Backbone:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     notes: list[str] = field(default_factory=list)
     interpolation: str = "bilinear"       # resampling the weights were trained with (timm, HF configs)
+    # block output tokens (B, N, C) -> logits through the model's own final norm, pooling and head
+    # (self-legrad); None where the family cannot say
+    token_head: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     native_cross: bool = False            # True: `cross_maps` reads the model's own text→image attention
     own_prompts: bool = False             # True: with no --text it finds prompts itself (top-1 class)
@@ -203,3 +206,26 @@ def last_stage(model: nn.Module, layers: dict[str, LayerInfo], n_classes: int) -
     if not stages:
         raise ValueError("the model produces no spatial feature map")
     return stages[-1]
+
+
+def checked_token_head(model: nn.Module, head: Callable[[torch.Tensor], torch.Tensor], last_block: nn.Module,
+                       size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """`head` if, on the last block's output for a random input, it gives the model's own logits; else None."""
+    seen: dict[str, Any] = {}
+
+    def keep(module: nn.Module, args: tuple, output: Any) -> None:
+        seen["z"] = output[0] if isinstance(output, (tuple, list)) else output
+
+    handle = last_block.register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+            logits = logits_of(model(x)).float()
+            got = head(seen["z"]).float()
+    except Exception:  # noqa: BLE001  (a head that does not fit this model: self-legrad says so)
+        return None
+    finally:
+        handle.remove()
+    if got.shape != logits.shape:
+        return None
+    return head if float((got - logits).abs().max()) <= 1e-4 * max(1.0, float(logits.abs().max())) else None

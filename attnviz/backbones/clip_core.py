@@ -82,9 +82,8 @@ def encode_variants(bundle: ClipBundle, images: torch.Tensor, variants: tuple[st
         block.register_forward_hook(lambda m, args, out: seen.__setitem__("y", out)),
     ]
     p = vis.conv1.weight
-    try:
-        with torch.no_grad():
-            image = model.encode_image(images.to(p.device, p.dtype), normalize=True)   # (B, E)
+    try:   # no torch.no_grad here: the gradient kinds run this forward with autograd on
+        image = model.encode_image(images.to(p.device, p.dtype), normalize=True).detach()   # (B, E)
     finally:
         for h in handles:
             h.remove()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from attnviz.backbones import hub
-from attnviz.backbones.base import Backbone, LayerInfo, describe_layers, find_classifier, last_stage
+from attnviz.backbones.base import Backbone, LayerInfo, checked_token_head, describe_layers, find_classifier, last_stage
 from attnviz.backbones.registry import register_family
 from attnviz.backbones.weights import WeightsSpec, check_input_size, load_state_dict_file, warn_random
 from attnviz.errors import AttnvizError, one_line
@@ -44,6 +44,16 @@ class HfBackbone(Backbone):
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Class logits (B, K) of the model's own head."""
         return self.model(pixel_values=x).logits, {}
+
+
+def _token_head(model: nn.Module, tokens: Any, size: int, device: torch.device) -> Any:
+    """classifier(layernorm(z)[:, 0]) (ViT, DeiT-style heads), kept only where it reproduces the logits."""
+    base = getattr(model, "base_model", None)
+    layers = getattr(base, "layers", None) or getattr(getattr(base, "encoder", None), "layer", None)
+    norm, classifier = getattr(base, "layernorm", None), getattr(model, "classifier", None)
+    if tokens is None or not tokens[0] or not layers or norm is None or not isinstance(classifier, nn.Module):
+        return None
+    return checked_token_head(model, lambda z: classifier(norm(z)[:, 0]), layers[-1], size, device)
 
 
 def _source(ref: str, weights: WeightsSpec) -> tuple[str, dict[str, Any], str]:
@@ -213,6 +223,7 @@ def hf_backbone(model: nn.Module, name: str, described: str, pretrained: bool,
     except ValueError:
         raise AttnvizError(f"{name} produces no spatial feature map to read") from None
     return HfBackbone(name=name, model=model, weights=described, pretrained=pretrained,
+                      token_head=_token_head(model, tokens, side, device),
                       categories=categories, mean=mean, std=std, input_size=side, default_layer=default,
                       layers=layers, classifier=head, classifier_layer=pooled, tokens=tokens, device=device,
                       notes=notes, interpolation=resample)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from attnviz.backbones import hub
-from attnviz.backbones.base import Backbone, LayerInfo, describe_layers, find_classifier, last_stage
+from attnviz.backbones.base import Backbone, LayerInfo, checked_token_head, describe_layers, find_classifier, last_stage
 from attnviz.backbones.registry import register_family
 from attnviz.backbones.weights import WeightsSpec, check_input_size, load_state_dict_file, warn_random
 from attnviz.errors import AttnvizError, one_line
@@ -177,8 +177,12 @@ def timm_backbone(model: nn.Module, name: str, described: str, pretrained: bool,
         default = _default_layer(model, layers, len(categories), tokens)
     except ValueError:
         raise AttnvizError(f"{name} produces no spatial feature map to read") from None
+    blocks = getattr(model, "blocks", None)
+    head_fn = None
+    if tokens is not None and isinstance(blocks, nn.Sequential) and len(blocks) and hasattr(model, "forward_head"):
+        head_fn = checked_token_head(model, lambda z: model.forward_head(model.norm(z)), blocks[-1], size, device)
     return Backbone(name=name, model=model, weights=described, pretrained=pretrained,
-                    categories=categories, mean=tuple(float(m) for m in data["mean"]),
+                    token_head=head_fn, categories=categories, mean=tuple(float(m) for m in data["mean"]),
                     std=tuple(float(s) for s in data["std"]), input_size=size, default_layer=default,
                     layers=layers, classifier=head, classifier_layer=pooled, tokens=tokens, device=device,
                     notes=notes, interpolation=str(data.get("interpolation", "bilinear")))

@@ -87,11 +87,16 @@ def inspect_model(
     out_console.print(table)
     # the same plan `run` draws from and the manifest records (Inventory.plan)
     plan = inv.plan(bb.default_layer, bb.native_cross)
-    for kind in KINDS:
+    for kind, impl in KINDS.items():
         where = f"native ({plan.native[kind]})" if kind in plan.native else "derived"
-        skipped = KINDS[kind].unavailable(bb, Options())       # as `run` skips it (e.g. no linear head)
+        skipped = impl.unavailable(bb, Options())       # as `run` skips it (e.g. no linear head)
         if skipped and kind not in plan.native:
             where = f"not drawn: {skipped}"
+        if not impl.default:                          # gradient kinds: opt-in, and whether they can run
+            reason = impl.unavailable(bb, Options(texts=("a prompt",)))
+            where = "opt-in, " + (f"not available: {reason}" if reason else
+                                  "derived (gradient of --layer)" if kind == "gradcam" else
+                                  "native (gradients through the model's own attention)")
         out_console.print(_t(f"  {kind:15s} {where}"), highlight=False)
     for line in plan.notes:      # attention found but not drawn natively, and why
         out_console.print(Text(shown(f"  {line}"), style="yellow"), highlight=False)
@@ -121,10 +126,10 @@ def backbones(
 @app.command()
 def kinds() -> None:
     """List the attention kinds --kinds accepts, in grid order."""
-    from attnviz.kinds import get_kinds
-    table = Table(title="attention kinds", title_justify="left")
+    from attnviz.kinds import KINDS
+    table = Table(title="attention kinds (opt-in: only when named in --kinds)", title_justify="left")
     for col in ("kind", "what it is (native where the model has the module, else derived)"):
         table.add_column(col)
-    for kind in get_kinds(None):
-        table.add_row(kind.name, _t(kind.summary()))
+    for kind in sorted(KINDS.values(), key=lambda k: k.order):
+        table.add_row(kind.name + ("" if kind.default else " (opt-in)"), _t(kind.summary()))
     out_console.print(table)

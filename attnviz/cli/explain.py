@@ -20,13 +20,14 @@ __all__ = ["explain"]
 def explain(
     image: str = typer.Argument(..., help="One image file."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder: <kind>.png per kind, explain.html, explain.json."),
-    kind: str = typer.Option("all", "--kind", "-k", help="channel, spatial, mixed, self, cross (comma-separated) or all."),
+    kind: str = typer.Option("all", "--kind", "-k", help="channel, spatial, mixed, self, cross (comma-separated) or all; self-gae, self-legrad (gradient-weighted, only when named)."),
     backbone: str = option("backbone", help="Backbone name (`attnviz backbones`)."),
     model: Optional[str] = option("model", help="Your own model instead: package.module:factory."),
     weights: str = option("weights", help="DEFAULT, a weights enum name or tag, a state_dict FILE, or none."),
     layer: Optional[str] = option("layer", help="Layer of the derived stages (default: the last feature stage)."),
     text: Optional[List[str]] = option("texts", help="Cross-attention prompt (repeatable); default: the top-1 class."),
     query: Optional[str] = option("query", help="Self-attention query X,Y in image pixels."),
+    target: Optional[str] = typer.Option(None, "--target", help="self-gae / self-legrad: the class to explain, by name or index (default: the top-1 class)."),
     tau: float = option("tau", help="Temperature of derived self-attention."),
     input_size: Optional[int] = option("input_size", help="Model input side."),
     fmt: str = typer.Option("png", "--format", help="png, or svg for slides."),
@@ -43,7 +44,7 @@ def explain(
     def go():
         ex = run_explain(path, kind, backbone=backbone_name(backbone, model), weights=weights, layer=layer,
                          texts=tuple(prompts_from(text, None)), query=query, tau=tau, input_size=input_size,
-                         seed=seed)
+                         seed=seed, targets=(target,) if target else ())
         return ex, write_explained(ex, out, fmt)
 
     ex, written = guard(go, debug)

@@ -175,6 +175,7 @@ def demo(
     colormap: str = typer.Option("jet", "--colormap", callback=colormap_option, help="Matplotlib colormap name."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Also score every map by deletion/insertion AUC."),
     sanity: bool = typer.Option(False, "--sanity", help="Also compare the maps with a fully randomised model's."),
+    vit: bool = typer.Option(True, "--vit/--no-vit", help="Also score demo-vit: raw class-token attention, rollout, GAE, LeGrad, and class specificity (demo_vit.json)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -192,6 +193,12 @@ def demo(
     if not quiet:
         summary(report, "attnviz demo")
         pointing_table(ev, f"pointing game on {len(report.results)} scenes (peak inside the right box)")
+    if vit:
+        from attnviz.demo.run import score_vit
+        vr = guard(lambda: score_vit(out, scenes, seed), debug)
+        if not quiet:
+            out_console.print(Text(f"demo-vit on the same {scenes} scenes (demo_vit.json)\n" + vr.table()),
+                              highlight=False)
     raise typer.Exit(EXIT_SOME_FAILED if report.failed else EXIT_OK)
 
 

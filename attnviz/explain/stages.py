@@ -11,7 +11,7 @@ from PIL import Image
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError, ImageError
 from attnviz.settings import split_list
-from attnviz.explain import attend, gates, mixed
+from attnviz.explain import attend, gates, gradients, mixed
 from attnviz.explain.capture import StageTap
 from attnviz.explain.context import Context
 from attnviz.explain.panels import Strip
@@ -30,6 +30,8 @@ EXPLAIN_KINDS: dict[str, Builder] = {
     "mixed": (["mixed-serial", "mixed-parallel"], mixed.mixed_modules, mixed.mixed_strip),
     "self": (["self"], attend.self_modules, attend.self_strip),
     "cross": (["cross"], attend.cross_modules, attend.cross_strip),
+    "self-gae": (["self-gae"], gradients.no_modules, gradients.gae_strip),
+    "self-legrad": (["self-legrad"], gradients.no_modules, gradients.legrad_strip),
 }
 
 
@@ -56,8 +58,8 @@ def parse_kinds(kinds: str | Sequence[str]) -> list[str]:
     names = split_list(kinds)
     if not names:
         raise AttnvizError(f"--kind: name one of {', '.join(EXPLAIN_KINDS)} or all")
-    if "all" in names:
-        return list(EXPLAIN_KINDS)
+    if "all" in names:       # the raw kinds; the gradient strips only when named
+        return [k for k in EXPLAIN_KINDS if not k.startswith("self-")]
     bad = [n for n in names if n not in EXPLAIN_KINDS]
     if bad:
         raise AttnvizError(f"--kind {bad[0]!r}: use one of {', '.join(EXPLAIN_KINDS)} or all")

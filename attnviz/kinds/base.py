@@ -39,6 +39,7 @@ class Batch:
     cache: dict[str, Any] = field(default_factory=dict)   # results one kind shares with another
     aligner: Any = None   # .geometry(layer, grid) -> measured cell centres (pipeline.align.Aligner)
     targets: list[tuple[Any, ...]] | None = None   # per image: the classes asked for (`targets=` of a call)
+    grads: Any = None     # probes.grad.GradCapture of this forward (gradient kinds), graph kept
 
     def geometry(self, layer: str | None = None, grid: tuple[int, ...] | None = None) -> Geometry | None:
         """Where the cells of `layer` (default: the chosen one) lie, when measured and of `grid`."""
@@ -64,8 +65,10 @@ class Kind:
 
     name: ClassVar[str]
     order: ClassVar[int]   # position in the default kind list and in the grid
-    # what the forward must capture for it: "features" (tapped layers), "gates", "attention", "logits"
+    # what the forward must capture for it: "features" (tapped layers), "gates", "attention", "logits",
+    # "gradients" (the forward runs with autograd, attention kept in the graph: probes.grad)
     needs: ClassVar[frozenset[str]] = frozenset({"features", "logits"})
+    default: ClassVar[bool] = True   # in the default kind set (False: only when named in --kinds)
 
     def summary(self) -> str:
         """One line for listings: the first line of the kind's module docstring."""
@@ -102,9 +105,9 @@ def register_kind(cls: type[Kind]) -> type[Kind]:
 
 
 def get_kinds(names: list[str] | None) -> list[Kind]:
-    """Kinds by name in their canonical order (all when `names` is None)."""
+    """Kinds by name in their canonical order (the default set when `names` is None)."""
     if names is None:
-        return sorted(KINDS.values(), key=lambda k: k.order)
+        return sorted((k for k in KINDS.values() if k.default), key=lambda k: k.order)
     out = []
     for name in names:
         if name not in KINDS:

@@ -1,6 +1,7 @@
 """The engine: a backbone and the chosen kinds, every kind of a batch from ONE forward pass."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -19,6 +20,7 @@ from attnviz.images import ImageSource, identity, load_image, to_rgb
 from attnviz.kinds import Batch, get_kinds
 from attnviz.pipeline.align import Aligner
 from attnviz.probes import capture
+from attnviz.probes.grad import GradCapture
 from attnviz.probes.locate import Inventory, locate
 from attnviz.report.manifest import RunRecord
 from attnviz.results import AttentionMap, Options, Prediction, Result
@@ -156,6 +158,13 @@ class Analyser:
         self.plan = self.inventory.plan(self.layer, bb.native_cross, [k.name for k in self.kinds])
         self.notes += self.plan.notes
         self.heads = [config.self_layer or attention[-1]] if attention else []   # per-head maps: one layer
+        # gradient kinds: the forward runs with autograd, attention and their layers kept in the graph
+        grad_kinds = [k for k in self.kinds if "gradients" in k.needs]
+        self.gradients = bool(grad_kinds)
+        self.grad_attention = self.inventory.usable_self(bb.tokens)[0] \
+            if any("attention" in k.needs for k in grad_kinds) else []
+        self.grad_layers = list(dict.fromkeys(n for k in grad_kinds for n in k.layers(bb, self.layer)))
+        self.grad_blocks = any("blocks" in k.needs for k in grad_kinds)
         self.forwards = 0   # forward passes run so far (one per batch)
         self.aligner = Aligner(bb, config.align, progress)   # measured receptive fields
         # measured now, so that every batch is still ONE forward (other layers: on first use)
@@ -255,8 +264,18 @@ class Analyser:
         bb = self.backbone
         bb.set_images(list(images))        # --slide reads the decoded images at full resolution
         tapped = list(dict.fromkeys(n for a in group for n in a.tapped))
-        with capture(bb.model, layers=tapped, gates=self.gates, attention=self.attention,
-                     heads=self.heads) as cap:
+        # gradient kinds: the forward runs with autograd, attention and their layers kept in the graph
+        graded = [a for a in group if a.gradients]
+        grads = GradCapture(bb.model, list(dict.fromkeys(n for a in graded for n in a.grad_attention)),
+                            any(a.grad_blocks for a in graded),
+                            list(dict.fromkeys(n for a in graded for n in a.grad_layers))) if graded else None
+        with contextlib.ExitStack() as stack:
+            if grads is not None:      # entered first: the raw capture's mode sees each call first
+                stack.enter_context(torch.enable_grad())
+                stack.enter_context(grads)
+                x = x.requires_grad_(True)    # a graph even where the model's parameters are frozen
+            cap = stack.enter_context(capture(bb.model, layers=tapped, gates=self.gates, attention=self.attention,
+                                              heads=self.heads))
             logits, aux = bb.forward(x, prompts)
         self.forwards += 1
         per = []
@@ -264,14 +283,18 @@ class Analyser:
             batch = Batch(bb, a.layer, cap.outputs, logits, [im.size for im in images],
                           a.options, a.plans, inventory=a.inventory, gates=cap.gates,
                           gate_inputs=cap.gate_inputs, attention=cap.attention, windows=cap.windows, aux=aux,
-                          aligner=a.aligner, targets=[parse_targets(t) for t in targets] if targets else None)
+                          aligner=a.aligner, targets=[parse_targets(t) for t in targets] if targets else None,
+                          grads=grads)
             maps: list[list[AttentionMap]] = [[] for _ in images]
             for kind in a.kinds:
                 for i, per_image in enumerate(kind.compute(batch)):
                     maps[i].extend(per_image)
+            per.append(maps)
+        logits = logits.detach()
+        del batch, grads                        # the graph goes before the next batch
+        for a, maps in zip(group, per):
             for per_image in maps:
                 a.aligner.stamp(per_image)       # each map's cell → pixel mapping (manifest "geometry")
-            per.append(maps)
         return logits, per
 
     def _predictions(self, logits: torch.Tensor) -> list[Prediction]:

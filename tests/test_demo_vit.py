@@ -1,0 +1,89 @@
+"""demo-vit: the committed ViT of the demo world, its gradient kinds, and what they score."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnviz.backbones import load_backbone
+from attnviz.pipeline import Analyser
+from attnviz.zoo.vit import VIT_WEIGHTS_PATH
+from attnviz.zoo.world import make_scenes
+
+
+def test_weights_are_small_and_load():
+    assert VIT_WEIGHTS_PATH.stat().st_size <= 5 * 2**20
+    bb = load_backbone("demo-vit")
+    assert bb.tokens == (1, (12, 12)) and len(bb.model.blocks) >= 4 and bb.token_head is not None
+    assert bb.pretrained and bb.default_layer == f"blocks.{len(bb.model.blocks) - 1}"
+
+
+def _reference(model, x, targets):
+    """float64, attention written out: GAE and LeGrad by their formulas."""
+    m = copy.deepcopy(model).double()
+    attn, zs = [], []
+    t = m.tokens(x.double())
+    for blk in m.blocks:
+        h = blk.norm1(t)
+        b, n, c = h.shape
+        q, k, v = blk.attn.qkv(h).reshape(b, n, 3, blk.attn.heads, c // blk.attn.heads).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) / (c // blk.attn.heads) ** 0.5, -1)
+        t = t + blk.attn.proj((a @ v).transpose(1, 2).reshape(b, n, c))
+        t = t + blk.mlp(blk.norm2(t))
+        attn.append(a)
+        zs.append(t)
+    logits = m.forward_head(t)
+    idx = torch.arange(len(targets))
+    grads = torch.autograd.grad(logits[idx, targets].sum(), attn, retain_graph=True)
+    r = torch.eye(attn[0].shape[-1], dtype=torch.float64).expand(len(targets), -1, -1)
+    for a, g in zip(attn, grads):
+        r = r + (g * a).clamp(min=0).mean(1) @ r
+    le = 0
+    for a, z in zip(attn, zs):
+        g, = torch.autograd.grad(m.forward_head(z)[idx, targets].sum(), a, retain_graph=True)
+        le = le + g.clamp(min=0).mean(dim=(1, 2))[:, 1:]
+    return r[:, 0, 1:], le
+
+
+def test_gradient_maps_equal_the_float64_formulas_on_the_fused_demo_vit():
+    scenes = make_scenes(4, seed=11)
+    images = [Image.fromarray(np.asarray(s.image, np.uint8)) for s in scenes]
+    bb = load_backbone("demo-vit")
+    an = Analyser(bb, ["self-gae", "self-legrad"], targets=("red circle", "5"))
+    x = an.preprocess(images)
+    results = an.analyse_batch(images)
+    for slot, t in enumerate((0, 5)):
+        gae, le = _reference(bb.model, x, torch.full((len(images),), t))
+        for i, (_, maps) in enumerate(results):
+            by = {m.kind: [mm for mm in maps if mm.kind == m.kind] for m in maps}
+            for kind, ref in (("self-gae", gae), ("self-legrad", le)):
+                want = ref[i].detach().reshape(12, 12).numpy()
+                got = by[kind][slot].data
+                assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.slow
+def test_gae_is_class_specific_on_two_object_scenes():
+    from attnviz.demo.vit_scores import evaluate_vit
+    r = evaluate_vit(n=40)
+    assert r.specificity["self-gae"] > r.specificity["self"] + 0.3
+    assert r.pointing["self-gae"] >= 0.85
+
+
+def test_explain_strips_of_the_gradient_kinds_end_on_the_maps_drawn():
+    from attnviz.explain.stages import explain
+    scene = [s for s in make_scenes(30, seed=7) if len(s.objects) >= 2][0]
+    image = Image.fromarray(np.asarray(scene.image, np.uint8))
+    ex = explain(image, "self-gae,self-legrad", "demo-vit", targets=(scene.objects[0].category,))
+    for kind in ("self-gae", "self-legrad"):
+        strip = ex.strip(kind)
+        (name, final), = strip.finals.items()
+        assert name.startswith(kind)
+        assert len(strip.panels()) >= 5
+    gae = ex.strip("self-gae")
+    (_, final), = gae.finals.items()
+    (_, maps), = Analyser("demo-vit", ["self-gae"], targets=(scene.objects[0].category,)).analyse_batch([image])
+    np.testing.assert_allclose(final.data, maps[0].data, rtol=1e-5, atol=1e-7)   # R's last row is the map
