@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from attnviz.backbones import load_backbone
+from attnviz.render.band import has_band, unbanded
 from attnviz.geometry import Axis, Geometry, gaussian_field, resample
 from attnviz.maps import normalise
 from attnviz.pipeline import Analyser, run
@@ -221,8 +222,9 @@ def test_one_map_same_pixels_through_run_compare_explain_and_the_api(tmp_path):
     record = next(m for m in entry["maps"] if m["name"] == "spatial")
     g = Geometry.from_record(record["geometry"])
     assert g is not None and g.fields
-    with Image.open(out / entry["output"] / record["file"]) as im:
-        ran = np.asarray(im.convert("RGB"))
+    with Image.open(out / entry["output"] / record["file"]) as im:   # random weights: the band above it
+        assert has_band(im)
+        ran = np.asarray(unbanded(im.convert("RGB")))
     data = np.load(out / entry["output"] / "maps.npz")["spatial"]
     np.testing.assert_array_equal(np.asarray(attnviz.overlay(image, data, size=side, geometry=g)), ran)
     (_, maps), = Analyser(bb, ["spatial"]).analyse_batch([image])
