@@ -153,6 +153,23 @@ def test_gaussian_field_moments_and_one_cell_heat():
     assert np.isfinite(resample(holes[::1], 30, 30, Geometry.from_record(old))).any()
 
 
+def test_overlapping_fields_still_span_the_colours():
+    """Wide fields lower a peak when spread (here to under 0.6 of the map's range); the drawn heat is
+    stretched to the colour range, so the peak is drawn at full heat and the coldest pixel at none."""
+    n, size = 8, 64
+    centres = (np.arange(n) + 0.5) * size / n
+    axis = Axis.fit(centres.tolist(), centres.tolist(), [2.0 * size / n] * n)     # σ: two cells
+    g = Geometry(rows=axis, cols=axis, input_size=size)
+    m = np.zeros((n, n), np.float32)
+    m[3, 4] = 1.0
+    assert resample(m, size, size, g).max() < 0.6                  # the spread peak, unstretched
+    drawn = np.asarray(overlay(Image.new("RGB", (size, size)), m, size=size, colormap="gray", alpha=1.0,
+                               geometry=g).convert("L"))
+    assert drawn.max() == 255 and drawn.min() == 0
+    y, x = np.unravel_index(int(np.argmax(drawn)), drawn.shape)
+    assert abs(x + 0.5 - centres[4]) <= size / n and abs(y + 0.5 - centres[3]) <= size / n
+
+
 def test_status_and_cache(tmp_path, monkeypatch):
     """The first run says what it does and measures; a second run of the same random-weights command
     (a new process: nothing in memory) measures nothing; other weights are measured again."""
