@@ -192,3 +192,14 @@ def test_gradcam_refuses_a_layer_changed_in_place(resnet18_small):
     an = Analyser(resnet18_small, ["gradcam"], layer="layer4.1.bn2")
     with pytest.raises(AttnvizError, match="in place"):
         an.analyse_batch([photo(64, 64)])
+
+
+def test_per_image_targets_reach_the_gradient_kinds(resnet18_small):
+    """`targets=` per image (the Python API's list) gives each image its own class; images asking
+    for different numbers of classes are one error, not a crash."""
+    an = Analyser(resnet18_small, ["gradcam"], layer="layer4")
+    images = [photo(64, 64, seed=s) for s in range(2)]
+    results = an.analyse_batch(images, targets=[("3",), ("11",)])
+    assert [maps[0].meta["target"]["index"] for _, maps in results] == [3, 11]
+    with pytest.raises(AttnvizError, match="as many classes"):
+        an.analyse_batch(images, targets=[("3",), ("3", "11")])

@@ -11,7 +11,7 @@ import torch
 from attnviz.backbones import Backbone
 from attnviz.errors import AttnvizError
 from attnviz.kinds.base import Batch, Kind, register_kind
-from attnviz.kinds.gradients import image_targets, map_name, parse_targets, target_meta
+from attnviz.kinds.gradients import target_slots, map_name, parse_targets, target_meta
 from attnviz.maps import to_grid
 from attnviz.results import AttentionMap, Options
 
@@ -50,11 +50,9 @@ class GradCam(Kind):
                                f"forward (e.g. a residual `+=`); choose the enclosing block")
         layout = batch.backbone.layer(batch.layer).layout
         f = to_grid(out_t.detach(), layout).float()
-        targets, source = image_targets(batch, batch.plans.get(self.name))
         out: list[list[AttentionMap]] = [[] for _ in batch.sizes]
         used: list[set[str]] = [set() for _ in batch.sizes]
-        for slot in range(len(targets[0])):
-            idx = torch.tensor([t[slot] for t in targets], device=batch.logits.device)
+        for idx, source in target_slots(batch, batch.plans.get(self.name)):
             with torch.enable_grad():
                 y = batch.logits.gather(1, idx[:, None]).sum()
                 g, = torch.autograd.grad(y, out_t, retain_graph=True)

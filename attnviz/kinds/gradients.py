@@ -6,7 +6,7 @@ declare "gradients"), so `batch.logits` and `batch.grads.attention[name]` are in
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -15,7 +15,7 @@ from attnviz.errors import AttnvizError
 from attnviz.kinds.base import Batch
 from attnviz.text import slug, unique
 
-__all__ = ["parse_targets", "image_targets", "token_attention", "map_name", "target_meta",
+__all__ = ["parse_targets", "image_targets", "target_slots", "token_attention", "map_name", "target_meta",
            "token_head", "check_head", "HEAD_TOLERANCE"]
 
 HEAD_TOLERANCE = 1e-4      # the token head on the last block vs the model's logits, relative
@@ -52,6 +52,18 @@ def image_targets(batch: Batch, plan: list[int] | None) -> tuple[list[list[int]]
     if plan:
         return [list(plan) for _ in batch.sizes], "--target"
     return [[int(i)] for i in batch.logits.detach().argmax(dim=1)], "top-1"
+
+
+def target_slots(batch: Batch, plan: list[int] | None) -> Iterator[tuple[torch.Tensor, str]]:
+    """One (B,) tensor of classes per target slot (one backward each), and where they came from.
+
+    Every image needs as many targets: slot k holds each image's k-th class."""
+    targets, source = image_targets(batch, plan)
+    counts = sorted({len(t) for t in targets})
+    if len(counts) > 1:
+        raise AttnvizError(f"targets: give every image of a batch as many classes (got {counts[0]} and {counts[-1]})")
+    for slot in range(counts[0]):
+        yield torch.tensor([t[slot] for t in targets], device=batch.logits.device), source
 
 
 def map_name(kind: str, label: str, source: str, used: set[str]) -> str:

@@ -10,7 +10,7 @@ import torch
 
 from attnviz.backbones import Backbone
 from attnviz.kinds.base import Batch, Kind, register_kind
-from attnviz.kinds.gradients import image_targets, map_name, parse_targets, target_meta, token_attention
+from attnviz.kinds.gradients import target_slots, map_name, parse_targets, target_meta, token_attention
 from attnviz.results import AttentionMap, Options
 
 __all__ = ["gae", "SelfGae"]
@@ -70,11 +70,9 @@ class SelfGae(Kind):
         names = token_attention(batch)
         attn = [batch.grads.attention[n] for n in names]
         prefix, grid = batch.backbone.tokens
-        targets, source = image_targets(batch, batch.plans.get(self.name))
         out: list[list[AttentionMap]] = [[] for _ in batch.sizes]
         used: list[set[str]] = [set() for _ in batch.sizes]
-        for slot in range(len(targets[0])):
-            idx = torch.tensor([t[slot] for t in targets], device=batch.logits.device)
+        for idx, source in target_slots(batch, batch.plans.get(self.name)):
             with torch.enable_grad():
                 y = batch.logits.gather(1, idx[:, None]).sum()
                 grads = torch.autograd.grad(y, attn, retain_graph=True)

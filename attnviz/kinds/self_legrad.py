@@ -11,7 +11,7 @@ import torch
 
 from attnviz.backbones import Backbone
 from attnviz.kinds.base import Batch, Kind, register_kind
-from attnviz.kinds.gradients import (check_head, image_targets, map_name, parse_targets, target_meta,
+from attnviz.kinds.gradients import (check_head, target_slots, map_name, parse_targets, target_meta,
                                      token_attention, token_head)
 from attnviz.kinds.self_gae import gradient_unavailable
 from attnviz.results import AttentionMap, Options
@@ -48,13 +48,11 @@ class SelfLegrad(Kind):
         head = token_head(batch.backbone)
         check_head(head, batch.grads.tokens[names[-1]], batch.logits, batch.backbone.name)
         prefix, grid = batch.backbone.tokens
-        targets, source = image_targets(batch, batch.plans.get(self.name))
         out: list[list[AttentionMap]] = [[] for _ in batch.sizes]
         used: list[set[str]] = [set() for _ in batch.sizes]
         with torch.enable_grad():
             scores = [head(batch.grads.tokens[n]) for n in names]          # s_l for every class
-        for slot in range(len(targets[0])):
-            idx = torch.tensor([t[slot] for t in targets], device=batch.logits.device)
+        for idx, source in target_slots(batch, batch.plans.get(self.name)):
             grads = []
             with torch.enable_grad():
                 for n, s in zip(names, scores):
