@@ -119,3 +119,15 @@ def test_clip_run_through_the_cli(tmp_path):
     assert set(man["summary"]["rankings"]) == {"a red car", "a dog"}
     assert man["backbone"]["pretrained"] is False
     assert (tmp_path / "out" / "x" / "cross-a-dog.png").exists()
+
+
+def test_images_are_resampled_as_open_clip_preprocesses_them(clip_bb):
+    # open_clip's own eval transform (Resize shortest side, bicubic; centre crop) equals the squash
+    # attnviz does on a square photo, so the tensors must agree to the float
+    _, _, pre = open_clip.create_model_and_transforms(TINY)
+    assert clip_bb.interpolation == clip_bb.bundle.model.visual.preprocess_cfg["interpolation"] == "bicubic"
+    im = photo(150, 150, seed=3)
+    ours = Analyser(clip_bb).preprocess([im])[0]
+    theirs = pre(im)
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-6)

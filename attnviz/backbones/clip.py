@@ -155,4 +155,4 @@ def load_clip_backbone(name: str, weights: WeightsSpec, *, input_size: int | Non
     return ClipBackbone(name=name, model=visual, weights=desc, pretrained=not bundle.random_init,
                         categories=[], mean=bundle.mean, std=bundle.std, input_size=bundle.image_size,
                         default_layer=blocks[-1], layers=layers, tokens=tokens, device=device,
-                        bundle=bundle)
+                        bundle=bundle, interpolation=bundle.interpolation)

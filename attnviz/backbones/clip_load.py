@@ -41,6 +41,7 @@ class ClipBundle:
     grid: tuple[int, int]               # (h, w) patch grid, from model.visual.grid_size
     context_length: int                 # text tokens the model reads (77 for CLIP)
     random_init: bool = False           # True: no trained weights were loaded
+    interpolation: str = "bicubic"      # resampling of the model's own preprocess cfg (open_clip's default)
     text_cache: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict, repr=False)  # prompt -> (E,), tokens
 
 
@@ -179,4 +180,4 @@ def load_clip(arch: str, pretrained: str | None = None, weights_file: str | None
         mean=tuple(float(m) for m in pp["mean"]), std=tuple(float(s) for s in pp["std"]),
         image_size=int(side_h), grid=(int(vis.grid_size[0]), int(vis.grid_size[1])),
         context_length=int(getattr(tokenizer, "context_length", None) or model.context_length),
-        random_init=random_init)
+        random_init=random_init, interpolation=str(pp.get("interpolation", "bicubic")))

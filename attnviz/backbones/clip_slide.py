@@ -85,10 +85,12 @@ def slide_layout(size: tuple[int, int], slide: Slide, image_size: int, grid: tup
     return (H, W), [(y, x) for y in starts(H) for x in starts(W)]
 
 
-def slide_view(image: Image.Image, hw: tuple[int, int], mean, std) -> torch.Tensor:
-    """The image resized to (H, W) like Analyser.preprocess (bilinear, [0, 1], normalised): (1, 3, H, W)."""
+def slide_view(image: Image.Image, hw: tuple[int, int], mean, std, interpolation: str = "bicubic") -> torch.Tensor:
+    """The image resized to (H, W) like Analyser.preprocess (the model's resampling, [0, 1], normalised):
+    (1, 3, H, W)."""
     H, W = hw
-    data = torch.frombuffer(bytearray(to_rgb(image).resize((W, H), Image.Resampling.BILINEAR).tobytes()),
+    resample = Image.Resampling[interpolation.upper()]
+    data = torch.frombuffer(bytearray(to_rgb(image).resize((W, H), resample).tobytes()),
                             dtype=torch.uint8).reshape(H, W, 3)
     x = data.permute(2, 0, 1)[None].float() / 255.0
     return (x - torch.tensor(mean)[None, :, None, None]) / torch.tensor(std)[None, :, None, None]
@@ -101,7 +103,7 @@ def slide_tokens(bundle: ClipBundle, image: Image.Image, slide: Slide, variants:
     S, (g, _) = bundle.image_size, bundle.grid
     p = S // g
     (H, W), corners = slide_layout(image.size, slide, S, bundle.grid)
-    view = slide_view(image, (H, W), bundle.mean, bundle.std)             # (1, 3, H, W)
+    view = slide_view(image, (H, W), bundle.mean, bundle.std, bundle.interpolation)             # (1, 3, H, W)
     sums = {v: torch.zeros(H // p, W // p, embedding.shape[-1]) for v in variants}
     count = torch.zeros(H // p, W // p, 1)
     for start in range(0, len(corners), CHUNK):
