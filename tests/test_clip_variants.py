@@ -211,8 +211,9 @@ def test_all_equals_the_single_runs_from_one_pass_up_to_the_last_block(bb):
 # ----------------------------------------------------------------------------- --slide
 
 def view(image: Image.Image, w: int, h: int, bundle) -> torch.Tensor:
-    """The image resized bilinearly to (w, h), scaled to [0, 1] and normalised: (1, 3, h, w)."""
-    a = np.asarray(image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    """The image resized to (w, h) with open_clip's own resampling, scaled to [0, 1] and normalised."""
+    resample = Image.Resampling[bundle.model.visual.preprocess_cfg["interpolation"].upper()]
+    a = np.asarray(image.convert("RGB").resize((w, h), resample), dtype=np.float32) / 255
     a = (a - np.array(bundle.mean, np.float32)) / np.array(bundle.std, np.float32)
     return torch.from_numpy(a).permute(2, 0, 1)[None]
 
