@@ -22,7 +22,7 @@ def test_weights_are_small_and_load():
 
 
 def _reference(model, x, targets):
-    """float64, attention written out: GAE and LeGrad by their formulas."""
+    """float64, attention written out: GAE and LeGrad (last two blocks, as its code) by their formulas."""
     m = copy.deepcopy(model).double()
     attn, zs = [], []
     t = m.tokens(x.double())
@@ -42,7 +42,7 @@ def _reference(model, x, targets):
     for a, g in zip(attn, grads):
         r = r + (g * a).clamp(min=0).mean(1) @ r
     le = 0
-    for a, z in zip(attn, zs):
+    for a, z in list(zip(attn, zs))[-2:]:
         g, = torch.autograd.grad(m.forward_head(z)[idx, targets].sum(), a, retain_graph=True)
         le = le + g.clamp(min=0).mean(dim=(1, 2))[:, 1:]
     return r[:, 0, 1:], le
@@ -82,7 +82,7 @@ def test_explain_strips_of_the_gradient_kinds_end_on_the_maps_drawn():
         strip = ex.strip(kind)
         (name, final), = strip.finals.items()
         assert name.startswith(kind)
-        assert len(strip.panels()) >= 5
+        assert len(strip.panels()) >= (5 if kind == "self-gae" else 4)   # LeGrad: image, 2 blocks, sum
     gae = ex.strip("self-gae")
     (_, final), = gae.finals.items()
     (_, maps), = Analyser("demo-vit", ["self-gae"], targets=(scene.objects[0].category,)).analyse_batch([image])
