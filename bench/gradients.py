@@ -7,9 +7,9 @@ self-legrad, gradcam on the last block), default target (top-1). Interleaved per
 shared machine's load slows every case alike; prints the median ratios to the bare forward, the
 resident memory after every batch and the load average; writes bench/results/gradients-<label>.json.
 
-Memory (`--memory 100,2000`): `attnviz run --kinds self-gae,self-legrad,gradcam` as a user types
-it, on that many generated 96×96 demo scenes through `demo-vit`; the peak RSS of each whole
-process (flat: the 2,000-image run peaks where the 100-image one does). Writes
+Memory (`--memory 2000`): `Analyser.analyse_batch` with self-gae, self-legrad and gradcam on
+`demo-vit`, batches of 8 generated 96×96 scenes, the resident memory after 104 images and every
+200 (flat: no graph, attention or gradient kept from one batch to the next). Writes
 bench/results/gradients-memory<-label>.json. Wall time on a shared machine: read ratios, not seconds.
 """
 from __future__ import annotations
@@ -20,9 +20,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -51,8 +48,9 @@ def where() -> dict:
             "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
 
 
-def cost(args: argparse.Namespace) -> dict:
-    """Interleaved per-batch timings of the bare forward and each gradient case."""
+def cost(args: argparse.Namespace, out: Path) -> dict:
+    """Interleaved per-batch timings of the bare forward and each gradient case (`out` rewritten
+    after every batch, so a run stopped early keeps what it measured)."""
     record = where()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -65,6 +63,7 @@ def cost(args: argparse.Namespace) -> dict:
     analysers = {name: Analyser(bb, kinds, layer=bb.default_layer) for name, kinds in CASES.items()}
     with torch.no_grad():
         bb.model(analysers["self (raw)"].preprocess(batches[0]))          # warm-up
+    result: dict = {}
     for k, batch in enumerate(batches):
         x = analysers["self (raw)"].preprocess(batch)
         t = time.perf_counter()
@@ -78,43 +77,44 @@ def cost(args: argparse.Namespace) -> dict:
         rss.append(round(rss_mib(), 1))
         print(f"batch {k + 1}/{len(batches)}: " + ", ".join(f"{n} {v[-1]:.2f}s" for n, v in times.items())
               + f"; RSS {rss[-1]:.0f} MiB; load {os.getloadavg()[0]:.1f}", flush=True)
-    bare = statistics.median(times["bare forward"])
-    return {**record, "backbone": args.backbone, "images": args.images, "batch_size": args.batch_size,
-            "median_s_per_batch": {k: round(statistics.median(v), 4) for k, v in times.items()},
-            "ratio_to_bare": {k: round(statistics.median(v) / bare, 2) for k, v in times.items()},
-            "ratio_to_bare_total": {k: round(sum(v) / sum(times["bare forward"]), 2) for k, v in times.items()},
-            "rss_mib_after_batch": rss, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
+        bare = statistics.median(times["bare forward"])
+        result = {**record, "backbone": args.backbone, "images_asked": args.images,
+                  "images_done": sum(len(b) for b in batches[:k + 1]), "batch_size": args.batch_size,
+                  "median_s_per_batch": {n: round(statistics.median(v), 4) for n, v in times.items()},
+                  "ratio_to_bare": {n: round(statistics.median(v) / bare, 2) for n, v in times.items()},
+                  "ratio_to_bare_total": {n: round(sum(v) / sum(times["bare forward"]), 2) for n, v in times.items()},
+                  "ratio_to_bare_per_batch": {n: [round(a / b, 2) for a, b in zip(v, times["bare forward"])]
+                                              for n, v in times.items() if n != "bare forward"},
+                  "rss_mib_after_batch": rss,
+                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
+        out.write_text(json.dumps(result, indent=1))
+    return result
 
 
-def memory(args: argparse.Namespace) -> dict:
-    """Peak RSS of whole `attnviz run` processes with the gradient kinds, per image count."""
+def memory(args: argparse.Namespace, out: Path) -> dict:
+    """Resident memory of `Analyser.analyse_batch` with the gradient kinds over many small images
+    (`out` rewritten at every checkpoint, so a run stopped early keeps what it measured)."""
     from attnviz.zoo.world import make_scene
-    record = {**where(), "backbone": "demo-vit", "kinds": "self-gae,self-legrad,gradcam", "runs": {}}
-    counts = [int(c) for c in args.memory.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        rng = np.random.default_rng(11)
-        src = Path(tmp) / "scenes"
-        src.mkdir()
-        for i in range(max(counts)):
-            Image.fromarray(np.asarray(make_scene(rng).image, np.uint8)).save(src / f"scene_{i:04d}.png")
-        for n in counts:
-            inputs = Path(tmp) / f"in{n}"
-            inputs.mkdir()
-            for p in sorted(src.iterdir())[:n]:
-                (inputs / p.name).symlink_to(p)
-            cmd = [sys.executable, "-m", "attnviz.cli", "run", str(inputs), "-o", str(Path(tmp) / f"out{n}"),
-                   "-b", "demo-vit", "--kinds", record["kinds"], "-q"]
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            out = proc.stdout.read()
-            _, status, usage = os.wait4(proc.pid, 0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise SystemExit(f"failed: {' '.join(cmd)}\n{out.decode(errors='replace')[-2000:]}")
-            record["runs"][str(n)] = {"wall_s": round(time.perf_counter() - t0, 1),
-                                      "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
-            print(n, record["runs"][str(n)], flush=True)
-    record["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    kinds = ["self-gae", "self-legrad", "gradcam"]
+    record = {**where(), "backbone": "demo-vit", "kinds": kinds, "batch_size": 8, "images": args.memory,
+              "rss_mib_by_images": {}}
+    bb = load_backbone("demo-vit")
+    an = Analyser(bb, kinds, layer=bb.default_layer)
+    rng = np.random.default_rng(11)
+    done = 0
+    while done < args.memory:
+        batch = [Image.fromarray(np.asarray(make_scene(rng).image, np.uint8)) for _ in range(8)]
+        an.analyse_batch(batch)                       # the maps are dropped, as a run drops them once written
+        done += len(batch)
+        if done % 200 == 0 or done == 104:
+            rss = record["rss_mib_by_images"]
+            rss[str(done)] = round(rss_mib(), 1)
+            record.update(images_done=done, growth_mib_104_to_last=round(rss[str(done)] - rss["104"], 1),
+                          peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                          loadavg_end=[round(v, 2) for v in os.getloadavg()])
+            out.write_text(json.dumps(record, indent=1))
+            print(done, rss[str(done)], flush=True)
     return record
 
 
@@ -123,13 +123,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--backbone", default="timm:vit_base_patch16_224")
-    ap.add_argument("--memory", default="", help="image counts, e.g. 100,2000: peak RSS of `attnviz run` instead")
+    ap.add_argument("--memory", type=int, default=0, help="images, e.g. 2000: resident memory of the gradient kinds instead")
     ap.add_argument("--label", default="")
     args = ap.parse_args(argv)
-    result = memory(args) if args.memory else cost(args)
-    print(json.dumps({k: v for k, v in result.items() if k != "rss_mib_after_batch"}, indent=1))
     out = RESULTS / f"gradients{'-memory' if args.memory else ''}{'-' + args.label if args.label else ''}.json"
+    result = memory(args, out) if args.memory else cost(args, out)
     out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("rss_mib_after_batch", "ratio_to_bare_per_batch")},
+                     indent=1))
 
 
 if __name__ == "__main__":

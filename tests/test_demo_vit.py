@@ -66,11 +66,16 @@ def test_gradient_maps_equal_the_float64_formulas_on_the_fused_demo_vit():
 
 
 @pytest.mark.slow
-def test_gae_is_class_specific_on_two_object_scenes():
+def test_the_model_card_figures_hold_on_the_200_held_out_scenes():
+    """attnviz/zoo/VIT_MODEL_CARD.md's table (CPU float32; a peak may flip on another machine: ±0.02)."""
     from attnviz.demo.vit_scores import evaluate_vit
-    r = evaluate_vit(n=40)
-    assert r.specificity["self-gae"] > r.specificity["self"] + 0.3
-    assert r.pointing["self-gae"] >= 0.85
+    r = evaluate_vit()
+    card = {"pointing": {"self": 0.960, "self-rollout": 1.000, "self-gae": 0.975, "self-legrad": 0.985},
+            "specificity": {"self": 0.393, "self-gae": 0.981, "self-legrad": 0.668}}
+    for field, want in card.items():
+        for k, v in want.items():
+            assert getattr(r, field)[k] == pytest.approx(v, abs=0.02), (field, k)
+    assert r.specificity["self-gae"] >= 0.95 > r.specificity["self"] + 0.5   # raw attention cannot be specific
 
 
 def test_explain_strips_of_the_gradient_kinds_end_on_the_maps_drawn():
