@@ -83,6 +83,9 @@ def cost(args: argparse.Namespace, out: Path) -> dict:
                   "median_s_per_batch": {n: round(statistics.median(v), 4) for n, v in times.items()},
                   "ratio_to_bare": {n: round(statistics.median(v) / bare, 2) for n, v in times.items()},
                   "ratio_to_bare_total": {n: round(sum(v) / sum(times["bare forward"]), 2) for n, v in times.items()},
+                  "median_of_batch_ratios": {
+                      n: round(statistics.median(t / b for t, b in zip(v, times["bare forward"])), 2)
+                      for n, v in times.items() if n != "bare forward"},
                   "ratio_to_bare_per_batch": {n: [round(a / b, 2) for a, b in zip(v, times["bare forward"])]
                                               for n, v in times.items() if n != "bare forward"},
                   "rss_mib_after_batch": rss,
