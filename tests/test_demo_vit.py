@@ -22,7 +22,7 @@ def test_weights_are_small_and_load():
 
 
 def _reference(model, x, targets):
-    """float64, attention written out: GAE and LeGrad by their formulas."""
+    """float64, attention written out: GAE and LeGrad (last two blocks, as its code) by their formulas."""
     m = copy.deepcopy(model).double()
     attn, zs = [], []
     t = m.tokens(x.double())
@@ -42,7 +42,7 @@ def _reference(model, x, targets):
     for a, g in zip(attn, grads):
         r = r + (g * a).clamp(min=0).mean(1) @ r
     le = 0
-    for a, z in zip(attn, zs):
+    for a, z in list(zip(attn, zs))[-2:]:
         g, = torch.autograd.grad(m.forward_head(z)[idx, targets].sum(), a, retain_graph=True)
         le = le + g.clamp(min=0).mean(dim=(1, 2))[:, 1:]
     return r[:, 0, 1:], le
@@ -66,11 +66,16 @@ def test_gradient_maps_equal_the_float64_formulas_on_the_fused_demo_vit():
 
 
 @pytest.mark.slow
-def test_gae_is_class_specific_on_two_object_scenes():
+def test_the_model_card_figures_hold_on_the_200_held_out_scenes():
+    """attnviz/zoo/VIT_MODEL_CARD.md's table (CPU float32; a peak may flip on another machine: ±0.02)."""
     from attnviz.demo.vit_scores import evaluate_vit
-    r = evaluate_vit(n=40)
-    assert r.specificity["self-gae"] > r.specificity["self"] + 0.3
-    assert r.pointing["self-gae"] >= 0.85
+    r = evaluate_vit()
+    card = {"pointing": {"self": 0.960, "self-rollout": 1.000, "self-gae": 0.975, "self-legrad": 0.985},
+            "specificity": {"self": 0.393, "self-gae": 0.981, "self-legrad": 0.668}}
+    for field, want in card.items():
+        for k, v in want.items():
+            assert getattr(r, field)[k] == pytest.approx(v, abs=0.02), (field, k)
+    assert r.specificity["self-gae"] >= 0.95 > r.specificity["self"] + 0.5   # raw attention cannot be specific
 
 
 def test_explain_strips_of_the_gradient_kinds_end_on_the_maps_drawn():
@@ -82,7 +87,7 @@ def test_explain_strips_of_the_gradient_kinds_end_on_the_maps_drawn():
         strip = ex.strip(kind)
         (name, final), = strip.finals.items()
         assert name.startswith(kind)
-        assert len(strip.panels()) >= 5
+        assert len(strip.panels()) >= (5 if kind == "self-gae" else 4)   # LeGrad: image, 2 blocks, sum
     gae = ex.strip("self-gae")
     (_, final), = gae.finals.items()
     (_, maps), = Analyser("demo-vit", ["self-gae"], targets=(scene.objects[0].category,)).analyse_batch([image])

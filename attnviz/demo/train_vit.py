@@ -1,8 +1,9 @@
 """Train DemoViT on the demo world: ``python -m attnviz.demo.train_vit [--out PATH] [--minutes 14]``.
 
 Loss: multi-label presence of the 24 categories (BCE), nothing else; no loss touches an
-attention map. Scenes come from ``numpy.random.default_rng([seed, STREAM])`` (STREAM 2, then 3 for
-a second round with ``--init``; DemoNet's stream is ``[seed, 1]``; the held-out scenes use other seeds). AdamW, warm-up then cosine over
+attention map. Scenes come from ``numpy.random.default_rng([seed, STREAM])``: STREAM 2, then 3
+and 4 for later rounds with ``--init`` (the recipe: attnviz/zoo/VIT_MODEL_CARD.md); DemoNet's
+stream is ``[seed, 1]``; the held-out scenes use other seeds. AdamW, warm-up then cosine over
 ``--steps`` or ``--minutes``, whichever comes first (as ``attnviz.demo.train``).
 """
 from __future__ import annotations

@@ -12,14 +12,12 @@ import torch
 from attnviz.backbones import Backbone
 from attnviz.kinds.base import Batch, Kind, register_kind
 from attnviz.kinds.clip_grad import clip_unavailable, embedding, prompt_embeddings, tokens_bnd
-from attnviz.kinds.gradients import token_attention
+from attnviz.kinds.gradients import LAST_BLOCKS, token_attention
 from attnviz.kinds.self_legrad import legrad
 from attnviz.results import AttentionMap, Options
 from attnviz.text import slug, unique
 
 __all__ = ["CrossLegrad", "LAST_BLOCKS"]
-
-LAST_BLOCKS = 2          # the released code's layer_index=-2
 
 
 @register_kind

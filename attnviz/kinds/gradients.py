@@ -16,9 +16,10 @@ from attnviz.kinds.base import Batch
 from attnviz.text import slug, unique
 
 __all__ = ["parse_targets", "image_targets", "target_slots", "token_attention", "map_name", "target_meta",
-           "token_head", "check_head", "HEAD_TOLERANCE"]
+           "token_head", "check_head", "HEAD_TOLERANCE", "LAST_BLOCKS"]
 
 HEAD_TOLERANCE = 1e-4      # the token head on the last block vs the model's logits, relative
+LAST_BLOCKS = 2            # LeGrad sums the last two blocks: the released code's layer_index=-2
 
 
 def parse_targets(targets: tuple[str, ...], categories: list[str]) -> list[int]:
