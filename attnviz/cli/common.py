@@ -228,7 +228,7 @@ def split_kinds(values: Optional[List[str]]) -> Optional[List[str]]:
         return None
     names = split_list(values)
     if not names:
-        from attnviz.kinds import KINDS
+        from attnviz.catalog import KINDS
         fail(f"--kinds: name at least one kind ({', '.join(KINDS)})", EXIT_USAGE)
     return names
 

@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from attnviz.cli.app import app
+from attnviz.cli.preflight import preflight
 from attnviz.cli.schema import option
 from attnviz.cli.common import (EXIT_USAGE, backbone_name, check_paths, fail, guard, out_console, prompts_from,
                                 say)
@@ -35,11 +36,11 @@ def explain(
     debug: bool = option("debug", help="Show tracebacks."),
 ) -> None:
     """Each attention mechanism step by step on your image: one strip of stages per kind."""
-    from attnviz.explain import explain as run_explain, write_explained
-
     [path] = check_paths([image])
     if fmt not in ("png", "svg"):
         fail(f"--format {fmt!r}: use png or svg", EXIT_USAGE)
+    guard(lambda: preflight({}, [path]), debug)          # before torch: a missing image is one line at once
+    from attnviz.explain import explain as run_explain, write_explained
 
     def go():
         ex = run_explain(path, kind, backbone=backbone_name(backbone, model), weights=weights, layer=layer,
