@@ -117,3 +117,11 @@ def test_a_run_stopped_by_the_model_leaves_no_folder(tmp_path):
     code, _, err = attnviz("run", str(SAMPLES), "-o", "out/deeper", "--backbone", "nope", cwd=tmp_path)
     assert code == 2 and err.startswith("error: unknown backbone 'nope'"), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_a_folder_or_boxes_without_torch(tmp_path):
+    (tmp_path / "boxes.json").write_text("{}")
+    code, imported, err = attnviz("evaluate", "absent", "--boxes", "boxes.json", cwd=tmp_path)
+    assert code == 2 and err.startswith("error: absent: no manifest.json there") and imported == [], err
+    code, imported, err = attnviz("evaluate", ".", "--boxes", "absent.json", cwd=tmp_path)
+    assert code == 2 and err.startswith("error: --boxes absent.json: cannot read it") and imported == [], err
