@@ -69,7 +69,8 @@ def main() -> None:
     width = max(len(r["command"]) for r in rows)
     print(f"{'command':{width}}  wall s  cpu s  out/ left")
     for r in rows:
-        print(f"{r['command']:{width}}  {r['wall_s']:6.2f}  {r['cpu_s']:5.2f}  {'yes' if r['left_out_folder'] else 'no'}")
+        left = "yes" if r["left_out_folder"] else "no"
+        print(f"{r['command']:{width}}  {r['wall_s']:6.2f}  {r['cpu_s']:5.2f}  {left}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = ROOT / "bench" / "results" / f"{stamp}-startup{'-' + a.label if a.label else ''}.json"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=a.root or ROOT, capture_output=True, text=True)

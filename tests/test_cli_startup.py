@@ -125,3 +125,11 @@ def test_evaluate_refuses_a_folder_or_boxes_without_torch(tmp_path):
     assert code == 2 and err.startswith("error: absent: no manifest.json there") and imported == [], err
     code, imported, err = attnviz("evaluate", ".", "--boxes", "absent.json", cwd=tmp_path)
     assert code == 2 and err.startswith("error: --boxes absent.json: cannot read it") and imported == [], err
+
+
+def test_import_attnviz_loads_no_model_library():
+    """The notebook API is there at once; torch comes with the first thing that needs it."""
+    proc = subprocess.run([sys.executable, "-c", "import sys, attnviz; attnviz.Settings; "
+                           f"print([m for m in {HEAVY!r} if m in sys.modules])"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "[]", proc.stderr
