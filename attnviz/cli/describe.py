@@ -110,8 +110,9 @@ def backbones(
 ) -> None:
     """List the backbone families --backbone accepts, and their names (each list loads only its own library)."""
     from attnviz.catalog import FAMILIES
-    asked = [f for f in FAMILIES if not family or f.prefix in family or (f.lists in family and not f.prefix)]
-    unknown = [n for n in family or () if not any(n in (f.prefix, f.lists) for f in FAMILIES)]
+    called = {f: {f.prefix, f.lists} - {"", None} for f in FAMILIES}      # torchvision: the bare names
+    asked = [f for f in FAMILIES if not family or called[f] & set(family)]
+    unknown = [n for n in family or () if not any(n in c for c in called.values())]
     if unknown:
         known = ", ".join(f.prefix or f.lists or "" for f in FAMILIES)
         fail(f"unknown backbone family {unknown[0]!r}; families: {known}", EXIT_USAGE)
