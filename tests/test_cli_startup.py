@@ -133,3 +133,10 @@ def test_import_attnviz_loads_no_model_library():
                            f"print([m for m in {HEAVY!r} if m in sys.modules])"],
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_the_default_colormap_it_does_not_check_is_one():
+    import matplotlib
+
+    from attnviz.settings import SCHEMA
+    assert SCHEMA["colormap"].default in matplotlib.colormaps

@@ -8,7 +8,6 @@ import typer
 from rich.text import Text
 
 from attnviz.cli.app import app
-from attnviz.cli.preflight import preflight
 from attnviz.cli.schema import option
 from attnviz.cli.common import (EXIT_SOME_FAILED, Bar, backbone_name, check_paths, guard,
                                 out_console, prompts_from, say, split_kinds)
@@ -54,6 +53,7 @@ def compare(
     inputs = check_paths(paths)
     prompts = tuple(prompts_from(text, text_file))
     names = split_kinds(kinds)
+    from attnviz.cli.preflight import preflight     # numpy and PIL: not for --help
     guard(lambda: preflight(params, inputs), debug)     # before torch: one line at once
     from attnviz.compare import compare as compare_api
 

@@ -8,7 +8,6 @@ import typer
 from rich.text import Text
 
 from attnviz.cli.app import app
-from attnviz.cli.preflight import preflight
 from attnviz.cli.schema import option
 from attnviz.cli.common import (EXIT_USAGE, backbone_name, check_paths, fail, guard, out_console, prompts_from,
                                 say)
@@ -39,6 +38,7 @@ def explain(
     [path] = check_paths([image])
     if fmt not in ("png", "svg"):
         fail(f"--format {fmt!r}: use png or svg", EXIT_USAGE)
+    from attnviz.cli.preflight import preflight     # numpy and PIL: not for --help
     guard(lambda: preflight({}, [path]), debug)          # before torch: a missing image is one line at once
     from attnviz.explain import explain as run_explain, write_explained
 

@@ -12,7 +12,6 @@ from attnviz.cli.app import app
 from attnviz.cli.common import (EXIT_OK, EXIT_SOME_FAILED, Bar, backbone_name, check_paths, colormap_option,
                                 command_line, command_started, err_console, guard, out_console, prompts_from,
                                 say, shown, split_kinds)
-from attnviz.cli.preflight import preflight
 from attnviz.cli.schema import option
 from attnviz.settings import split_list
 
@@ -69,6 +68,7 @@ def run(
     inputs = check_paths(paths)
     prompts = tuple(prompts_from(text, text_file))
     names = split_kinds(kinds)
+    from attnviz.cli.preflight import preflight     # numpy and PIL: not for --help
     guard(lambda: preflight(params, inputs, out), debug)     # before torch: one line at once, nothing written
     from attnviz.pipeline import run as run_pipeline
     from attnviz.pipeline.distributed import RayOptions
