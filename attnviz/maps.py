@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:        # torch only where a function needs it: `attnviz evaluate` never loads it
+    import torch
 
 from attnviz.geometry import Geometry, nearest_cell, resample
 
@@ -34,6 +36,7 @@ def zscore(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 def gaussian_kernel(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
     """A normalised (size, size) Gaussian, summing to 1."""
+    import torch
     ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2 * sigma**2))
     return (g / g.sum()).float()

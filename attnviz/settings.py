@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from attnviz.errors import AttnvizError
 
 __all__ = ["Setting", "Settings", "SCHEMA", "OUTLIER_MODES", "CLIP_VARIANTS", "FORMATS", "MAX_INPUT",
-           "MAX_SIZE", "group", "check", "split_list", "fingerprint_names"]
+           "MAX_SIZE", "group", "check", "split_list", "fingerprint_names", "Slide", "parse_slide",
+           "check_device"]
 
 OUTLIER_MODES = ("keep", "mask", "interpolate")   # what --outliers does to high-norm patch tokens
 CLIP_VARIANTS = ("value", "clear", "sclip", "naclip", "plain", "all")   # CLIP patch-token maps, or all
@@ -199,3 +201,43 @@ def split_list(values: str | Sequence[str] | None) -> list[str]:
         return []
     items = [values] if isinstance(values, str) else list(values)
     return [v.strip() for item in items for v in str(item).split(",") if v.strip()]
+
+
+@dataclass(frozen=True)
+class Slide:
+    """Sliding-window settings, in pixels of the resized view."""
+
+    window: int
+    stride: int
+    short: int
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        """(window, stride, short side)."""
+        return (self.window, self.stride, self.short)
+
+    def as_dict(self) -> dict[str, int]:
+        """JSON-ready form for the manifest."""
+        return {"window": self.window, "stride": self.stride, "short_side": self.short}
+
+
+def parse_slide(value: Any) -> Slide | None:
+    """`"224,112"`, `"224,112,448"`, a tuple of 2-3 whole numbers, a Slide, or None; anything else: one line."""
+    if value is None or isinstance(value, Slide):
+        return value
+    text = ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
+    usage = f"--slide {text!r}: use WINDOW,STRIDE or WINDOW,STRIDE,SHORT in pixels (e.g. 224,112)"
+    if not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*){1,2}", text):
+        raise AttnvizError(usage)
+    nums = [int(v) for v in text.split(",")]
+    window, stride = nums[0], nums[1]
+    short = nums[2] if len(nums) == 3 else (3 * window) // 2
+    if not 16 <= window <= 2048 or not 1 <= stride <= window or not window <= short <= 4096:
+        raise AttnvizError(f"{usage}; need 16 ≤ WINDOW ≤ 2048, 1 ≤ STRIDE ≤ WINDOW and WINDOW ≤ SHORT ≤ 4096")
+    return Slide(window, stride, short)
+
+
+def check_device(device: str | None) -> None:
+    """--device names a device attnviz runs on: cpu, cuda[:N], mps[:N] or auto (whether it is there
+    is asked of torch when the model is loaded)."""
+    if device is not None and not re.fullmatch(r"auto|(cpu|cuda|mps)(:\d+)?", str(device)):
+        raise AttnvizError(f"--device {device!r}: attnviz runs on cpu, cuda or auto")

@@ -8,6 +8,7 @@ from attnviz.backbones.base import Backbone, LayerInfo, describe_layers
 from attnviz.backbones.registry import Family, register_family, registered
 from attnviz.backbones.weights import WeightsSpec
 from attnviz.errors import AttnvizError
+from attnviz.settings import check_device
 
 __all__ = ["Backbone", "LayerInfo", "Family", "WeightsSpec", "describe_layers", "register_family",
            "families", "load_backbone", "resolve_device"]
@@ -20,6 +21,7 @@ def families() -> list[Family]:
 
 def resolve_device(device: str) -> torch.device:
     """'cpu', 'cuda' or 'auto' (CUDA when available) as a torch.device."""
+    check_device(device)                # the names, as the CLI checks them before importing torch
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -8,8 +8,6 @@ Since c_i = q · t̂_i is linear in t̂_i, the result is the mean of the crops' 
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,44 +17,12 @@ from attnviz.backbones.clip_core import PatchTokens, encode_variants
 from attnviz.backbones.clip_load import ClipBundle
 from attnviz.errors import AttnvizError
 from attnviz.images import to_rgb
+from attnviz.settings import Slide, parse_slide   # torch-free: the CLI checks --slide before loading torch
 
 __all__ = ["Slide", "parse_slide", "check_slide", "slide_layout", "slide_view", "slide_tokens", "MAX_LONG", "CHUNK"]
 
 MAX_LONG = 2048      # longest side of the resized view, in window pixels (mmseg's Resize(2048, SHORT))
 CHUNK = 16           # crops per tower pass (bounds memory on large views)
-
-
-@dataclass(frozen=True)
-class Slide:
-    """Sliding-window settings, in pixels of the resized view."""
-
-    window: int
-    stride: int
-    short: int
-
-    def as_tuple(self) -> tuple[int, int, int]:
-        """(window, stride, short side)."""
-        return (self.window, self.stride, self.short)
-
-    def as_dict(self) -> dict[str, int]:
-        """JSON-ready form for the manifest."""
-        return {"window": self.window, "stride": self.stride, "short_side": self.short}
-
-
-def parse_slide(value: Any) -> Slide | None:
-    """`"224,112"`, `"224,112,448"`, a tuple of 2-3 whole numbers, a Slide, or None; anything else: one line."""
-    if value is None or isinstance(value, Slide):
-        return value
-    text = ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
-    usage = f"--slide {text!r}: use WINDOW,STRIDE or WINDOW,STRIDE,SHORT in pixels (e.g. 224,112)"
-    if not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*){1,2}", text):
-        raise AttnvizError(usage)
-    nums = [int(v) for v in text.split(",")]
-    window, stride = nums[0], nums[1]
-    short = nums[2] if len(nums) == 3 else (3 * window) // 2
-    if not 16 <= window <= 2048 or not 1 <= stride <= window or not window <= short <= 4096:
-        raise AttnvizError(f"{usage}; need 16 ≤ WINDOW ≤ 2048, 1 ≤ STRIDE ≤ WINDOW and WINDOW ≤ SHORT ≤ 4096")
-    return Slide(window, stride, short)
 
 
 def check_slide(slide: Slide, grid: tuple[int, int], arch: str) -> None:

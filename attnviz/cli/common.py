@@ -22,7 +22,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from attnviz.errors import AttnvizError, one_line
-from attnviz.settings import split_list
+from attnviz.settings import SCHEMA, split_list
 from attnviz.text import printable, read_prompts, shown
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "out_console",
@@ -187,6 +187,8 @@ def command_started() -> float:
 
 def colormap_option(name: str) -> str:
     """--colormap: any matplotlib colormap name."""
+    if name == SCHEMA["colormap"].default:      # a matplotlib colormap (tests/test_cli_startup.py): no import
+        return name
     import matplotlib
     if name not in matplotlib.colormaps:
         raise typer.BadParameter(f"{name!r} is not a matplotlib colormap (e.g. jet, inferno, viridis, turbo)")
@@ -228,7 +230,7 @@ def split_kinds(values: Optional[List[str]]) -> Optional[List[str]]:
         return None
     names = split_list(values)
     if not names:
-        from attnviz.kinds import KINDS
+        from attnviz.catalog import KINDS
         fail(f"--kinds: name at least one kind ({', '.join(KINDS)})", EXIT_USAGE)
     return names
 

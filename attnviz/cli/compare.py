@@ -49,17 +49,22 @@ def compare(
     debug: bool = option("debug", help="Show tracebacks."),
 ) -> None:
     """Sheets of images side by side: rows are images, columns are kinds, layers or backbones."""
+    params = dict(locals())             # the options as given, by parameter name
+    inputs = check_paths(paths)
+    prompts = tuple(prompts_from(text, text_file))
+    names = split_kinds(kinds)
+    from attnviz.cli.preflight import preflight     # numpy and PIL: not for --help
+    guard(lambda: preflight(params, inputs), debug)     # before torch: one line at once
     from attnviz.compare import compare as compare_api
 
-    inputs = check_paths(paths)
-    options = dict(weights=weights, texts=tuple(prompts_from(text, text_file)), query=query,
+    options = dict(weights=weights, texts=prompts, query=query,
                    input_size=input_size, device=device, seed=seed)
     if layer is not None:
         options["layer"] = layer
 
     def go():
         with Bar("attnviz compare", quiet) as bar:
-            return compare_api(inputs, out, by=by, backbone=backbone_name(backbone, model), kinds=split_kinds(kinds),
+            return compare_api(inputs, out, by=by, backbone=backbone_name(backbone, model), kinds=names,
                                layers=_names(layers), backbones=_names(backbones), per_page=per_page, scale=scale,
                                cell=cell, colormap=colormap, alpha=alpha, batch_size=batch_size,
                                on_start=bar.start, on_batch=bar.advance, **options)

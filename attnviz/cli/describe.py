@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from attnviz.cli.app import app
-from attnviz.cli.common import backbone_name, guard, out_console, shown
+from attnviz.cli.common import EXIT_USAGE, backbone_name, err_console, fail, guard, out_console, shown
 from attnviz.errors import AttnvizError
 
 __all__ = ["layers", "inspect_model", "backbones", "kinds"]
@@ -104,32 +104,47 @@ def inspect_model(
 
 @app.command()
 def backbones(
+    family: Optional[List[str]] = typer.Argument(None, help="Only these families: a prefix (timm, clip, hf …) or "
+                                                 "torchvision for bare names (default: all)."),
     names: bool = typer.Option(True, "--names/--no-names", help="List every name of each family."),
 ) -> None:
-    """List the backbone families --backbone accepts, and their names."""
-    from attnviz.backbones import families
-    for fam in guard(families, False):
-        out_console.print(Text.assemble((fam.syntax, "bold"), f" — {fam.summary}"), highlight=False)
-        if not names or fam.names is None:
-            continue
+    """List the backbone families --backbone accepts, and their names (each list loads only its own library)."""
+    from attnviz.catalog import FAMILIES
+    called = {f: {f.prefix, f.lists} - {"", None} for f in FAMILIES}      # torchvision: the bare names
+    asked = [f for f in FAMILIES if not family or called[f] & set(family)]
+    unknown = [n for n in family or () if not any(n in c for c in called.values())]
+    if unknown:
+        known = ", ".join(f.prefix or f.lists or "" for f in FAMILIES)
+        fail(f"unknown backbone family {unknown[0]!r}; families: {known}", EXIT_USAGE)
+    for info in asked:
+        out_console.print(Text.assemble((info.syntax, "bold"), f" — {info.summary}"), highlight=False)
+        if names and info.lists:
+            _names(info.prefix, info.lists)
+
+
+def _names(prefix: str, library: str) -> None:
+    """A family's names from the registry; a status line on stderr while its library loads."""
+    with err_console.status(Text(f"loading {library}'s model list…")):
         try:
+            from attnviz.backbones import families
+            fam = next(f for f in families() if f.prefix == prefix)
             listed = fam.names()
         except AttnvizError as e:       # an optional extra that is not installed
             out_console.print(_t(f"  ({e})"), highlight=False)
-            continue
+            return
         except Exception as e:  # noqa: BLE001  (a family's library failing to list is not fatal)
             out_console.print(_t(f"  (cannot list: {type(e).__name__}: {e})"), highlight=False)
-            continue
-        out_console.print(_t(f"  {len(listed)} names: " + ", ".join(listed)), highlight=False)
+            return
+    out_console.print(_t(f"  {len(listed)} names: " + ", ".join(listed)), highlight=False)
 
 
 @app.command()
 def kinds() -> None:
     """List the attention kinds --kinds accepts, in grid order."""
-    from attnviz.kinds import KINDS
+    from attnviz.catalog import KINDS      # the registry's metadata without importing torch
     table = Table(title="attention kinds (opt-in: only when named in --kinds)", title_justify="left")
     for col in ("kind", "what it is (native where the model has the module, else derived)"):
         table.add_column(col)
     for kind in sorted(KINDS.values(), key=lambda k: k.order):
-        table.add_row(kind.name + ("" if kind.default else " (opt-in)"), _t(kind.summary()))
+        table.add_row(kind.name + ("" if kind.default else " (opt-in)"), _t(kind.summary))
     out_console.print(table)

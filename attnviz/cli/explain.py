@@ -35,11 +35,12 @@ def explain(
     debug: bool = option("debug", help="Show tracebacks."),
 ) -> None:
     """Each attention mechanism step by step on your image: one strip of stages per kind."""
-    from attnviz.explain import explain as run_explain, write_explained
-
     [path] = check_paths([image])
     if fmt not in ("png", "svg"):
         fail(f"--format {fmt!r}: use png or svg", EXIT_USAGE)
+    from attnviz.cli.preflight import preflight     # numpy and PIL: not for --help
+    guard(lambda: preflight({}, [path]), debug)          # before torch: a missing image is one line at once
+    from attnviz.explain import explain as run_explain, write_explained
 
     def go():
         ex = run_explain(path, kind, backbone=backbone_name(backbone, model), weights=weights, layer=layer,

@@ -13,6 +13,7 @@ from attnviz.cli.common import (EXIT_OK, EXIT_SOME_FAILED, Bar, backbone_name, c
                                 command_line, command_started, err_console, guard, out_console, prompts_from,
                                 say, shown, split_kinds)
 from attnviz.cli.schema import option
+from attnviz.settings import split_list
 
 __all__ = ["run", "demo", "evaluate", "agreement_table"]
 
@@ -62,22 +63,25 @@ def run(
     debug: bool = option("debug"),
 ) -> None:
     """Write heatmaps, bar charts, grids, raw maps and a manifest for every image."""
+    params = dict(locals())             # the options as given, by parameter name
+    started = command_started()
+    inputs = check_paths(paths)
+    prompts = tuple(prompts_from(text, text_file))
+    names = split_kinds(kinds)
+    from attnviz.cli.preflight import preflight     # numpy and PIL: not for --help
+    guard(lambda: preflight(params, inputs, out), debug)     # before torch: one line at once, nothing written
     from attnviz.pipeline import run as run_pipeline
     from attnviz.pipeline.distributed import RayOptions
     from attnviz.report.outputs import Style
-    from attnviz.settings import split_list
-
-    started = command_started()
-    inputs = check_paths(paths)
 
     def go():
         with Bar("attnviz run", quiet) as bar:
             return run_pipeline(
-                inputs, out, backbone=backbone_name(backbone, model), kinds=split_kinds(kinds),
+                inputs, out, backbone=backbone_name(backbone, model), kinds=names,
                 batch_size=batch_size, style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k,
                                                    format=fmt),
                 command=command_line(), on_start=bar.start, on_batch=bar.advance,
-                weights=pretrained or weights, layer=layer, texts=tuple(prompts_from(text, text_file)),
+                weights=pretrained or weights, layer=layer, texts=prompts,
                 query=query, per_word=per_word, contrast=contrast, variant=clip_variant, slide=slide,
                 input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
                 native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,

@@ -1,14 +1,13 @@
 """The interface of an attention kind, and the batch of captured features it computes from."""
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from attnviz.backbones import Backbone
-from attnviz.errors import AttnvizError
+from attnviz.catalog import unknown_kind
 from attnviz.geometry import Geometry
 from attnviz.maps import to_grid
 from attnviz.probes.attention import WindowAttention
@@ -111,8 +110,6 @@ def get_kinds(names: list[str] | None) -> list[Kind]:
     out = []
     for name in names:
         if name not in KINDS:
-            close = difflib.get_close_matches(name, KINDS, n=3, cutoff=0.3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise AttnvizError(f"unknown kind {name!r}{hint}; kinds: {', '.join(KINDS)}")
+            raise unknown_kind(name, KINDS)          # the message the CLI gives before loading torch
         out.append(KINDS[name])
     return sorted(dict.fromkeys(out), key=lambda k: k.order)

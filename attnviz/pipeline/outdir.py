@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, identity
 from attnviz.report.integrity import MANIFEST_LIMIT, damage, entry_files, foreign
-from attnviz.report.lock import LOCK_NAME, locked
+from attnviz.report.lock import LOCK_NAME, check_folder, locked
 from attnviz.text import read_small
 
 __all__ = ["LOCK_NAME", "OWN_FILES", "locked", "read_manifest", "Plan", "plan_run", "entry_files",
@@ -166,8 +166,7 @@ def _refuse_foreign(out: Path, sources: list[ImageSource], old: dict[str, Any], 
 def outputs_filter(out: Path, paths: Sequence[str | Path], old_outputs: Sequence[str] = ()) -> Callable[[Path], bool]:
     """Which files discovery must skip: everything inside OUT unless asked for by a path that itself
     lies in OUT, and even then never the manifest nor the folders an earlier run wrote."""
-    if out.exists() and not out.is_dir():
-        raise AttnvizError(f"-o {out}: exists and is not a folder")
+    check_folder(out)
     real = lambda p: Path(os.path.realpath(p))   # noqa: E731  (never raises, even on link loops)
     resolved = real(out)
     inside = [real(p) for p in paths if real(p).is_relative_to(resolved)]

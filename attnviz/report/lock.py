@@ -25,7 +25,7 @@ try:
 except ImportError:                  # not on POSIX: the exclusive-create fallback only
     fcntl = None                     # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "locked"]
+__all__ = ["LOCK_NAME", "locked", "check_folder"]
 
 LOCK_NAME = ".attnviz.lock"
 _READ_TRIES = 50                     # a holder writes its text just after locking: wait up to 0.5 s for it
@@ -125,9 +125,19 @@ def _exclusive(path: Path, me: dict, out: Path) -> None:
             tmp.unlink()
 
 
+def check_folder(out: Path) -> None:
+    """OUT can be a run's folder: absent (created by `locked`) or a folder, never a file."""
+    if out.exists() and not out.is_dir():
+        raise AttnvizError(f"-o {out}: exists and is not a folder")
+
+
 @contextlib.contextmanager
 def locked(out: Path, command: str = "") -> Iterator[None]:
-    """Hold OUT/.attnviz.lock for the block; a live holder is a one-line refusal, a dead one's is taken."""
+    """Hold OUT/.attnviz.lock for the block; a live holder is a one-line refusal, a dead one's is taken.
+
+    Folders it creates for OUT are removed again when the block leaves them empty (a run that
+    stopped before writing anything, e.g. on an unknown backbone, leaves nothing behind)."""
+    created = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
@@ -145,3 +155,6 @@ def locked(out: Path, command: str = "") -> Iterator[None]:
                 path.unlink()
         if fd is not None:
             os.close(fd)
+        for folder in created:               # deepest first; rmdir refuses a folder that holds anything
+            with contextlib.suppress(OSError):
+                folder.rmdir()
