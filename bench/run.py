@@ -21,7 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-LABELS = {"bare": "(a) bare torchvision forward", "attnviz": "(b) attnviz run, all kinds",
+LABELS = {"bare": "(a) bare torchvision forward", "bare-passive": "(a') bare, OMP_WAIT_POLICY=PASSIVE",
+          "attnviz": "(b) attnviz run, all kinds",
           "gradcam": "(c) pytorch-grad-cam GradCAM", "torchcam": "(d) TorchCAM GradCAM"}
 
 
@@ -65,11 +66,11 @@ def save_weights(path: Path, arch: str = "resnet50") -> None:
     torch.save(getattr(torchvision.models, arch)(weights=None).state_dict(), path)
 
 
-def timed(cmd: list[str]) -> tuple[float, float, float]:
+def timed(cmd: list[str], extra_env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of one whole process; its output is shown only on failure.
 
     CPU seconds (user + system, all threads) move less than wall time on a busy machine."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(extra_env or {}))
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read()
@@ -110,14 +111,15 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
     cmds = {"bare": [sys.executable, str(ROOT / "bench" / "contestants.py"), "bare"],
             "gradcam": [sys.executable, str(ROOT / "bench" / "contestants.py"), "gradcam"],
             "torchcam": [sys.executable, str(ROOT / "bench" / "contestants.py"), "torchcam"]}
-    names = [n for n in ["bare", "attnviz", "gradcam", "torchcam"] if n in args.only.split(",")]
+    cmds["bare-passive"] = cmds["bare"]          # (a'): the OpenMP setting attnviz's CLI makes for itself
+    names = [n for n in ["bare", "bare-passive", "attnviz", "gradcam", "torchcam"] if n in args.only.split(",")]
     runs: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
     for rep in range(args.repeats):
         for name in names:                                   # interleaved: a b c d a b c d
             out = work / f"out_{name}_{rep}"
             cmd = attnviz_cmd(photos, out, "resnet50", str(weights), bs + args.attnviz_args.split()) \
                 if name == "attnviz" else cmds[name] + [str(photos), str(weights), str(out), *bs]
-            runs[name].append(timed(cmd))
+            runs[name].append(timed(cmd, {"OMP_WAIT_POLICY": "PASSIVE"} if name == "bare-passive" else None))
             print(f"  {name:9s} rep {rep}: {runs[name][-1][0]:7.2f} s wall, {runs[name][-1][1]:7.2f} s CPU",
                   flush=True)
     rows = {n: {"ms_per_image": 1000 * statistics.median(w for w, _, _ in r) / args.images,
@@ -125,7 +127,7 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
                 "peak_rss_mb": max(m for _, _, m in r), "runs_s": [round(w, 3) for w, _, _ in r],
                 "cpu_s": [round(c, 3) for _, c, _ in r]}
             for n, r in runs.items()}
-    pairs = [(k, n) for k, n in [("a", "bare"), ("c", "gradcam"), ("d", "torchcam")]
+    pairs = [(k, n) for k, n in [("a", "bare"), ("a'", "bare-passive"), ("c", "gradcam"), ("d", "torchcam")]
              if "attnviz" in rows and n in rows]
     ratios = {f"b/{k}": rows["attnviz"]["ms_per_image"] / rows[n]["ms_per_image"] for k, n in pairs}
     ratios.update({f"cpu b/{k}": rows["attnviz"]["cpu_ms_per_image"] / rows[n]["cpu_ms_per_image"]
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--counts", default="10,2000", help="scene counts (demo mode)")
     ap.add_argument("--repeats", type=int, default=2, help="whole-process runs per contestant (median)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--only", default="bare,attnviz,gradcam,torchcam", help="contestants to run")
+    ap.add_argument("--only", default="bare,bare-passive,attnviz,gradcam,torchcam", help="contestants to run")
     ap.add_argument("--attnviz-args", default="", help="extra `attnviz run` options, one string")
     ap.add_argument("--label", default="", help="a word saved with the figures (e.g. before, after)")
     ap.add_argument("--work", type=Path, help="keep photos and outputs here (default: a temp folder)")
