@@ -88,15 +88,16 @@ def overlay_picture(m: AttentionMap, image: Image.Image, style: Style) -> Image.
     return style.mark(map_picture(m, image, blender(fit(image, style.size), style.colormap, style.alpha)))
 
 
-def grid_pictures(r: Result, image: Image.Image, style: Style, boxes: Sequence[Sequence[float]] = ()
-                  ) -> list[Image.Image]:
-    """grid.png (and grid-2.png … for many maps): the original and every map side by side."""
+def grid_pictures(r: Result, image: Image.Image, style: Style, boxes: Sequence[Sequence[float]] = (),
+                  painter: Callable[..., Callable[..., Image.Image]] = blender) -> list[Image.Image]:
+    """grid.png (and grid-2.png … for many maps): the original and every map side by side
+    (`painter`: the cells' blender, see `render.grid`)."""
     cells = [GridCell("original", None)]
     for m in r.maps:
         point = query_point(m.kind, m.name, m.meta, image.size)
         flat = " · flat" if is_flat(m.data) else ""
         cells.append(GridCell(f"{_title(m)}\n{m.provenance}{flat}", m.data, m.geometry, point))
-    return [grid(rows, style.colormap, style.alpha, banner=style.banner)
+    return [grid(rows, style.colormap, style.alpha, banner=style.banner, painter=painter)
             for rows in _grid_pages(image, cells, shown(r.source), boxes)]
 
 
@@ -116,8 +117,10 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
         files.append(name)
 
     fitted = fit(image, style.size)                # resized once, shared by every overlay
+    painter: Callable[..., Callable[..., Image.Image]] = blender
     if device is not None and _on_device(device):
         overlays = _device_overlays(r, image, fitted, style, device)
+        painter = _device_painter(device)
     else:
         paint = blender(fitted, style.colormap, style.alpha)    # the image's share computed once
         overlays = ((f"{m.name}.{style.ext}", lambda path, m=m: save_image(
@@ -136,7 +139,7 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
         arrays.update({f"{m.name}_{k}": v.astype(np.float32) for k, v in m.extras.items()})
         for name, picture in _extras(m, image, style):
             save(name, picture)
-    for name, picture in zip(grid_names(len(r.maps) + 1), grid_pictures(r, image, style, boxes)):
+    for name, picture in zip(grid_names(len(r.maps) + 1), grid_pictures(r, image, style, boxes, painter)):
         save(name, picture)
     save_npz(folder / "maps.npz", arrays)
     files.append("maps.npz")
@@ -146,6 +149,16 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
 def _on_device(device: Any) -> bool:
     from attnviz.render.device import on_device   # torch: imported only for a device run
     return on_device(device)
+
+
+def _device_painter(device: Any) -> Callable[..., Callable[..., Image.Image]]:
+    """A `blender` whose cells are blended on `device` (the grid's text stays with PIL)."""
+    from attnviz.render.device import DevicePainter, to_image
+
+    def painter(base: Image.Image, colormap: str, alpha: float) -> Callable[..., Image.Image]:
+        paint = DevicePainter(base, colormap, alpha, device)
+        return lambda *a, **k: to_image(paint(*a, **k))
+    return painter
 
 
 def _device_overlays(r: Result, image: Image.Image, fitted: Image.Image, style: Style, device: Any
