@@ -1,6 +1,7 @@
 """The contestants `bench/run.py` times that are not attnviz itself, each run as its own process.
 
     python bench/contestants.py {bare,gradcam,torchcam} PHOTOS WEIGHTS OUT [--batch-size 8] [--size 512]
+                                [--arch resnet50] [--device cpu]
 
 Every contestant decodes the same photos, squashes them to 224² and normalises them with the
 ImageNet mean/std (as attnviz does), and runs a torchvision ResNet-50 loaded from WEIGHTS in
@@ -41,9 +42,9 @@ def preprocess(images: list[Image.Image]) -> torch.Tensor:
     return (x - torch.tensor(MEAN)[None, :, None, None]) / torch.tensor(STD)[None, :, None, None]
 
 
-def model(weights: Path) -> torch.nn.Module:
-    """ResNet-50 with the bench's shared random weights."""
-    net = torchvision.models.resnet50(weights=None)
+def model(weights: Path, arch: str = "resnet50") -> torch.nn.Module:
+    """A torchvision model (ResNet-50 unless told) with the bench's shared random weights."""
+    net = getattr(torchvision.models, arch)(weights=None)
     net.load_state_dict(torch.load(weights, weights_only=True))
     return net.eval()
 
@@ -63,10 +64,11 @@ def batches(paths: list[Path], n: int):
 
 
 def bare(paths: list[Path], net: torch.nn.Module, out: Path, bs: int, size: int) -> None:
-    """(a) decode, preprocess, batched forward; nothing written."""
+    """(a) decode, preprocess, batched forward (on the model's device); nothing written."""
+    device = next(net.parameters()).device
     with torch.inference_mode():
         for _, images in batches(paths, bs):
-            net(preprocess(images))
+            net(preprocess(images).to(device)).cpu()       # the logits back, as any user reads them
 
 
 def gradcam(paths: list[Path], net: torch.nn.Module, out: Path, bs: int, size: int) -> None:
@@ -107,10 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--arch", default="resnet50", help="torchvision model (bare: the GPU mode's vit_b_16 too)")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     run = {"bare": bare, "gradcam": gradcam, "torchcam": torchcam}[a.name]
-    run(photos(a.photos), model(a.weights), a.out, a.batch_size, a.size)
+    run(photos(a.photos), model(a.weights, a.arch).to(a.device), a.out, a.batch_size, a.size)
 
 
 if __name__ == "__main__":

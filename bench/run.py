@@ -2,6 +2,7 @@
 
     python bench/run.py --images 48 --backbone resnet50      # (a) bare, (b) attnviz, (c), (d)
     python bench/run.py --backbone demo --counts 10,2000      # demo throughput and peak RSS
+    python bench/run.py --gpu                                 # ResNet-50 and ViT-B/16 on CUDA (needs a GPU)
 """
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-LABELS = {"bare": "(a) bare torchvision forward", "attnviz": "(b) attnviz run, all kinds",
+LABELS = {"bare": "(a) bare torchvision forward", "bare-passive": "(a') bare, OMP_WAIT_POLICY=PASSIVE",
+          "attnviz": "(b) attnviz run, all kinds",
           "gradcam": "(c) pytorch-grad-cam GradCAM", "torchcam": "(d) TorchCAM GradCAM"}
 
 
@@ -55,19 +58,19 @@ def make_scenes(folder: Path, n: int) -> None:
         Image.fromarray(img).save(folder / f"scene_{i:04d}.png")
 
 
-def save_weights(path: Path) -> None:
-    """One random-init ResNet-50 state_dict shared by every contestant (no downloads here)."""
+def save_weights(path: Path, arch: str = "resnet50") -> None:
+    """One random-init torchvision state_dict shared by every contestant (no downloads here)."""
     import torch
     import torchvision
     torch.manual_seed(0)
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    torch.save(getattr(torchvision.models, arch)(weights=None).state_dict(), path)
 
 
-def timed(cmd: list[str]) -> tuple[float, float, float]:
+def timed(cmd: list[str], extra_env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of one whole process; its output is shown only on failure.
 
     CPU seconds (user + system, all threads) move less than wall time on a busy machine."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(extra_env or {}))
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read()
@@ -108,14 +111,15 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
     cmds = {"bare": [sys.executable, str(ROOT / "bench" / "contestants.py"), "bare"],
             "gradcam": [sys.executable, str(ROOT / "bench" / "contestants.py"), "gradcam"],
             "torchcam": [sys.executable, str(ROOT / "bench" / "contestants.py"), "torchcam"]}
-    names = [n for n in ["bare", "attnviz", "gradcam", "torchcam"] if n in args.only.split(",")]
+    cmds["bare-passive"] = cmds["bare"]          # (a'): the OpenMP setting attnviz's CLI makes for itself
+    names = [n for n in ["bare", "bare-passive", "attnviz", "gradcam", "torchcam"] if n in args.only.split(",")]
     runs: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
     for rep in range(args.repeats):
         for name in names:                                   # interleaved: a b c d a b c d
             out = work / f"out_{name}_{rep}"
             cmd = attnviz_cmd(photos, out, "resnet50", str(weights), bs + args.attnviz_args.split()) \
                 if name == "attnviz" else cmds[name] + [str(photos), str(weights), str(out), *bs]
-            runs[name].append(timed(cmd))
+            runs[name].append(timed(cmd, {"OMP_WAIT_POLICY": "PASSIVE"} if name == "bare-passive" else None))
             print(f"  {name:9s} rep {rep}: {runs[name][-1][0]:7.2f} s wall, {runs[name][-1][1]:7.2f} s CPU",
                   flush=True)
     rows = {n: {"ms_per_image": 1000 * statistics.median(w for w, _, _ in r) / args.images,
@@ -123,7 +127,7 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
                 "peak_rss_mb": max(m for _, _, m in r), "runs_s": [round(w, 3) for w, _, _ in r],
                 "cpu_s": [round(c, 3) for _, c, _ in r]}
             for n, r in runs.items()}
-    pairs = [(k, n) for k, n in [("a", "bare"), ("c", "gradcam"), ("d", "torchcam")]
+    pairs = [(k, n) for k, n in [("a", "bare"), ("a'", "bare-passive"), ("c", "gradcam"), ("d", "torchcam")]
              if "attnviz" in rows and n in rows]
     ratios = {f"b/{k}": rows["attnviz"]["ms_per_image"] / rows[n]["ms_per_image"] for k, n in pairs}
     ratios.update({f"cpu b/{k}": rows["attnviz"]["cpu_ms_per_image"] / rows[n]["cpu_ms_per_image"]
@@ -160,6 +164,73 @@ def demo(args: argparse.Namespace, work: Path) -> dict:
             "attnviz_args": args.attnviz_args, "rows": rows}
 
 
+class GpuMemory:
+    """Peak memory.used of GPU 0 (nvidia-smi every 100 ms) while a `with` block runs, in MiB above
+    what was in use before it (a subprocess's peak, which torch.cuda cannot see from outside)."""
+
+    def __init__(self) -> None:
+        self.peak, self.base, self._stop = 0.0, self._used(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    @staticmethod
+    def _used() -> float:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                                  "-i", "0"], capture_output=True, text=True).stdout.strip()
+        except OSError:                     # no nvidia-smi (a dry run of the mode on the CPU)
+            return float("nan")
+        return float(out.splitlines()[0]) if out else float("nan")
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._used() - self.base)
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> "GpuMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def gpu(args: argparse.Namespace, work: Path) -> dict:
+    """Mode 3 (issue 24): ResNet-50 and ViT-B/16 on CUDA, batch 64, all default kinds to JPEG, against
+    the bare forward on the same GPU: images/s, the ratio, peak GPU memory (nvidia-smi)."""
+    photos = work / "photos"
+    make_photos(photos, args.images)
+    rows: dict = {}
+    for arch in args.archs.split(","):
+        weights = work / f"{arch}_random.pt"
+        save_weights(weights, arch)
+        bs = ["--batch-size", str(args.batch_size)]
+        cmds = {"bare": [sys.executable, str(ROOT / "bench" / "contestants.py"), "bare", str(photos), str(weights),
+                         str(work / f"out_bare_{arch}"), *bs, "--arch", arch, "--device", args.device]}
+        for rep in range(args.repeats):
+            cmds["attnviz"] = attnviz_cmd(photos, work / f"out_{arch}_{rep}", arch, str(weights),
+                                          bs + ["--device", args.device, "--format", "jpg", *args.attnviz_args.split()])
+            for name, cmd in cmds.items():
+                with GpuMemory() as mem:
+                    wall, cpu, rss = timed(cmd)
+                rows.setdefault(f"{arch} {name}", []).append((wall, cpu, rss, mem.peak))
+                print(f"  {arch:9s} {name:8s} rep {rep}: {args.images / wall:7.1f} images/s, "
+                      f"{wall:6.1f} s, GPU memory +{mem.peak:.0f} MiB", flush=True)
+    out = {k: {"images_per_s": args.images / statistics.median(w for w, *_ in r),
+               "cpu_ms_per_image": 1000 * statistics.median(c for _, c, *_ in r) / args.images,
+               "peak_rss_mb": max(m for _, _, m, _ in r), "peak_gpu_mib": max(g for *_, g in r),
+               "runs_s": [round(w, 3) for w, *_ in r]} for k, r in rows.items()}
+    ratios = {arch: out[f"{arch} bare"]["images_per_s"] / out[f"{arch} attnviz"]["images_per_s"]
+              for arch in args.archs.split(",")}
+    print(f"\n{args.images} photos, batch {args.batch_size}, --device {args.device} --format jpg (attnviz)")
+    for k, r in out.items():
+        print(f"{k:22s} {r['images_per_s']:8.1f} images/s  GPU +{r['peak_gpu_mib']:.0f} MiB  "
+              f"RSS {r['peak_rss_mb']:.0f} MB")
+    print("  ".join(f"{a}: attnviz = {v:.2f} × bare" for a, v in ratios.items()))
+    return {"mode": "gpu", "images": args.images, "batch_size": args.batch_size, "repeats": args.repeats,
+            "attnviz_args": args.attnviz_args, "rows": out, "ratios": ratios}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse, run one mode, print, save JSON under bench/results/."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,18 +239,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--counts", default="10,2000", help="scene counts (demo mode)")
     ap.add_argument("--repeats", type=int, default=2, help="whole-process runs per contestant (median)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--only", default="bare,attnviz,gradcam,torchcam", help="contestants to run")
+    ap.add_argument("--only", default="bare,bare-passive,attnviz,gradcam,torchcam", help="contestants to run")
     ap.add_argument("--attnviz-args", default="", help="extra `attnviz run` options, one string")
     ap.add_argument("--label", default="", help="a word saved with the figures (e.g. before, after)")
     ap.add_argument("--work", type=Path, help="keep photos and outputs here (default: a temp folder)")
+    ap.add_argument("--gpu", action="store_true", help="mode 3: CUDA, --archs, batch 64, 2,000 photos (defaults)")
+    ap.add_argument("--archs", default="resnet50,vit_b_16", help="torchvision models of --gpu")
+    ap.add_argument("--device", default="cuda", help="--gpu's device (cpu: a dry run of the mode)")
     args = ap.parse_args(argv)
+    if args.gpu:
+        args.images = args.images if "--images" in (argv or sys.argv) else 2000
+        args.batch_size = args.batch_size if "--batch-size" in (argv or sys.argv) else 64
+        args.repeats = args.repeats if "--repeats" in (argv or sys.argv) else 1
     with tempfile.TemporaryDirectory(prefix="attnviz-bench-") as tmp:
         work = args.work or Path(tmp)
-        figures = (compare if args.backbone == "resnet50" else demo)(args, work)
+        figures = gpu(args, work) if args.gpu else (compare if args.backbone == "resnet50" else demo)(args, work)
     figures.update(label=args.label, machine=machine(), command=" ".join(sys.argv))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = RESULTS / f"{stamp}-{args.backbone}{'-' + args.label if args.label else ''}.json"
+    mode = "gpu" if args.gpu else args.backbone
+    path = RESULTS / f"{stamp}-{mode}{'-' + args.label if args.label else ''}.json"
     path.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"saved {path.relative_to(ROOT)}")
 

@@ -187,10 +187,16 @@ def test_run_same_files_and_manifest_for_any_worker_count(tmp_path: Path, resnet
     assert trees[0] == trees[1] and len(trees[0]) > 5 * 8
 
 
+@pytest.mark.parametrize("deflate", ["default", "zlib"])
 @pytest.mark.parametrize("mode, size", [("RGB", (97, 61)), ("L", (1, 1)), ("RGB", (3000, 2)), ("RGBA", (5, 4))])
-def test_encode_png_round_trips(mode: str, size: tuple[int, int]) -> None:
+def test_encode_png_round_trips(mode: str, size: tuple[int, int], deflate: str, monkeypatch) -> None:
+    """Lossless with ISA-L's deflate (the default where `isal` is installed) and with zlib (without it)."""
     import io
+    import zlib
+    from attnviz.report import atomic
     from attnviz.report.atomic import encode_png
+    if deflate == "zlib":
+        monkeypatch.setattr(atomic, "_deflate", zlib)
     rng = np.random.default_rng(0)
     shape = (size[1], size[0]) + ((len(mode),) if len(mode) > 1 else ())
     img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)

@@ -1,7 +1,13 @@
 """The `attnviz` command: parses options, calls the Python API, prints. Exit codes in the README."""
 from __future__ import annotations
 
+import os
 import sys
+
+# Before torch is imported: its OpenMP threads sleep while they wait instead of spinning, since
+# attnviz's writer threads share the cores with them (bench/README.md: the same run on a busy
+# 2-core machine took ~40 % less CPU). A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 

@@ -95,10 +95,11 @@ def analysed(analyser: Analyser, loaded: list[Result], batch: list[tuple[Slot, I
 
 
 def write_one(out: Path, r: Result, image: Image.Image, style: Style, boxes: Mapping[str, list],
-              old: Mapping[str, dict[str, Any]], into: list[str] | None = None) -> list[str]:
+              old: Mapping[str, dict[str, Any]], into: list[str] | None = None, device: Any = None) -> list[str]:
     """Write one image's files (and remove the ones an earlier run with other settings left); their
-    names as the writer wrote them, also appended to `into` (a writer thread's result)."""
-    files = write_outputs(out, r, image, style, boxes.get(r.source, ()))
+    names as the writer wrote them, also appended to `into` (a writer thread's result). `device`: the
+    model's device (CUDA: the overlays are drawn and JPEG-encoded there)."""
+    files = write_outputs(out, r, image, style, boxes.get(r.source, ()), device=device)
     if into is not None:
         into += files
     if r.output in old:                                # outputs these settings no longer produce

@@ -157,6 +157,8 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
                     batch_size, remote, report, on_batch)
         local = aligned_batches(sources, plan.kept, batch_size, PIXEL_BUDGET) if remote is None else ()
         writer = Writer(workers)            # files drawn and written while the next batch runs
+        device = analyser.backbone.device
+        draw_on = device if getattr(device, "type", "cpu") == "cuda" else None   # overlays drawn there
         try:
             for loaded, batch in local:
                 if sanity and batch and manifest.sanity is None:     # the first batch, before its maps
@@ -165,7 +167,7 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
                 for r, image in analysed(analyser, loaded, batch, prompts, faithfulness):
                     files: list[str] = []                      # filled by the writer with what it wrote
                     writer.submit(write_one if image is not None else None, out, r, image, style, boxes,
-                                  plan.old, files, tag=(r, files))
+                                  plan.old, files, tag=(r, files), device=draw_on)
                 _record(writer.finished(), manifest, report, out, style, on_batch)
             _record(writer.drain(), manifest, report, out, style, on_batch)
         except BaseException:               # Ctrl-C, a full disk: keep what is already on disk

@@ -161,9 +161,11 @@ def _legend(sheet: Image.Image, draw: ImageDraw.ImageDraw, g: GridLayout, top: i
 
 
 def grid(rows: Sequence[GridRow], colormap: str = "jet", alpha: float = 0.5,
-         cell: int = 256, banner: str = "") -> Image.Image:
+         cell: int = 256, banner: str = "", painter: Callable[..., Callable[..., Image.Image]] = blender
+         ) -> Image.Image:
     """A comparison sheet of size `grid_size(len(rows), max cells per row, cell, bool(banner))`, RGB;
-    `banner` (e.g. the random-weights warning) is a red band across the top."""
+    `banner` (e.g. the random-weights warning) is a red band across the top. `painter(base, colormap,
+    alpha)`: the cells' `blender` (the --device cuda writer passes one that blends on the GPU)."""
     if not rows:
         raise ValueError("a grid needs at least one row")
     n_cols = max(len(r.cells) for r in rows)
@@ -188,7 +190,7 @@ def grid(rows: Sequence[GridRow], colormap: str = "jet", alpha: float = 0.5,
         label = _clip(row.label, bold, sheet.width - 2 * g.pad)
         _text(draw, (g.pad, top + (g.label_h - g.pad - g.line) // 2), label, bold)
         base = fit(row.image, cell)
-        paint = blender(base, colormap, alpha)                 # the image's share, once per row
+        paint = painter(base, colormap, alpha)                 # the image's share, once per row
         for c, item in enumerate(row.cells):
             left = g.pad + c * (g.cell + g.pad)
             lines = item.title.split("\n")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -88,21 +88,25 @@ def overlay_picture(m: AttentionMap, image: Image.Image, style: Style) -> Image.
     return style.mark(map_picture(m, image, blender(fit(image, style.size), style.colormap, style.alpha)))
 
 
-def grid_pictures(r: Result, image: Image.Image, style: Style, boxes: Sequence[Sequence[float]] = ()
-                  ) -> list[Image.Image]:
-    """grid.png (and grid-2.png … for many maps): the original and every map side by side."""
+def grid_pictures(r: Result, image: Image.Image, style: Style, boxes: Sequence[Sequence[float]] = (),
+                  painter: Callable[..., Callable[..., Image.Image]] = blender) -> list[Image.Image]:
+    """grid.png (and grid-2.png … for many maps): the original and every map side by side
+    (`painter`: the cells' blender, see `render.grid`)."""
     cells = [GridCell("original", None)]
     for m in r.maps:
         point = query_point(m.kind, m.name, m.meta, image.size)
         flat = " · flat" if is_flat(m.data) else ""
         cells.append(GridCell(f"{_title(m)}\n{m.provenance}{flat}", m.data, m.geometry, point))
-    return [grid(rows, style.colormap, style.alpha, banner=style.banner)
+    return [grid(rows, style.colormap, style.alpha, banner=style.banner, painter=painter)
             for rows in _grid_pages(image, cells, shown(r.source), boxes)]
 
 
 def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
-                  boxes: Sequence[Sequence[float]] = ()) -> list[str]:
-    """Write every file of one image under OUT/<r.output>/ (each file atomically); their names, as written."""
+                  boxes: Sequence[Sequence[float]] = (), device: Any = None) -> list[str]:
+    """Write every file of one image under OUT/<r.output>/ (each file atomically); their names, as written.
+
+    `device`: a CUDA device draws the overlays there (`render.device`; JPEG by the GPU's encoder);
+    None or the CPU draws them with numpy (the same pictures)."""
     folder = out / r.output
     if not folder.resolve().is_relative_to(out.resolve()):   # image names never escape OUT
         raise OSError(f"output folder {r.output!r} would lie outside {out}")
@@ -113,11 +117,20 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
         files.append(name)
 
     fitted = fit(image, style.size)                # resized once, shared by every overlay
-    save(f"original.{style.ext}", style.mark(fitted), style.format)
-    paint = blender(fitted, style.colormap, style.alpha)    # the image's share computed once
+    painter: Callable[..., Callable[..., Image.Image]] = blender
+    if device is not None and _on_device(device):
+        overlays = _device_overlays(r, image, fitted, style, device)
+        painter = _device_painter(device)
+    else:
+        paint = blender(fitted, style.colormap, style.alpha)    # the image's share computed once
+        overlays = ((f"{m.name}.{style.ext}", lambda path, m=m: save_image(
+            path, style.mark(map_picture(m, image, paint)), style.format)) for m in r.maps)
+    save_image(folder / f"original.{style.ext}", style.mark(fitted), style.format)
+    files.append(f"original.{style.ext}")
     arrays: dict[str, np.ndarray] = {}
-    for m in r.maps:
-        save(f"{m.name}.{style.ext}", style.mark(map_picture(m, image, paint)), style.format)
+    for m, (name, write) in zip(r.maps, overlays):
+        write(folder / name)
+        files.append(name)
         arrays[m.name] = m.data.astype(np.float32)
         if m.weights is not None:
             arrays[f"{m.name}_weights"] = m.weights.astype(np.float32)
@@ -126,11 +139,43 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
         arrays.update({f"{m.name}_{k}": v.astype(np.float32) for k, v in m.extras.items()})
         for name, picture in _extras(m, image, style):
             save(name, picture)
-    for name, picture in zip(grid_names(len(r.maps) + 1), grid_pictures(r, image, style, boxes)):
+    for name, picture in zip(grid_names(len(r.maps) + 1), grid_pictures(r, image, style, boxes, painter)):
         save(name, picture)
     save_npz(folder / "maps.npz", arrays)
     files.append("maps.npz")
     return list(dict.fromkeys(files))
+
+
+def _on_device(device: Any) -> bool:
+    from attnviz.render.device import on_device   # torch: imported only for a device run
+    return on_device(device)
+
+
+def _device_painter(device: Any) -> Callable[..., Callable[..., Image.Image]]:
+    """A `blender` whose cells are blended on `device` (the grid's text stays with PIL)."""
+    from attnviz.render.device import DevicePainter, to_image
+
+    def painter(base: Image.Image, colormap: str, alpha: float) -> Callable[..., Image.Image]:
+        paint = DevicePainter(base, colormap, alpha, device)
+        return lambda *a, **k: to_image(paint(*a, **k))
+    return painter
+
+
+def _device_overlays(r: Result, image: Image.Image, fitted: Image.Image, style: Style, device: Any
+                     ) -> Iterator[tuple[str, Callable[[Path], None]]]:
+    """(file name, writer) of each map's overlay drawn on `device`; a query's ring is drawn on the host."""
+    from attnviz.render.device import DevicePainter, band_strip, to_image
+    from attnviz.report.atomic import save_pixels
+    paint = DevicePainter(fitted, style.colormap, style.alpha, device)
+    for m in r.maps:
+        def write(path: Path, m: AttentionMap = m) -> None:
+            if query_point(m.kind, m.name, m.meta, image.size) is not None:      # PIL draws the ring
+                save_image(path, style.mark(map_picture(m, image, lambda d, g: to_image(paint(d, g)))),
+                           style.format)
+                return
+            picture = paint(m.data, m.geometry)
+            save_pixels(path, band_strip(picture, style.banner) if style.banner else picture, style.format)
+        yield f"{m.name}.{style.ext}", write
 
 
 GRID_COLUMNS = 12           # cells per grid row; more maps wrap onto further rows
