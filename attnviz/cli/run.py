@@ -19,7 +19,7 @@ __all__ = ["run", "demo", "evaluate", "agreement_table"]
 
 @app.command()
 def run(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders (folders recurse)."),
+    paths: List[str] = typer.Argument(..., help="Image and video files and/or folders (folders recurse)."),
     out: Path = option("out", default=...),
     backbone: str = option("backbone"),
     model: Optional[str] = option("model"),
@@ -56,6 +56,12 @@ def run(
     workers: Optional[int] = option("workers"),
     fmt: str = option("format"),
     gpus_per_worker: float = option("gpus_per_worker"),
+    fps: float = option("fps"),
+    every: Optional[int] = option("every"),
+    max_frames: Optional[int] = option("max_frames"),
+    smooth: float = option("smooth"),
+    video_scale: str = option("video_scale"),
+    animated: str = option("animated"),
     resume: bool = option("resume"),
     force: bool = option("force"),
     quiet: bool = option("quiet"),
@@ -64,6 +70,7 @@ def run(
     """Write heatmaps, bar charts, grids, raw maps and a manifest for every image."""
     from attnviz.pipeline import run as run_pipeline
     from attnviz.pipeline.distributed import RayOptions
+    from attnviz.pipeline.video import VideoSettings
     from attnviz.report.outputs import Style
     from attnviz.settings import split_list
 
@@ -84,6 +91,7 @@ def run(
                 stats=stats, engine=engine, workers=workers if engine == "local" else None,
                 align=align, outliers=outliers, on_status=bar.status, started=started,
                 targets=tuple(split_list(target)),
+                video=VideoSettings(fps, every, max_frames, smooth, video_scale, animated),
                 ray=RayOptions(address, workers or None, gpus_per_worker) if engine == "ray" else None)
 
     report = guard(go, debug)

@@ -1,0 +1,242 @@
+"""Videos through the pipeline: sampled frames analysed in batches exactly as images (one forward
+per batch, the same Analyser), written as one overlay video per map, a grid video, maps.npz with a
+time axis and the channel weights over time. Frames are streamed: memory holds one batch of frames
+(plus the small raw maps, a few KB per frame), however long the video.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from attnviz.images import ImageSource, identity
+from attnviz.pipeline.analyser import Analyser
+from attnviz.pipeline.batch import FATAL, stop
+from attnviz.report.integrity import file_sizes
+from attnviz.report.outputs import Style, map_entry
+from attnviz.report.video import VideoOutputs, codec, write_arrays, write_timelines
+from attnviz.results import AttentionMap
+from attnviz.settings import SCHEMA, check, group
+from attnviz.video import Frame, Sampling, VideoError, info, is_video, require_av, sample
+
+__all__ = ["VideoSettings", "split_videos", "analyse_video", "run_videos", "stable_name", "peaks_over_time"]
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """The schema's video settings (attnviz.settings, group "video"; help and limits there)."""
+
+    fps: float = SCHEMA["fps"].default
+    every: int | None = SCHEMA["every"].default
+    max_frames: int | None = SCHEMA["max_frames"].default
+    smooth: float = SCHEMA["smooth"].default
+    video_scale: str = SCHEMA["video_scale"].default
+    animated: str = SCHEMA["animated"].default
+
+    def __post_init__(self) -> None:
+        """One-line errors for values outside the schema's limits."""
+        for s in group("video"):
+            check(s.name, getattr(self, s.name))
+
+    @property
+    def sampling(self) -> Sampling:
+        """Which frames are analysed."""
+        return Sampling(None if self.every else self.fps, self.every, self.max_frames)
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's (and the resume fingerprint's) record of these settings."""
+        return dataclasses.asdict(self)
+
+
+def split_videos(sources: Iterable[ImageSource], animated: str = "image") -> list[ImageSource]:
+    """The sources that are videos by their content (see attnviz.video.is_video)."""
+    return [s for s in sources if s.error is None and is_video(s.path, animated)]
+
+
+def stable_name(m: AttentionMap) -> str:
+    """A map's name across frames: a cross map of each frame's own top-1 class is `cross-top-1-class`
+    (its prompt, which changes from frame to frame, is in each frame's record)."""
+    return "cross-top-1-class" if m.kind == "cross" and m.meta.get("prompt_source") == "top-1 class" else m.name
+
+
+class _Track:
+    """What a video's frames leave behind: raw maps, weights, frame records, the display maps' state."""
+
+    def __init__(self, smooth: float) -> None:
+        self.smooth = smooth
+        self.raw: dict[str, list[np.ndarray]] = {}
+        self.weights: dict[str, list[np.ndarray]] = {}
+        self.templates: dict[str, AttentionMap] = {}        # the first frame's map of each name
+        self.ema: dict[str, np.ndarray] = {}
+        self.shown: dict[str, list[np.ndarray]] = {}         # the drawn (smoothed) maps, for --video-scale video
+        self.frames: list[dict[str, Any]] = []
+        self.size: tuple[int, int] | None = None
+
+    def add(self, frame: Frame, preds: list, maps: list[AttentionMap], keep_shown: bool) -> list[AttentionMap]:
+        """Record one analysed frame; its maps as drawn (smoothed when asked), named stably."""
+        self.size = self.size or frame.image.size
+        drawn, records = [], []
+        for m in maps:
+            name = stable_name(m)
+            if self.frames and name not in self.raw:
+                continue                        # the first frame decides the videos written
+            self.templates.setdefault(name, dataclasses.replace(m, name=name, extras={}))
+            data = np.asarray(m.data, np.float32)
+            self.raw.setdefault(name, []).append(data)
+            if m.weights is not None:
+                self.weights.setdefault(name, []).append(np.asarray(m.weights, np.float32))
+            prev = self.ema.get(name)
+            shown = data if prev is None or not self.smooth or prev.shape != data.shape else \
+                ((1 - self.smooth) * data + self.smooth * prev).astype(np.float32)
+            self.ema[name] = shown
+            if keep_shown:
+                self.shown.setdefault(name, []).append(shown)
+            drawn.append(dataclasses.replace(m, name=name, data=shown))
+            rec = map_entry(m, frame.image.size)
+            records.append({"name": name, "peak": rec["peak"], "min": rec["min"], "max": rec["max"],
+                            "mean": rec["mean"], **({"prompt": m.meta["prompt"]} if "prompt" in m.meta else {})})
+        top = preds[0] if preds else None
+        self.frames.append({"index": frame.index, "time": frame.time,
+                            "top1": {"label": top.label, "probability": top.probability} if top else None,
+                            "maps": records})
+        return drawn
+
+
+def analyse_video(analyser: Analyser, src: ImageSource, out: Path, style: Style, settings: VideoSettings,
+                  batch_size: int) -> dict[str, Any]:
+    """Analyse and write one video; its manifest record (status "error" with the frames kept said
+    when it breaks part way; nothing written when no frame could be decoded)."""
+    av = require_av()
+    entry: dict[str, Any] = {"source": src.source, **({"source_bytes": src.source_bytes} if src.source_bytes else {}),
+                             "input": identity(src.path), "output": src.output, "status": "ok", "error": None,
+                             "size": None, "predictions": [], "maps": []}
+    try:
+        meta = info(src.path)
+    except VideoError as e:
+        return {**entry, "status": "error", "error": str(e)}
+    folder = out / src.output
+    if not folder.resolve().is_relative_to(out.resolve()):
+        raise OSError(f"output folder {src.output!r} would lie outside {out}")
+    sampling = settings.sampling
+    rate = sampling.rate(meta["fps"])
+    scale = settings.video_scale
+    track = _Track(settings.smooth)
+    outputs = VideoOutputs(av, folder, rate, style, scale, src.source)
+    error = None
+    try:
+        error = _first_pass(analyser, src.path, sampling, batch_size, track, outputs if scale == "frame" else None)
+        if track.frames and scale == "video":
+            outputs.spans = _spans(track.shown)
+            _second_pass(src.path, sampling, track, outputs)
+        files = outputs.close() if track.frames else []
+    except BaseException:
+        outputs.abort()
+        raise
+    if not track.frames:
+        outputs.abort()
+        return {**entry, "status": "error", "error": error or "no frames sampled"}
+    times = [f["time"] for f in track.frames]
+    files += write_arrays(folder, track.raw, track.weights, times, [f["index"] for f in track.frames])
+    layers = {n: m.layer for n, m in track.templates.items()}
+    files += write_timelines(folder, track.weights, times, style.top_k, layers, style)
+    maps = []
+    for name, t in track.templates.items():
+        stack = np.stack(track.raw[name])
+        finite = stack[np.isfinite(stack)]
+        rec = map_entry(t, track.size)
+        maps.append({**rec, "file": f"{name}.mp4", "shape": list(stack.shape), "peak": None,
+                     "min": float(finite.min()) if finite.size else None,
+                     "max": float(finite.max()) if finite.size else None,
+                     "mean": float(finite.mean()) if finite.size else None,
+                     "npz_extras": [f"{name}_weights"] * (name in track.weights)})
+    kept = len(track.frames)
+    video = {"frames": kept, "source_fps": meta["fps"], "duration": meta["duration"], "rate": rate,
+             "codec": codec(av), "sampling": {"fps": sampling.fps, "every": sampling.every,
+                                              "max_frames": sampling.max_frames},
+             "scale": scale, "spans": {k: list(v) for k, v in outputs.spans.items()}, "smooth": settings.smooth,
+             "complete": error is None}
+    entry.update(size=list(track.size), maps=maps, video=video, frames=track.frames, files=files,
+                 file_bytes=file_sizes(folder, files))
+    if error:
+        entry.update(status="error", error=f"{error}; the {kept} frames sampled before it are kept and written")
+    return entry
+
+
+def _first_pass(analyser: Analyser, path: Path, sampling: Sampling, batch_size: int, track: _Track,
+                outputs: VideoOutputs | None) -> str | None:
+    """Decode, analyse in batches, record (and draw, with `outputs`); the error that stopped it, if any."""
+    chunk: list[Frame] = []
+
+    def flush() -> None:
+        for frame, (preds, maps) in zip(chunk, analyser.analyse_batch([f.image for f in chunk])):
+            drawn = track.add(frame, preds, maps, keep_shown=outputs is None)
+            if outputs is not None:
+                outputs.add(frame.image, drawn, frame.time, frame.index)
+        chunk.clear()
+    try:
+        for frame in sample(path, sampling):
+            chunk.append(frame)
+            if len(chunk) >= batch_size:
+                flush()
+    except VideoError as e:
+        flush()                                  # the frames decoded before the break are kept
+        return str(e)
+    flush()
+    return None
+
+
+def _spans(shown: dict[str, list[np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """One colour range per map across the whole video (of the maps as drawn)."""
+    spans = {}
+    for name, arrays in shown.items():
+        values = np.concatenate([a[np.isfinite(a)].ravel() for a in arrays])
+        if values.size:
+            spans[name] = (float(values.min()), float(values.max()))
+    return spans
+
+
+def _second_pass(path: Path, sampling: Sampling, track: _Track, outputs: VideoOutputs) -> None:
+    """--video-scale video: decode the same frames again and draw them with the video's ranges."""
+    frames = track.frames
+    try:
+        for k, frame in enumerate(sample(path, sampling)):
+            if k >= len(frames):
+                break
+            drawn = [dataclasses.replace(t, data=track.shown[n][k]) for n, t in track.templates.items()
+                     if k < len(track.shown.get(n, ()))]
+            outputs.add(frame.image, drawn, frame.time, frame.index)
+    except VideoError:
+        pass                                     # the same break as the first pass: its frames are drawn
+
+
+def peaks_over_time(entry: dict[str, Any], name: str) -> list[tuple[float, Sequence[float] | None]]:
+    """(time, peak (x, y) in frame pixels) of map `name` in every frame of a video's record."""
+    return [(f["time"], next((m["peak"] for m in f["maps"] if m["name"] == name), None)) for f in entry["frames"]]
+
+
+
+def run_videos(analyser: Analyser, manifest: Any, todo: Sequence[ImageSource], out: Path, style: Style,
+               settings: VideoSettings, batch_size: int, report: Any, on_batch: Any = None) -> None:
+    """Every video of `todo` in turn: analysed, written, recorded in the manifest (saved after each)."""
+    from attnviz.results import Result
+    t0, forwards = time.perf_counter(), analyser.forwards
+    for src in todo:
+        try:
+            entry = analyse_video(analyser, src, out, style, settings, batch_size)
+        except OSError as e:
+            entry = {"source": src.source, "output": src.output, "status": "error", "size": None,
+                     "error": f"cannot write outputs: {e.strerror or e}", "predictions": [], "maps": []}
+            if e.errno in FATAL:
+                raise stop(e, out / src.output) from None
+        manifest.keep(entry)
+        report.results.append(Result(src.source, src.path, src.output, entry["status"], entry["error"],
+                                     tuple(entry["size"]) if entry.get("size") else None))
+        manifest.save()
+        if on_batch:
+            on_batch(1)
+    report.seconds += time.perf_counter() - t0          # the summary's time and forward passes
+    report.forwards += analyser.forwards - forwards
