@@ -21,6 +21,7 @@ __all__ = ["VIDEO_SUFFIXES", "Frame", "Sampling", "VideoError", "is_video", "req
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"}
 INSTALL = "pip install \"attnviz[video]\" (PyAV)"
+_NO_FRAMES = "no frames: the file holds no decodable video stream or frame"
 _TRUNCATED_SLACK = 0.5      # seconds the last frame may end before the container's stated duration
 
 
@@ -140,22 +141,27 @@ def info(path: Path) -> dict[str, Any]:
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
-                raise VideoError("not a video: it has no video stream")
+                raise VideoError(_NO_FRAMES)
             s = c.streams.video[0]
             rate = float(s.average_rate) if s.average_rate else None
             return {"fps": rate, "duration": c.duration / 1e6 if c.duration else None,
                     "width": s.codec_context.width, "height": s.codec_context.height, "codec": s.codec_context.name}
-    except av.FFmpegError as e:
+    except (av.FFmpegError, IndexError, ValueError, OSError) as e:
         raise VideoError(f"not a readable video ({one_line(e, 120)})") from None
 
 
 def _pillow(path: Path) -> Iterator[tuple[int, float, Image.Image]]:
     """Frames of an animated GIF/WebP with their time stamps (their durations summed)."""
-    t = 0.0
-    with Image.open(path) as im:
-        for index, frame in enumerate(ImageSequence.Iterator(im)):
-            yield index, t, frame.convert("RGB")
-            t += (frame.info.get("duration", 100) or 100) / 1000
+    t, n = 0.0, 0
+    try:
+        with Image.open(path) as im:
+            for frame in ImageSequence.Iterator(im):
+                rgb = frame.convert("RGB")
+                yield n, t, rgb
+                n += 1
+                t += (frame.info.get("duration", 100) or 100) / 1000
+    except (OSError, ValueError, EOFError) as e:          # a truncated GIF/WebP: the frames before it are kept
+        raise VideoError(f"broken after {n} frames ({one_line(e, 120)})", n) from None
 
 
 def _pyav(path: Path) -> Iterator[tuple[int, float, Image.Image]]:
@@ -164,11 +170,11 @@ def _pyav(path: Path) -> Iterator[tuple[int, float, Image.Image]]:
     n, last = 0, None
     try:
         container = av.open(str(path))
-    except av.FFmpegError as e:
+    except (av.FFmpegError, IndexError, ValueError, OSError) as e:
         raise VideoError(f"not a readable video ({one_line(e, 120)})") from None
     with container:
         if not container.streams.video:
-            raise VideoError("not a video: it has no video stream")
+            raise VideoError(_NO_FRAMES)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"                  # frame threads: decoding keeps pace with the model
         rate = float(stream.average_rate) if stream.average_rate else 25.0
@@ -178,10 +184,10 @@ def _pyav(path: Path) -> Iterator[tuple[int, float, Image.Image]]:
                 last = time
                 yield n, time, frame.to_image()
                 n += 1
-        except av.FFmpegError as e:
+        except (av.FFmpegError, IndexError, ValueError, OSError) as e:     # a damaged stream, whatever PyAV raises
             raise VideoError(f"broken after {n} frames ({one_line(e, 120)})", n) from None
         duration = container.duration / 1e6 if container.duration else None
     if n == 0:
-        raise VideoError("no frames: the file holds no decodable video frame", 0)
+        raise VideoError(_NO_FRAMES, 0)
     if duration and last is not None and last + 1 / rate + _TRUNCATED_SLACK < duration:
         raise VideoError(f"truncated: frames end at {last:.2f} s of the {duration:.2f} s its header states", n)
