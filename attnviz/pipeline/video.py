@@ -147,7 +147,8 @@ def analyse_video(analyser: Analyser, src: ImageSource, out: Path, style: Style,
     for name, t in track.templates.items():
         stack = np.stack(track.raw[name])
         finite = stack[np.isfinite(stack)]
-        rec = map_entry(t, track.size)
+        rec = {k: v for k, v in map_entry(t, track.size).items()
+               if k not in ("probability", "clip_score", "faithfulness")}    # the first frame's: per frame below
         maps.append({**rec, "file": f"{name}.mp4", "shape": list(stack.shape), "peak": None,
                      "min": float(finite.min()) if finite.size else None,
                      "max": float(finite.max()) if finite.size else None,

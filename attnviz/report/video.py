@@ -181,7 +181,7 @@ def write_timelines(folder: Path, weights: dict[str, list[np.ndarray]], times: S
     """<name>_weights.png: the top-k channels × time heatmap of every map with channel weights."""
     files = []
     for name, rows in weights.items():
-        title = f"{name} weights over time · {layers.get(name, '')} · top {top_k} channels by mean weight"
+        title = f"{name} weights over time · {layers.get(name, '')} · top {top_k} by mean"
         save_png(folder / f"{name}_weights.png", style.mark(channel_timeline(np.stack(rows), times, top_k, title)))
         files.append(f"{name}_weights.png")
     return files
