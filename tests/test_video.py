@@ -186,3 +186,42 @@ def test_without_pyav_one_line_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(AttnvizError, match=r"attnviz\[video\]"):
         require_av()
+
+
+def test_interrupted_video_continues_from_its_last_complete_batch(tmp_path, monkeypatch):
+    from attnviz.pipeline.analyser import Analyser
+    (tmp_path / "in").mkdir()
+    moving_object(tmp_path / "in" / "a.mp4", frames=14)
+    settings = VideoSettings(fps=10, smooth=0.3)
+    whole = run([tmp_path / "in"], tmp_path / "whole", backbone="demo", batch_size=4, video=settings)
+    assert whole.forwards == 4                                  # 14 frames in batches of 4
+    real, calls = Analyser.analyse_batch, []
+
+    def interrupted(self, images, *a, **kw):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt                             # Ctrl-C during the third batch
+        return real(self, images, *a, **kw)
+    monkeypatch.setattr(Analyser, "analyse_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run([tmp_path / "in"], tmp_path / "out", backbone="demo", batch_size=4, video=settings)
+    monkeypatch.setattr(Analyser, "analyse_batch", real)
+    parts = sorted(p.name for p in (tmp_path / "out" / "a" / ".parts").iterdir())
+    assert parts == ["part-00000.npz", "part-00001.npz"]        # the two complete batches
+    assert not list((tmp_path / "out" / "a").glob("*.mp4"))     # no half video under its name
+    again = run([tmp_path / "in"], tmp_path / "out", backbone="demo", batch_size=4, video=settings)
+    assert again.forwards == 2 and not again.failed             # frames 8–13 only
+    assert not (tmp_path / "out" / "a" / ".parts").exists()
+    with np.load(tmp_path / "whole" / "a" / "maps.npz") as w, np.load(tmp_path / "out" / "a" / "maps.npz") as o:
+        assert sorted(w.files) == sorted(o.files)
+        for k in w.files:
+            np.testing.assert_array_equal(w[k], o[k])
+    mw = json.loads((tmp_path / "whole" / "manifest.json").read_text())["images"][0]
+    mo = json.loads((tmp_path / "out" / "manifest.json").read_text())["images"][0]
+    assert mw["frames"] == mo["frames"] and mw["maps"] == mo["maps"]
+    for name in ("self.mp4", "grid.mp4"):                       # the same pictures, frame for frame
+        with av.open(str(tmp_path / "whole" / "a" / name)) as cw, av.open(str(tmp_path / "out" / "a" / name)) as co:
+            fw = [f.to_ndarray(format="rgb24") for f in cw.decode(video=0)]
+            fo = [f.to_ndarray(format="rgb24") for f in co.decode(video=0)]
+        assert len(fw) == len(fo) == 14
+        assert all(np.array_equal(a, b) for a, b in zip(fw, fo))

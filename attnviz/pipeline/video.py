@@ -6,6 +6,7 @@ time axis and the channel weights over time. Frames are streamed: memory holds o
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from attnviz.pipeline.analyser import Analyser
 from attnviz.pipeline.batch import FATAL, stop
 from attnviz.report.integrity import file_sizes
 from attnviz.report.outputs import Style, map_entry
+from attnviz.report.video_parts import load_parts, remove_parts, save_part
 from attnviz.report.video import VideoOutputs, codec, write_arrays, write_timelines
 from attnviz.results import AttentionMap
 from attnviz.settings import SCHEMA, check, group
@@ -74,12 +76,26 @@ class _Track:
         self.ema: dict[str, np.ndarray] = {}
         self.shown: dict[str, list[np.ndarray]] = {}         # the drawn (smoothed) maps, for --video-scale video
         self.frames: list[dict[str, Any]] = []
+        self.saved: list[dict[str, Any]] = []                # each frame's maps' kind, layer, meta (parts)
         self.size: tuple[int, int] | None = None
 
     def add(self, frame: Frame, preds: list, maps: list[AttentionMap], keep_shown: bool) -> list[AttentionMap]:
         """Record one analysed frame; its maps as drawn (smoothed when asked), named stably."""
-        self.size = self.size or frame.image.size
-        drawn, records = [], []
+        top = {"label": preds[0].label, "probability": preds[0].probability} if preds else None
+        return self.take(frame.image.size, frame.index, frame.time, top, maps, keep_shown)
+
+    def restore(self, part: dict[str, Any], j: int, keep_shown: bool) -> list[AttentionMap]:
+        """Record frame `j` of a part saved by an interrupted run (no forward pass): as `add` did."""
+        r = part["records"][j]
+        maps = [AttentionMap(m["kind"], m["name"], m["provenance"], m["layer"], part["raws"][m["name"]][j],
+                             part["weights"][m["name"]][j] if m["name"] in part["weights"] else None, m["meta"])
+                for m in r["saved"]]
+        return self.take(tuple(r["size"]), r["index"], r["time"], r["top1"], maps, keep_shown)
+
+    def take(self, size: tuple[int, int], index: int, time: float, top: dict | None, maps: list[AttentionMap],
+             keep_shown: bool) -> list[AttentionMap]:
+        self.size = self.size or size
+        drawn, records, saved = [], [], []
         for m in maps:
             name = stable_name(m)
             if self.frames and name not in self.raw:
@@ -96,20 +112,28 @@ class _Track:
             if keep_shown:
                 self.shown.setdefault(name, []).append(shown)
             drawn.append(dataclasses.replace(m, name=name, data=shown))
-            rec = map_entry(m, frame.image.size)
+            rec = map_entry(m, size)
             records.append({"name": name, "peak": rec["peak"], "min": rec["min"], "max": rec["max"],
                             "mean": rec["mean"], **({"prompt": m.meta["prompt"]} if "prompt" in m.meta else {})})
-        top = preds[0] if preds else None
-        self.frames.append({"index": frame.index, "time": frame.time,
-                            "top1": {"label": top.label, "probability": top.probability} if top else None,
-                            "maps": records})
+            saved.append({"name": name, "kind": m.kind, "provenance": m.provenance, "layer": m.layer,
+                          "meta": {k: rec[k] for k in m.meta}})
+        self.frames.append({"index": index, "time": time, "top1": top, "maps": records})
+        self.saved.append({"index": index, "time": time, "top1": top, "size": list(size), "saved": saved})
         return drawn
+
+    def save_part(self, folder: Path, key: str, n: int) -> None:
+        """The last `n` frames as one part on disk (resume continues after it)."""
+        k = len(self.frames) // n - 1
+        names = [m["name"] for m in self.saved[-1]["saved"]]
+        save_part(folder, k, key, self.saved[-n:], {name: self.raw[name][-n:] for name in names},
+                  {name: self.weights[name][-n:] for name in names if name in self.weights})
 
 
 def analyse_video(analyser: Analyser, src: ImageSource, out: Path, style: Style, settings: VideoSettings,
-                  batch_size: int) -> dict[str, Any]:
+                  batch_size: int, key: str = "") -> dict[str, Any]:
     """Analyse and write one video; its manifest record (status "error" with the frames kept said
-    when it breaks part way; nothing written when no frame could be decoded)."""
+    when it breaks part way; nothing written when no frame could be decoded). `key`: the run's
+    settings (its fingerprint), which an interrupted run's saved batches must match to be used."""
     av = require_av()
     entry: dict[str, Any] = {"source": src.source, **({"source_bytes": src.source_bytes} if src.source_bytes else {}),
                              "input": identity(src.path), "output": src.output, "status": "ok", "error": None,
@@ -128,7 +152,8 @@ def analyse_video(analyser: Analyser, src: ImageSource, out: Path, style: Style,
     outputs = VideoOutputs(av, folder, rate, style, scale, src.source)
     error = None
     try:
-        error = _first_pass(analyser, src.path, sampling, batch_size, track, outputs if scale == "frame" else None)
+        error = _first_pass(analyser, src.path, sampling, batch_size, track, outputs if scale == "frame" else None,
+                            folder, f"{key} {json.dumps(entry['input'], sort_keys=True)} {batch_size}")
         if track.frames and scale == "video":
             outputs.spans = _spans(track.shown)
             _second_pass(src.path, sampling, track, outputs)
@@ -138,6 +163,7 @@ def analyse_video(analyser: Analyser, src: ImageSource, out: Path, style: Style,
         raise
     if not track.frames:
         outputs.abort()
+        remove_parts(folder)
         return {**entry, "status": "error", "error": error or "no frames sampled"}
     times = [f["time"] for f in track.frames]
     files += write_arrays(folder, track.raw, track.weights, times, [f["index"] for f in track.frames])
@@ -164,12 +190,20 @@ def analyse_video(analyser: Analyser, src: ImageSource, out: Path, style: Style,
                  file_bytes=file_sizes(folder, files))
     if error:
         entry.update(status="error", error=f"{error}; the {kept} frames sampled before it are kept and written")
+    remove_parts(folder)                          # the files are whole: the record replaces the parts
     return entry
 
 
 def _first_pass(analyser: Analyser, path: Path, sampling: Sampling, batch_size: int, track: _Track,
-                outputs: VideoOutputs | None) -> str | None:
-    """Decode, analyse in batches, record (and draw, with `outputs`); the error that stopped it, if any."""
+                outputs: VideoOutputs | None, folder: Path, key: str) -> str | None:
+    """Decode, analyse in batches, record (and draw, with `outputs`); the error that stopped it, if any.
+
+    The batches an interrupted run saved (same key) are read back instead of analysed; every full
+    batch is saved as a part, so that the next interruption loses at most one batch."""
+    parts = load_parts(folder, key)
+    restored = [(p, j) for p in parts for j in range(len(p["records"]))]
+    if any(len(p["records"]) != batch_size for p in parts):
+        restored = []                                       # laid out otherwise: compute everything
     chunk: list[Frame] = []
 
     def flush() -> None:
@@ -177,9 +211,16 @@ def _first_pass(analyser: Analyser, path: Path, sampling: Sampling, batch_size: 
             drawn = track.add(frame, preds, maps, keep_shown=outputs is None)
             if outputs is not None:
                 outputs.add(frame.image, drawn, frame.time, frame.index)
+        if len(chunk) == batch_size:
+            track.save_part(folder, key, batch_size)
         chunk.clear()
     try:
-        for frame in sample(path, sampling):
+        for k, frame in enumerate(sample(path, sampling)):
+            if k < len(restored):                          # done by the interrupted run: its maps, no forward
+                drawn = track.restore(*restored[k], keep_shown=outputs is None)
+                if outputs is not None:
+                    outputs.add(frame.image, drawn, frame.time, frame.index)
+                continue
             chunk.append(frame)
             if len(chunk) >= batch_size:
                 flush()
@@ -227,7 +268,8 @@ def run_videos(analyser: Analyser, manifest: Any, todo: Sequence[ImageSource], o
     t0, forwards = time.perf_counter(), analyser.forwards
     for src in todo:
         try:
-            entry = analyse_video(analyser, src, out, style, settings, batch_size)
+            entry = analyse_video(analyser, src, out, style, settings, batch_size,
+                                  json.dumps(manifest.fingerprint, sort_keys=True, default=str))
         except OSError as e:
             entry = {"source": src.source, "output": src.output, "status": "error", "size": None,
                      "error": f"cannot write outputs: {e.strerror or e}", "predictions": [], "maps": []}
