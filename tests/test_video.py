@@ -225,3 +225,30 @@ def test_interrupted_video_continues_from_its_last_complete_batch(tmp_path, monk
             fo = [f.to_ndarray(format="rgb24") for f in co.decode(video=0)]
         assert len(fw) == len(fo) == 14
         assert all(np.array_equal(a, b) for a, b in zip(fw, fo))
+
+
+def test_cli_exit_codes_and_the_missing_extra(tmp_path, monkeypatch):
+    from clirun import cli
+    (tmp_path / "in").mkdir()
+    moving_object(tmp_path / "in" / "a.mp4", frames=4)
+    (tmp_path / "in" / "bad.mkv").write_bytes(b"\x1a\x45\xdf\xa3" + b"\0" * 64)     # Matroska magic, nothing else
+    r = cli("run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-b", "demo", "--fps", "10", "-q")
+    assert r.code == 1 and "bad.mkv" in r.stderr and "Traceback" not in r.stderr
+    monkeypatch.setitem(sys.modules, "av", None)                     # PyAV not installed
+    r = cli("run", str(tmp_path / "in"), "-o", str(tmp_path / "out2"), "-b", "demo")
+    assert r.code == 2 and "attnviz[video]" in r.one_error()
+    r = cli("run", str(tmp_path / "in"), "-o", str(tmp_path / "out3"), "--video-scale", "clip")
+    assert r.code == 2 and "--video-scale 'clip'" in r.one_error()
+
+
+def test_channel_timeline_rows_are_the_top_channels_by_mean():
+    from attnviz.render.timeline import channel_timeline, top_by_mean
+    rng = np.random.default_rng(0)
+    w = rng.random((30, 64))
+    w[:, 17] += 2.0                                               # the strongest channel on average
+    order = top_by_mean(w, 5)
+    assert list(order) == list(np.argsort(-w.mean(0), kind="stable")[:5]) and order[0] == 17
+    picture = channel_timeline(w, np.arange(30) / 2, 5, "t")
+    assert picture.width >= 680 and picture.height > 5 * 12
+    with pytest.raises(ValueError):
+        channel_timeline(np.zeros((0, 3)), [], 5)

@@ -76,7 +76,7 @@ class _Track:
         self.ema: dict[str, np.ndarray] = {}
         self.shown: dict[str, list[np.ndarray]] = {}         # the drawn (smoothed) maps, for --video-scale video
         self.frames: list[dict[str, Any]] = []
-        self.saved: list[dict[str, Any]] = []                # each frame's maps' kind, layer, meta (parts)
+        self.saved: list[dict[str, Any]] = []                # this batch's maps' kind, layer, meta (its part)
         self.size: tuple[int, int] | None = None
 
     def add(self, frame: Frame, preds: list, maps: list[AttentionMap], keep_shown: bool) -> list[AttentionMap]:
@@ -127,6 +127,7 @@ class _Track:
         names = [m["name"] for m in self.saved[-1]["saved"]]
         save_part(folder, k, key, self.saved[-n:], {name: self.raw[name][-n:] for name in names},
                   {name: self.weights[name][-n:] for name in names if name in self.weights})
+        self.saved.clear()                  # each map's meta (its geometry: KBs) kept one batch only
 
 
 def analyse_video(analyser: Analyser, src: ImageSource, out: Path, style: Style, settings: VideoSettings,
