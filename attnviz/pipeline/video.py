@@ -101,10 +101,11 @@ class _Track:
             if self.frames and name not in self.raw:
                 continue                        # the first frame decides the videos written
             self.templates.setdefault(name, dataclasses.replace(m, name=name, extras={}))
-            data = np.asarray(m.data, np.float32)
+            # copies: a map may be a view of its whole batch's array, which it would keep alive
+            data = np.array(m.data, np.float32)
             self.raw.setdefault(name, []).append(data)
             if m.weights is not None:
-                self.weights.setdefault(name, []).append(np.asarray(m.weights, np.float32))
+                self.weights.setdefault(name, []).append(np.array(m.weights, np.float32))
             prev = self.ema.get(name)
             shown = data if prev is None or not self.smooth or prev.shape != data.shape else \
                 ((1 - self.smooth) * data + self.smooth * prev).astype(np.float32)
