@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +27,7 @@ from attnviz.text import shown
 
 __all__ = ["codec", "VideoOutputs", "stamp", "SCALES"]
 
+DEPTH = 16       # frames queued for drawing at most (each a decoded frame and its maps)
 SCALES = {"frame": "colour scale: each frame's own min–max", "video": "colour scale: one range across the video"}
 
 
@@ -110,6 +113,8 @@ class VideoOutputs:
         self.source, self.spans = source, spans or {}
         self.codec = codec(av)
         self.encoders: dict[str, _Encoder] = {}
+        self._pool = ThreadPoolExecutor(1, "attnviz-video")
+        self._pending: deque[Future] = deque()
 
     def _put(self, name: str, picture: Image.Image) -> None:
         if name not in self.encoders:
@@ -117,7 +122,18 @@ class VideoOutputs:
         self.encoders[name].add(picture)
 
     def add(self, image: Image.Image, maps: Sequence[AttentionMap], time: float, index: int) -> None:
-        """One sampled frame: the original, each map's overlay (its time stamp drawn) and the grid."""
+        """Queue one sampled frame (drawn and encoded in one thread, in order, while the next batch
+        runs its forward; at most DEPTH frames wait: memory stays flat)."""
+        while len(self._pending) >= DEPTH:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._draw, image, list(maps), time, index))
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()        # a drawing or encoding error is raised here
+
+    def _draw(self, image: Image.Image, maps: Sequence[AttentionMap], time: float, index: int) -> None:
+        """The original, each map's overlay (its time stamp drawn) and the grid of one frame."""
         st = self.style
         fitted = fit(image, st.size)
         paint = blender(fitted, st.colormap, st.alpha)
@@ -135,10 +151,16 @@ class VideoOutputs:
 
     def close(self) -> list[str]:
         """Finish every video; the names of the files written."""
+        self._drain()
+        self._pool.shutdown()
         return [name for name, e in self.encoders.items() if e.close()]
 
     def abort(self) -> None:
         """Drop every unfinished video (an interruption): no partial file is left under its name."""
+        for f in self._pending:
+            f.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
         for e in self.encoders.values():
             e.abort()
 
