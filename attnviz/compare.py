@@ -168,6 +168,9 @@ def _from_run(out: Path, kinds: list[str] | None, cell: int, report: CompareRepo
         if entry.get("status") != "ok":
             report.failed.append((entry.get("source", "?"), entry.get("error") or "error"))
             continue
+        if "video" in entry:            # its maps have a time axis: the run's <map>.mp4 shows them
+            report.failed.append((entry["source"], "a video: compare draws images (see its <map>.mp4 and grid.mp4)"))
+            continue
         original = original_of(entry)
         why = damage(out, entry, [original])
         if why:

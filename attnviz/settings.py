@@ -34,7 +34,7 @@ class Setting:
     name: str                         # Python keyword and manifest key
     default: Any
     help: str
-    group: str                        # input | analyser | style | run | cli (the terminal only)
+    group: str                        # input | analyser | style | run | video | cli (the terminal only)
     flags: tuple[str, ...] = ()       # CLI flags, the long one first; () = Python only
     param: str = ""                   # CLI parameter name when it is not `name`
     min: float | None = None
@@ -147,6 +147,20 @@ class Settings:
                       "default).", "run", "--resume")
     force: bool = _s(False, "Recompute every image even if OUT holds a run with other settings or files attnviz "
                      "did not write; outputs the new settings no longer produce are removed.", "run", "--force")
+    fps: float = _s(2.0, "Video: frames analysed per second of video (default 2).", "video", "--fps", min=0.01,
+                    max=1000.0, manifest=True, fingerprint=True)
+    every: int | None = _s(None, "Video: analyse every N-th frame instead of --fps.", "video", "--every", min=1,
+                           manifest=True, fingerprint=True)
+    max_frames: int | None = _s(None, "Video: analyse at most this many frames of each video.", "video",
+                                "--max-frames", min=1, manifest=True, fingerprint=True)
+    smooth: float = _s(0.0, "Video: exponential moving average of the drawn maps over time, 0 (off) to 0.99: "
+                       "drawn_t = (1 − S)·map_t + S·drawn_t−1 (maps.npz stays raw).", "video", "--smooth", min=0.0,
+                       max=0.99, manifest=True, fingerprint=True)
+    video_scale: str = _s("frame", "Video colours: frame (each frame's own min–max) or video (one range across the "
+                          "video).", "video", "--video-scale", choices=("frame", "video"), manifest=True,
+                          fingerprint=True)
+    animated: str = _s("image", "Animated GIF/WebP: image (the first frame) or video (every frame, as a video).",
+                       "video", "--animated", choices=("image", "video"), manifest=True, fingerprint=True)
     quiet: bool = _s(False, "No progress bar or summary (errors still print).", "cli", "--quiet", "-q")
     debug: bool = _s(False, "Show tracebacks.", "cli", "--debug")
 
@@ -180,7 +194,7 @@ def check(name: str, value: Any) -> None:
         raise AttnvizError(f"{_flag(s)} {value!r}: use {names}")
     if s.min is None and s.max is None:
         return
-    whole = isinstance(s.default, int) or s.name in ("input_size", "workers", "seed")
+    whole = isinstance(s.default, int) or s.name in ("input_size", "workers", "seed", "every", "max_frames")
     ok = not isinstance(value, bool) and (isinstance(value, int) if whole else
                                            isinstance(value, (int, float)) and math.isfinite(value))
     if ok and s.min is not None and value < s.min:

@@ -20,7 +20,7 @@ __all__ = ["run", "demo", "evaluate", "agreement_table"]
 
 @app.command()
 def run(
-    paths: List[str] = typer.Argument(..., help="Image files and/or folders (folders recurse)."),
+    paths: List[str] = typer.Argument(..., help="Image and video files and/or folders (folders recurse)."),
     out: Path = option("out", default=...),
     backbone: str = option("backbone"),
     model: Optional[str] = option("model"),
@@ -57,6 +57,12 @@ def run(
     workers: Optional[int] = option("workers"),
     fmt: str = option("format"),
     gpus_per_worker: float = option("gpus_per_worker"),
+    fps: float = option("fps"),
+    every: Optional[int] = option("every"),
+    max_frames: Optional[int] = option("max_frames"),
+    smooth: float = option("smooth"),
+    video_scale: str = option("video_scale"),
+    animated: str = option("animated"),
     resume: bool = option("resume"),
     force: bool = option("force"),
     quiet: bool = option("quiet"),
@@ -72,6 +78,7 @@ def run(
     guard(lambda: preflight(params, inputs, out), debug)     # before torch: one line at once, nothing written
     from attnviz.pipeline import run as run_pipeline
     from attnviz.pipeline.distributed import RayOptions
+    from attnviz.pipeline.video import VideoSettings
     from attnviz.report.outputs import Style
 
     def go():
@@ -88,6 +95,7 @@ def run(
                 stats=stats, engine=engine, workers=workers if engine == "local" else None,
                 align=align, outliers=outliers, on_status=bar.status, started=started,
                 targets=tuple(split_list(target)),
+                video=VideoSettings(fps, every, max_frames, smooth, video_scale, animated),
                 ray=RayOptions(address, workers or None, gpus_per_worker) if engine == "ray" else None)
 
     report = guard(go, debug)

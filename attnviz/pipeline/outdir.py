@@ -25,7 +25,7 @@ OWN_FILES = {"manifest.json", "evaluation.json", LOCK_NAME,   # top-level files 
 
 # what write_atomic's mkstemp and the lock leave when killed: `.original.png.k3j_x9q1.tmp`, `.attnviz.lock.123.tmp`,
 # `.attnviz.lock.123.stale.tmp` (a takeover without flock)
-_TEMPORARY = re.compile(r"\.(.+\.(png|jpg|webp|npz|json|csv|html)\.[a-z0-9_]{8}|attnviz\.lock\.\d+(\.stale)?)\.tmp")
+_TEMPORARY = re.compile(r"\.(.+\.(png|jpg|webp|npz|json|csv|html|mp4)\.[a-z0-9_]{8}|attnviz\.lock\.\d+(\.stale)?)\.tmp")
 
 
 def remove_stale_temporaries(out: Path) -> int:
@@ -137,7 +137,7 @@ def plan_run(out: Path, sources: list[ImageSource], fingerprint: dict[str, Any],
 
 def _looks_ours(folder: Path) -> bool:
     """Only files of attnviz's own kinds (pictures, raw maps, temporaries): an interrupted run's."""
-    return all(p.is_dir() or p.suffix in (".png", ".npz", ".tmp") for p in folder.rglob("*"))
+    return all(p.is_dir() or p.suffix in (".png", ".npz", ".tmp", ".mp4") for p in folder.rglob("*"))
 
 
 def _refuse_foreign(out: Path, sources: list[ImageSource], old: dict[str, Any], own: set[str]) -> None:

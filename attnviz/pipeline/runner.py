@@ -24,6 +24,7 @@ from attnviz.pipeline.api import check_batch_size
 from attnviz.pipeline.batch import (FATAL, aligned_batches, analysed, remove_files, stop, write_one,
                                     written_or_error)
 from attnviz.pipeline.distributed import RayOptions, ray_records
+from attnviz.pipeline.video import VideoSettings, run_videos, split_videos
 from attnviz.pipeline.outdir import (OWN_FILES, entry_files, locked, outputs_filter, plan_run, read_manifest,
                                      remove_stale_temporaries)
 from attnviz.report.folder import write_reports
@@ -33,6 +34,7 @@ from attnviz.report.outputs import Style
 from attnviz.report.writer import Writer
 from attnviz.results import Result
 from attnviz.settings import check
+from attnviz.video import require_av
 
 __all__ = ["run", "RunReport", "MANIFEST_EVERY_S", "PIXEL_BUDGET"]
 
@@ -74,7 +76,7 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         sanity: bool = False, force: bool = False, own: Sequence[str] = (), stats: bool = False,
         engine: str = "local", ray: RayOptions | None = None, workers: int | None = None,
         on_status: Callable[[str], None] | None = None, started: float | None = None,
-        **options: Any) -> RunReport:
+        video: VideoSettings | None = None, **options: Any) -> RunReport:
     """Analyse images and write every output plus OUT/manifest.json; see the README for the layout.
 
     `prompts` and `boxes` are keyed by an image's `source`: per-image prompts for text backbones
@@ -88,6 +90,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
     Every run also writes OUT/index.html and OUT/summary.csv; `stats` adds OUT/agreement.csv/.png.
     `on_status(text)` hears what is done before the first image (loading, measuring); the report's
     `seconds` run from `started` (a `time.perf_counter()` value; default: now) to the end.
+    Videos among the inputs (by content) are sampled and written as videos (`video`: the sampling,
+    smoothing and colour scale; README "Video").
     """
     entered = time.perf_counter()
     started = entered if started is None else started
@@ -107,15 +111,23 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
                 raise
             earlier = []
         sources = discover(paths, outputs_filter(out, paths, earlier), reserved=OWN_FILES | set(own))
+        video = video or VideoSettings()
+        videos = {s.output for s in split_videos(sources, video.animated)}
+        if videos:
+            require_av()                       # the extra is missing: one line naming it, before loading
         analyser = Analyser(backbone, kinds, progress=on_status, **options)
         if not analyser.backbone.pretrained:        # every grid says so, not only the terminal
             style = dataclasses.replace(style, banner=RANDOM_NOTE)
         manifest = Manifest(out, analyser.record(), style, batch_size, command,
-                            {"faithfulness": faithfulness, "sanity": sanity})
+                            {"faithfulness": faithfulness, "sanity": sanity, **video.record()})
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
         remote = (backbone, ray or RayOptions()) if engine == "ray" else None
-        report = _execute(analyser, manifest, plan, sources, out, style, prompts or {}, boxes or {},
-                          faithfulness, sanity, on_start, on_batch, remote, workers)
+        images = [s for s in sources if s.output not in videos]
+        report = _execute(analyser, manifest, plan, images, out, style, prompts or {}, boxes or {},
+                          faithfulness, sanity, on_start, on_batch, remote, workers,
+                          resumed=sum(1 for s in sources if s.output in videos and s.output in plan.kept))
+        run_videos(analyser, manifest, [s for s in plan.todo if s.output in videos], out, style, video,
+                   manifest.head["settings"]["batch_size"], report, on_batch)
         report.agreement = write_reports(out, read_manifest(out) or {}, stats)   # from the saved manifest
         report.timings = {"starting": entered - started, **analyser.timings, "images": report.seconds}
         report.seconds = time.perf_counter() - started                 # the whole command
@@ -125,7 +137,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
 def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSource], out: Path, style: Style,
              prompts: Mapping[str, list[str]], boxes: Mapping[str, list], faithfulness: bool, sanity: bool,
              on_start: Callable[[int], None] | None, on_batch: Callable[[int], None] | None,
-             remote: tuple[Any, RayOptions] | None = None, workers: int | None = None) -> RunReport:
+             remote: tuple[Any, RayOptions] | None = None, workers: int | None = None,
+             resumed: int = 0) -> RunReport:
     manifest.order = plan.order
     for entry in plan.kept.values():
         manifest.keep(entry)
@@ -135,13 +148,14 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
         if output not in plan.order:
             remove_files(out, output, entry_files(entry))
     # resumed: the images given to this run an earlier run completed (a subset rerun's others are not counted)
-    report = RunReport(out, notes=list(analyser.notes), resumed=sum(1 for s in sources if s.output in plan.kept))
+    report = RunReport(out, notes=list(analyser.notes),
+                       resumed=resumed + sum(1 for s in sources if s.output in plan.kept))
     if plan.redone:        # resume verified what it keeps: say what it did not keep
         more = f" (and {len(plan.redone) - 1} more)" if len(plan.redone) > 1 else ""
         report.notes.append(f"computed again: {plan.redone[0]}{more}")
     t0, finished = time.perf_counter(), False
     if on_start:
-        on_start(len(plan.todo) + report.resumed)
+        on_start(len(plan.todo) + report.resumed)      # videos count one each
         if report.resumed and on_batch:
             on_batch(report.resumed)
     earlier = ((plan.previous or {}).get("settings") or {}).get("batch_size")

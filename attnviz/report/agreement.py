@@ -65,7 +65,7 @@ def agreement_rows(out: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Every ok image × pair of kinds: Spearman's ρ and the top-20 % IoU of their maps."""
     rows = []
     for image in manifest.get("images", []):
-        if image.get("status") != "ok":
+        if image.get("status") != "ok" or "video" in image:     # videos: maps over time, not compared here
             continue
         arrays = load_maps(out, image)
         maps = [m for m in pairs_of(image) if m.get("npz_key") in arrays]

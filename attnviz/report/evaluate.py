@@ -154,7 +154,7 @@ def _evaluate(out: Path, boxes: Mapping[str, list[Box]], tolerance: float, write
     ev = Evaluation(random_weights=not (manifest.get("backbone") or {}).get("pretrained", True))
     images, ev.skipped = checked(out, manifest["images"], ["maps.npz"])     # damaged or foreign: a note each, never read
     for image in images:
-        if image.get("status") != "ok":
+        if image.get("status") != "ok" or "video" in image:      # videos: boxes move; not scored here
             continue
         gt = boxes.get(image["source"], by_name.get(Path(image["source"]).name))
         if not gt:

@@ -41,6 +41,7 @@ th,td{border:1px solid #ddd;padding:3px;vertical-align:top;overflow-wrap:break-w
 th{background:#eef1f5;font-weight:600;font-size:11px;position:sticky;top:44px;padding:3px 2px}
 th.label{width:13%}td.label{font-size:12px}
 td img{width:100%;max-width:220px;height:auto;display:block;cursor:zoom-in}
+td video{width:100%;max-width:220px;height:auto;display:block}
 figcaption{font-size:11px;color:#444}
 .legend{display:flex;align-items:center;gap:8px;font-size:12px;color:#444;margin:4px 0 10px}
 .legend .ramp{width:240px;height:12px;border:1px solid #888}
@@ -124,6 +125,10 @@ def _legend(colormap: str) -> str:
 
 def _label(image: dict[str, Any]) -> str:
     parts = [f"<b>{_name(image['source'])}</b>"]
+    video = image.get("video") if isinstance(image.get("video"), dict) else None
+    if video:              # a video: its frames and colour scale, not one prediction
+        parts.append(_e(f"video · {video.get('frames')} frames at {video.get('rate', 0):.3g}/s · "
+                        f"{video.get('scale')} colour scale" + (f" · smoothed {video['smooth']}" if video.get('smooth') else "")))
     if image.get("status") != "ok":
         parts.append(f'<span class="err">error: {_e(image.get("error"))}</span>')
     for p in (image.get("predictions") or [])[:3]:
@@ -132,12 +137,20 @@ def _label(image: dict[str, Any]) -> str:
     return "<br>".join(parts)
 
 
+def _media(src: str, alt: str) -> str:
+    """An <img>, or for a video's outputs (.mp4) a looping, muted <video> that plays in the page."""
+    if src.lower().endswith(".mp4"):
+        return (f'<video src="{src}" title="{_e(alt)}" autoplay loop muted playsinline controls '
+                f'preload="metadata"></video>')
+    return f'<img src="{src}" alt="{_e(alt)}">'
+
+
 def _row(image: dict[str, Any], keys: list[str]) -> str:
     status = image.get("status", "ok")
     cells = [f'<td class="label">{_label(image)}</td>']
     if status == "ok":
         original = _src(image["output"], original_of(image))         # .jpg/.webp with --format
-        cells.append(f'<td data-col="0"><img src="{original}" alt="{_e(image["source"])}"></td>')
+        cells.append(f'<td data-col="0">{_media(original, image["source"])}</td>')
     else:
         cells.append('<td data-col="0"></td>')
     by_key = columns_of([image])
@@ -149,7 +162,7 @@ def _row(image: dict[str, Any], keys: list[str]) -> str:
         alt = f"{image['source']} · {m['name']} · {m['provenance']}"
         caption = f"<figcaption>{_e(m['prompt'])}</figcaption>" if m.get("prompt") else ""
         cells.append(f'<td data-col="{c}" data-kind="{_e(m["kind"])}" data-provenance="{_e(m["provenance"])}">'
-                     f'<figure style="margin:0"><img src="{_src(image["output"], m["file"])}" alt="{_e(alt)}">'
+                     f'<figure style="margin:0">{_media(_src(image["output"], m["file"]), alt)}'
                      f"{caption}</figure></td>")
     return f'<tr data-status="{_e(status)}" class="{_e(status)}">{"".join(cells)}</tr>'
 

@@ -16,7 +16,7 @@ __all__ = ["COLUMNS", "cell", "column", "columns_of", "entropy", "load_maps", "s
 
 COLUMNS = ["source", "output", "status", "error", "kind", "name", "provenance", "layer", "prompt",
            "min", "max", "mean", "entropy", "peak_x", "peak_y", "top1_label", "top1_probability",
-           "deletion", "insertion", "pointing_game", "energy_in_box", "backbone", "weights"]
+           "deletion", "insertion", "pointing_game", "energy_in_box", "backbone", "weights", "frame", "time"]
 
 
 def entropy(m: np.ndarray) -> float:
@@ -94,6 +94,9 @@ def summary_rows(out: Path, manifest: dict[str, Any]) -> Iterator[dict[str, Any]
         if preds:
             base.update(top1_label=preds[0].get("label"), top1_probability=preds[0].get("probability"))
         maps = image.get("maps") or []
+        if isinstance(image.get("frames"), list) and image["frames"]:     # a video: one row per frame × map
+            yield from _frame_rows(base, image, load_maps(out, image))
+            continue
         if image.get("status") != "ok" or not maps:
             yield base
             continue
@@ -109,6 +112,25 @@ def summary_rows(out: Path, manifest: dict[str, Any]) -> Iterator[dict[str, Any]
                    "peak_x": (m.get("peak") or [None, None])[0], "peak_y": (m.get("peak") or [None, None])[1],
                    "deletion": faith.get("deletion"), "insertion": faith.get("insertion"),
                    "pointing_game": pointing.get(key), "energy_in_box": energy.get(key)}
+
+
+def _frame_rows(base: dict[str, Any], video: dict[str, Any], arrays: dict[str, np.ndarray]
+                ) -> Iterator[dict[str, Any]]:
+    """A video's rows: every map of every sampled frame, with the frame's index and time stamp (s);
+    a video that broke part way has rows for the frames kept (status "error", its error said)."""
+    maps = {m.get("name"): m for m in video.get("maps") or [] if isinstance(m, dict)}
+    for k, frame in enumerate(video["frames"]):
+        top = frame.get("top1") or {}
+        for fm in frame.get("maps") or []:
+            m = maps.get(fm.get("name"), {})
+            data = arrays.get(m.get("npz_key"))
+            peak = fm.get("peak") or [None, None]
+            yield {**base, "kind": m.get("kind"), "name": fm.get("name"), "provenance": m.get("provenance"),
+                   "layer": m.get("layer"), "prompt": fm.get("prompt", ""), "min": fm.get("min"),
+                   "max": fm.get("max"), "mean": fm.get("mean"), "peak_x": peak[0], "peak_y": peak[1],
+                   "entropy": None if data is None or k >= len(data) else round(entropy(data[k]), 6),
+                   "top1_label": top.get("label"), "top1_probability": top.get("probability"),
+                   "frame": frame.get("index"), "time": frame.get("time")}
 
 
 def write_csv(path: Path, columns: list[str], rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> Path:
