@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import inspect
 from pathlib import Path
 
@@ -19,7 +20,8 @@ METHODS = {"Analyser": ["__init__", "__call__", "to_tensor", "preprocess", "anal
 
 def _signature(obj) -> str:
     try:
-        return str(inspect.signature(obj)).replace("'", "")
+        # a function default prints its name, not its address (the page must be reproducible)
+        return re.sub(r"<function (\S+) at 0x[0-9a-f]+>", r"\1", str(inspect.signature(obj)).replace("'", ""))
     except (TypeError, ValueError):
         return ""
 
