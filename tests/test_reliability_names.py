@@ -60,15 +60,15 @@ def test_label_drawing_escapes_what_pillow_cannot_lay_out(tmp_path):
     drawn = []
     real = batch.write_outputs
 
-    def spy(out, r, image, style, boxes=()):
+    def spy(out, r, image, style, boxes=(), **kw):
         drawn.append(r.source)
-        return real(out, r, image, style, boxes)
+        return real(out, r, image, style, boxes, **kw)
 
     photo(40, 30).save(tmp_path / "a\nb.png", format="PNG")
     import attnviz.report.outputs as outputs
     seen = []
     original = outputs._grid_pages
-    outputs._grid_pages = lambda image, cells, label, boxes: seen.append(label) or original(image, cells, label, boxes)
+    outputs._grid_pages = lambda image, cells, label, boxes, **kw: seen.append(label) or original(image, cells, label, boxes, **kw)
     try:
         batch.write_outputs = spy
         run([tmp_path / "a\nb.png"], tmp_path / "out", **API)
