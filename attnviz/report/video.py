@@ -76,7 +76,7 @@ class _Encoder:
             s = self.container.add_stream(self.codec, rate=self.rate)
             s.width, s.height, s.pix_fmt = *self.size, "yuv420p"
             if self.codec == "libx264":
-                s.options = {"preset": "veryfast", "crf": "20"}
+                s.options = {"preset": "ultrafast", "crf": "20", "threads": "1"}
             self.stream = s
         frame = self.av.VideoFrame.from_image(_even(picture.convert("RGB"), self.size))
         for packet in self.stream.encode(frame):
