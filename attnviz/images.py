@@ -16,12 +16,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from attnviz.errors import AttnvizError, ImageError, one_line
 from attnviz.text import kind_of, printable, raw_bytes
 
-__all__ = ["ImageSource", "check_inputs", "discover", "identity", "load_image", "to_rgb"]
+__all__ = ["ImageSource", "RESAMPLING", "check_inputs", "discover", "identity", "load_image", "to_rgb"]
 
 # Documentation that travels with photo folders; skipped inside folders, never when named directly.
 _SIDECARS = {"readme", "credits", "license", "licence", "copying", "notice", "authors"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _WHITE = (255, 255, 255, 255)
+
+# the resampling names of timm's, transformers' and open_clip's configs (Backbone.interpolation), as PIL filters
+RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+              "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from PIL import Image
 from attnviz.backbones.clip_core import PatchTokens, encode_variants
 from attnviz.backbones.clip_load import ClipBundle
 from attnviz.errors import AttnvizError
-from attnviz.images import to_rgb
+from attnviz.images import RESAMPLING, to_rgb
 from attnviz.settings import Slide, parse_slide   # torch-free: the CLI checks --slide before loading torch
 
 __all__ = ["Slide", "parse_slide", "check_slide", "slide_layout", "slide_view", "slide_tokens", "MAX_LONG", "CHUNK"]
@@ -55,7 +55,7 @@ def slide_view(image: Image.Image, hw: tuple[int, int], mean, std, interpolation
     """The image resized to (H, W) like Analyser.preprocess (the model's resampling, [0, 1], normalised):
     (1, 3, H, W)."""
     H, W = hw
-    resample = Image.Resampling[interpolation.upper()]
+    resample = RESAMPLING.get(interpolation, Image.Resampling.BILINEAR)    # as Analyser.to_tensor
     data = torch.frombuffer(bytearray(to_rgb(image).resize((W, H), resample).tobytes()),
                             dtype=torch.uint8).reshape(H, W, 3)
     x = data.permute(2, 0, 1)[None].float() / 255.0

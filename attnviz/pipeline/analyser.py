@@ -16,7 +16,7 @@ from attnviz.backbones import Backbone, WeightsSpec, load_backbone
 from attnviz.backbones.clip_slide import parse_slide
 from attnviz.backbones.instance import from_module
 from attnviz.errors import AttnvizError, ImageError
-from attnviz.images import ImageSource, identity, load_image, to_rgb
+from attnviz.images import RESAMPLING, ImageSource, identity, load_image, to_rgb
 from attnviz.kinds import Batch, get_kinds
 from attnviz.pipeline.align import Aligner
 from attnviz.probes import capture
@@ -27,12 +27,6 @@ from attnviz.results import AttentionMap, Options, Prediction, Result
 from attnviz.settings import MAX_INPUT, check, group, split_list
 
 __all__ = ["AnalyserConfig", "Analyser", "find_attention", "decode", "parse_targets", "MAX_INPUT"]
-
-# the resampling names of timm's and transformers' configs (Backbone.interpolation), as PIL filters
-RESAMPLING = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
-              "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
-
 
 # the analyser's settings of the schema (attnviz.settings), as dataclass fields with their defaults
 _Fields = dataclasses.make_dataclass(
