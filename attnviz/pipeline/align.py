@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from attnviz.backbones import Backbone
+from attnviz.cache import cache_root, put
 from attnviz.geometry import Geometry
 from attnviz.probes.receptive import measure_geometry, weights_hash
 from attnviz.results import AttentionMap
@@ -28,11 +28,8 @@ CACHE_FORMAT = "receptive-field-2"   # part of every key: entries of an older me
 
 
 def cache_dir() -> Path:
-    """$ATTNVIZ_CACHE, else $XDG_CACHE_HOME/attnviz, else ~/.cache/attnviz (read now, not at import)."""
-    env = os.environ
-    root = env.get("ATTNVIZ_CACHE") or os.path.join(
-        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "attnviz")
-    return Path(root) / "geometry"
+    """The receptive-field entries of attnviz's disk cache (`attnviz.cache.cache_root()`/geometry)."""
+    return cache_root() / "geometry"
 
 
 class Aligner:
@@ -117,11 +114,5 @@ class Aligner:
         return g
 
     def _save(self, layer: str, g: Geometry) -> None:
-        path = cache_dir() / f"{self._key(layer)}.json"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(g.record()))
-            os.replace(tmp, path)
-        except OSError:
-            pass   # a read-only cache only costs a re-measurement next time
+        put(cache_dir() / f"{self._key(layer)}.json", json.dumps(g.record()).encode())
+        # (a read-only cache only costs a re-measurement next time)

@@ -1,6 +1,7 @@
 """PIL drawing primitives shared by the charts and the grid: fonts, text, ticks, data → pixel axes."""
 from __future__ import annotations
 
+import importlib.util
 import math
 import threading
 from dataclasses import dataclass
@@ -30,10 +31,12 @@ def font(size: int, bold: bool = False) -> AnyFont:
 def _load_font(size: int, bold: bool) -> AnyFont:
     """DejaVu Sans from matplotlib's data folder (wide Unicode coverage), else Pillow's default font."""
     name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-    try:
-        import matplotlib                     # only its data folder: no pyplot, no rcParams
-        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
-    except (OSError, ImportError):
+    try:   # matplotlib's data folder, found without importing it (~0.2 s): the fonts only
+        spec = importlib.util.find_spec("matplotlib")
+        if spec is not None and spec.submodule_search_locations:
+            data = Path(list(spec.submodule_search_locations)[0]) / "mpl-data"   # matplotlib.get_data_path()
+            return ImageFont.truetype(str(data / "fonts" / "ttf" / name), size)
+    except (OSError, ImportError, ValueError):
         pass
     try:
         return ImageFont.load_default(size=size)          # scalable, Pillow >= 10.1 with FreeType

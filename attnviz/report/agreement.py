@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 
 from attnviz.geometry import Geometry
@@ -98,6 +96,8 @@ def mean_agreement(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _heatmap(mean: dict[str, Any], title: str) -> Image.Image:
     """Two kinds × kinds panels (ρ on −1…1, IoU on 0…1), each cell annotated with its value."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg   # here: only --stats draws a figure (~0.4 s)
+    from matplotlib.figure import Figure
     kinds = mean["kinds"]
     n = len(kinds)
     side = 1.2 + 0.55 * n
