@@ -70,6 +70,44 @@ def test_fine_tuned_head_gets_its_class_count(tmp_path):
     assert bb.categories == ["class 0", "class 1", "class 2"] and bb.classifier.out_features == 3
 
 
+@pytest.mark.parametrize("change", ["none", "half", "channels_last", "extra_buffer"])
+def test_a_file_gives_the_same_model_built_without_random_init_or_the_ordinary_way(tmp_path, change):
+    """The file's tensors become the model's own (no random init first) only where a copy would give
+    the same values, dtypes and layout; otherwise the ordinary build and copy: the same model."""
+    from attnviz.backbones.torchvision import takes_as_is
+    torch.manual_seed(1)
+    ref = torchvision.models.resnet18().eval()
+    for m in ref.modules():        # non-default statistics: a buffer left uninitialised would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    sd = ref.state_dict()
+    if change == "half":
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+        ref = ref.half().float()
+    elif change == "channels_last":
+        sd = {k: v.to(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in sd.items()}
+    path = tmp_path / "r18.pt"
+    torch.save(sd, path)
+    model = _load("resnet18", str(path), input_size=64).model
+    if change == "extra_buffer":   # a buffer the file does not hold (non-persistent): never assigned
+        with torch.device("meta"):
+            probe = torchvision.models.resnet18()
+        probe.register_buffer("scale", torch.ones(1), persistent=False)
+        assert not takes_as_is(probe, dict(sd))
+    else:
+        with torch.device("meta"):
+            assert takes_as_is(torchvision.models.resnet18(), torch.load(path, weights_only=True)) == \
+                (change == "none")
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert all(p.requires_grad and p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a.float() if a.is_floating_point() else a, b), k
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ref(x), model.to("cpu").eval()(x))
+
+
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": torchvision.models.resnet18()}, path)   # a whole pickled module
