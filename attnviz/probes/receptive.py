@@ -129,7 +129,7 @@ def weights_hash(model: nn.Module) -> str:
                 continue
             t = t.detach().cpu()
             try:
-                h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())    # no copy of the bytes
             except (RuntimeError, TypeError):      # quantized and other exotic tensors: their values
                 h.update((t.dequantize() if t.is_quantized else t).double().numpy().tobytes())
     return h.hexdigest()
