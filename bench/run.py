@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 LABELS = {"bare": "(a) bare torchvision forward", "bare-passive": "(a') bare, OMP_WAIT_POLICY=PASSIVE",
-          "attnviz": "(b) attnviz run, all kinds",
+          "attnviz": "(b) attnviz run, all kinds", "attnviz-before": "(b0) attnviz run at --before",
           "gradcam": "(c) pytorch-grad-cam GradCAM", "torchcam": "(d) TorchCAM GradCAM"}
 
 
@@ -66,13 +66,14 @@ def save_weights(path: Path, arch: str = "resnet50") -> None:
     torch.save(getattr(torchvision.models, arch)(weights=None).state_dict(), path)
 
 
-def timed(cmd: list[str], extra_env: dict[str, str] | None = None) -> tuple[float, float, float]:
+def timed(cmd: list[str], extra_env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of one whole process; its output is shown only on failure.
 
     CPU seconds (user + system, all threads) move less than wall time on a busy machine."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(extra_env or {}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra_env or {})
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -113,13 +114,18 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
             "torchcam": [sys.executable, str(ROOT / "bench" / "contestants.py"), "torchcam"]}
     cmds["bare-passive"] = cmds["bare"]          # (a'): the OpenMP setting attnviz's CLI makes for itself
     names = [n for n in ["bare", "bare-passive", "attnviz", "gradcam", "torchcam"] if n in args.only.split(",")]
+    if args.before:                       # another checkout's attnviz (`python -m` imports from its cwd)
+        names.insert(names.index("attnviz") + 1 if "attnviz" in names else len(names), "attnviz-before")
     runs: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
     for rep in range(args.repeats):
         for name in names:                                   # interleaved: a b c d a b c d
             out = work / f"out_{name}_{rep}"
             cmd = attnviz_cmd(photos, out, "resnet50", str(weights), bs + args.attnviz_args.split()) \
-                if name == "attnviz" else cmds[name] + [str(photos), str(weights), str(out), *bs]
-            runs[name].append(timed(cmd, {"OMP_WAIT_POLICY": "PASSIVE"} if name == "bare-passive" else None))
+                if name.startswith("attnviz") else cmds[name] + [str(photos), str(weights), str(out), *bs]
+            env = {"OMP_WAIT_POLICY": "PASSIVE"} if name == "bare-passive" else None
+            if name == "attnviz-before":
+                env = {"PYTHONPATH": str(args.before) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            runs[name].append(timed(cmd, env, args.before if name == "attnviz-before" else ROOT))
             print(f"  {name:9s} rep {rep}: {runs[name][-1][0]:7.2f} s wall, {runs[name][-1][1]:7.2f} s CPU",
                   flush=True)
     rows = {n: {"ms_per_image": 1000 * statistics.median(w for w, _, _ in r) / args.images,
@@ -127,7 +133,8 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
                 "peak_rss_mb": max(m for _, _, m in r), "runs_s": [round(w, 3) for w, _, _ in r],
                 "cpu_s": [round(c, 3) for _, c, _ in r]}
             for n, r in runs.items()}
-    pairs = [(k, n) for k, n in [("a", "bare"), ("a'", "bare-passive"), ("c", "gradcam"), ("d", "torchcam")]
+    pairs = [(k, n) for k, n in [("a", "bare"), ("a'", "bare-passive"), ("b0", "attnviz-before"),
+                                 ("c", "gradcam"), ("d", "torchcam")]
              if "attnviz" in rows and n in rows]
     ratios = {f"b/{k}": rows["attnviz"]["ms_per_image"] / rows[n]["ms_per_image"] for k, n in pairs}
     ratios.update({f"cpu b/{k}": rows["attnviz"]["cpu_ms_per_image"] / rows[n]["cpu_ms_per_image"]
@@ -140,7 +147,8 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
               f"{r['peak_rss_mb']:12.0f}")
     print("  ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
     return {"mode": "compare", "images": args.images, "batch_size": args.batch_size,
-            "repeats": args.repeats, "attnviz_args": args.attnviz_args, "rows": rows, "ratios": ratios}
+            "repeats": args.repeats, "attnviz_args": args.attnviz_args, "rows": rows, "ratios": ratios,
+            "before": str(args.before) if args.before else None}
 
 
 def demo(args: argparse.Namespace, work: Path) -> dict:
@@ -242,11 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="bare,bare-passive,attnviz,gradcam,torchcam", help="contestants to run")
     ap.add_argument("--attnviz-args", default="", help="extra `attnviz run` options, one string")
     ap.add_argument("--label", default="", help="a word saved with the figures (e.g. before, after)")
+    ap.add_argument("--before", type=Path, help="also time `attnviz run` from this checkout (b0), interleaved")
     ap.add_argument("--work", type=Path, help="keep photos and outputs here (default: a temp folder)")
     ap.add_argument("--gpu", action="store_true", help="mode 3: CUDA, --archs, batch 64, 2,000 photos (defaults)")
     ap.add_argument("--archs", default="resnet50,vit_b_16", help="torchvision models of --gpu")
     ap.add_argument("--device", default="cuda", help="--gpu's device (cpu: a dry run of the mode)")
     args = ap.parse_args(argv)
+    args.before = args.before.resolve() if args.before else None
     if args.gpu:
         args.images = args.images if "--images" in (argv or sys.argv) else 2000
         args.batch_size = args.batch_size if "--batch-size" in (argv or sys.argv) else 64
