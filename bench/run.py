@@ -117,6 +117,12 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
     if args.before:                       # another checkout's attnviz (`python -m` imports from its cwd)
         names.insert(names.index("attnviz") + 1 if "attnviz" in names else len(names), "attnviz-before")
     runs: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
+    if "attnviz" in names:     # untimed: fills the disk caches (receptive fields, colormap tables) if cold
+        one = work / "warm-up"
+        one.mkdir(exist_ok=True)
+        (one / "photo.jpg").write_bytes(sorted(photos.glob("*.jpg"))[0].read_bytes())
+        warm = timed(attnviz_cmd(one, work / "out_warm-up", "resnet50", str(weights), bs + args.attnviz_args.split()))
+        print(f"  warm-up (1 photo, untimed in the table): {warm[0]:.2f} s wall", flush=True)
     for rep in range(args.repeats):
         for name in names:                                   # interleaved: a b c d a b c d
             out = work / f"out_{name}_{rep}"
