@@ -112,3 +112,19 @@ def test_fonts_come_from_matplotlibs_data_folder_without_importing_it():
     from attnviz.render import draw
     f = draw._load_font(12, False)
     assert Path(f.path) == Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+
+
+def test_a_run_with_default_outputs_never_imports_matplotlib(cache, tmp_path):
+    """The start-up this cache is for: once a first run has made the tables of the colormaps it
+    draws with, the next run draws every default picture without importing matplotlib."""
+    photo = sorted((ROOT / "sample_images").glob("*.jpg"))[0]
+    code = ("import json, sys; from attnviz.pipeline import run; "
+            f"r = run([{str(photo)!r}], {str(tmp_path / 'out')!r}, backbone='demo', workers=0, force=True); "
+            "print(json.dumps({'ok': [x.status for x in r.results], "
+            "'mpl': sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib')}))")
+    first = _fresh(cache, code)
+    assert first["ok"] == ["ok"] and "matplotlib" in first["mpl"]      # it made the tables
+    grid = (tmp_path / "out" / photo.stem / "grid.png").read_bytes()
+    (tmp_path / "out" / photo.stem / "grid.png").unlink()
+    assert _fresh(cache, code) == {"ok": ["ok"], "mpl": []}
+    assert (tmp_path / "out" / photo.stem / "grid.png").read_bytes() == grid      # the same pixels
