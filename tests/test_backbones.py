@@ -108,6 +108,17 @@ def test_a_file_gives_the_same_model_built_without_random_init_or_the_ordinary_w
         assert torch.equal(ref(x), model.to("cpu").eval()(x))
 
 
+def test_tied_weights_are_never_taken_as_is():
+    """Two names of one tensor stay one tensor only when copied into: never assigned."""
+    from attnviz.backbones.torchvision import takes_as_is
+    sd = torchvision.models.resnet18().state_dict()
+    with torch.device("meta"):
+        model = torchvision.models.resnet18()
+    assert takes_as_is(model, sd)
+    model.fc2 = model.fc
+    assert not takes_as_is(model, {**sd, "fc2.weight": sd["fc.weight"], "fc2.bias": sd["fc.bias"]})
+
+
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": torchvision.models.resnet18()}, path)   # a whole pickled module

@@ -115,7 +115,9 @@ def takes_as_is(model: nn.Module, sd: dict[str, torch.Tensor]) -> bool:
     does not hold), the same names, shapes and dtypes, contiguous CPU tensors."""
     own = model.state_dict(keep_vars=True)
     names = {n for n, _ in itertools.chain(model.named_parameters(), model.named_buffers())}
-    if set(own) != set(sd) or not names <= set(sd):
+    every = sum(1 for _ in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                           model.named_buffers(remove_duplicate=False)))
+    if set(own) != set(sd) or not names <= set(sd) or every != len(names):   # a tied weight stays tied by a copy only
         return False
     return all(t.shape == own[k].shape and t.dtype == own[k].dtype and t.device.type == "cpu"
                and t.is_contiguous() and not t.requires_grad for k, t in sd.items())
