@@ -21,6 +21,18 @@ def test_weights_are_small_and_load():
     assert bb.pretrained and bb.default_layer == f"blocks.{len(bb.model.blocks) - 1}"
 
 
+def test_training_free_scenes_ask_for_binding():
+    """`train_vit --free P`: that share of scenes has 2–3 distinct, freely drawn categories."""
+    from attnviz.demo.train_vit import _Batches
+    rng = np.random.default_rng(0)
+    free = [_Batches(0, 1, 96, free=1.0)._scene(rng) for _ in range(40)]
+    assert all(2 <= len(s.objects) <= 3 and len({o.category for o in s.objects}) == len(s.objects) for s in free)
+    assert any(a.colour != b.colour and a.shape != b.shape for s in free for a in s.objects for b in s.objects)
+    from attnviz.zoo.world import make_scene       # without --free the rounds' streams are unchanged
+    assert np.array_equal(_Batches(0, 1, 96)._scene(np.random.default_rng(3)).image,
+                          make_scene(np.random.default_rng(3)).image)
+
+
 def _reference(model, x, targets):
     """float64, attention written out: GAE and LeGrad (last two blocks, as its code) by their formulas."""
     m = copy.deepcopy(model).double()

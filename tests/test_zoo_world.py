@@ -148,3 +148,12 @@ def test_generation_is_fast():
     per = (time.perf_counter() - t) / 500
     # about 0.8 ms on an idle core (60k scenes in under a minute); generous for busy machines
     assert per < 0.01, f"{per * 1e3:.2f} ms per scene"
+
+
+def test_scene_of_given_categories():
+    """`categories=` draws exactly those objects (DemoViT's free scenes); the default stream is unchanged."""
+    s = make_scene(5, categories=[("red", "square"), ("blue", "circle")])
+    assert [(o.colour, o.shape) for o in s.objects] == [("red", "square"), ("blue", "circle")]
+    assert s.presence()[[CATEGORIES.index("red square"), CATEGORIES.index("blue circle")]].all()
+    assert s.presence().sum() == 2 and not s.presence()[CATEGORIES.index("red circle")]
+    assert np.array_equal(make_scene(5).image, make_scene(5, categories=None).image)

@@ -4,7 +4,9 @@ Loss: multi-label presence of the 24 categories (BCE), nothing else; no loss tou
 attention map. Scenes come from ``numpy.random.default_rng([seed, STREAM])``: STREAM 2, then 3
 and 4 for later rounds with ``--init`` (the recipe: attnviz/zoo/VIT_MODEL_CARD.md); DemoNet's
 stream is ``[seed, 1]``; the held-out scenes use other seeds. AdamW, warm-up then cosine over
-``--steps`` or ``--minutes``, whichever comes first (as ``attnviz.demo.train``).
+``--steps`` or ``--minutes``, whichever comes first (as ``attnviz.demo.train``). ``--free P``:
+that share of scenes holds 2–3 freely drawn categories (the world's distractors always share an
+attribute with the target; free pairs ask which colour goes with which shape — round 4 of the card).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from attnviz.demo.train import lr_at
 from attnviz.zoo.model import preprocess
 from attnviz.zoo.vit import VIT_WEIGHTS_PATH, DemoViT
-from attnviz.zoo.world import make_scene, make_scenes
+from attnviz.zoo.world import CATEGORIES, make_scene, make_scenes
 
 VAL_SEED = 777_002
 
@@ -27,13 +29,24 @@ VAL_SEED = 777_002
 class _Batches(torch.utils.data.IterableDataset):
     """Endless (images, presence) batches from one seeded stream."""
 
-    def __init__(self, seed: int, batch: int, size: int, stream: int = 2):
-        self.seed, self.batch, self.size, self.stream = seed, batch, size, stream
+    def __init__(self, seed: int, batch: int, size: int, stream: int = 2, objects: tuple[int, ...] = (1, 2, 3),
+                 free: float = 0.0):
+        self.seed, self.batch, self.size, self.stream, self.objects = seed, batch, size, stream, objects
+        self.free = free
+
+    def _scene(self, rng: np.random.Generator):
+        if self.free and rng.random() < self.free:
+            # 2–3 objects of any distinct categories: "red square + blue circle" without "red circle"
+            # asks which colour goes with which shape, which the world's target + distractors never do
+            pick = rng.choice(len(CATEGORIES), int(rng.integers(2, 4)), replace=False)
+            return make_scene(rng, size=self.size, categories=[tuple(CATEGORIES[i].split(" ")) for i in pick])
+        return make_scene(rng, size=self.size, n_objects=None if self.objects == (1, 2, 3)
+                          else int(rng.choice(self.objects)))
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.stream])
         while True:
-            scenes = [make_scene(rng, size=self.size) for _ in range(self.batch)]
+            scenes = [self._scene(rng) for _ in range(self.batch)]
             yield preprocess([s.image for s in scenes]), torch.from_numpy(np.stack([s.presence() for s in scenes]))
 
 
@@ -49,13 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--init", type=Path, default=None, help="continue from these weights (a second round)")
     ap.add_argument("--stream", type=int, default=2, help="scene stream [seed, STREAM] (a new one per round)")
+    ap.add_argument("--objects", default="1,2,3", help="objects per training scene, drawn uniformly from this list")
+    ap.add_argument("--free", type=float, default=0.0, help="share of scenes with 2–3 freely drawn categories")
     args = ap.parse_args(argv)
+    objects = tuple(int(v) for v in args.objects.split(","))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = DemoViT()
     if args.init is not None:
         model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
-    loader = iter(torch.utils.data.DataLoader(_Batches(args.seed, args.batch, model.input_size, args.stream),
+    loader = iter(torch.utils.data.DataLoader(_Batches(args.seed, args.batch, model.input_size, args.stream, objects, args.free),
                                               batch_size=None, num_workers=1, prefetch_factor=4))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     val = make_scenes(200, VAL_SEED, size=model.input_size)

@@ -320,20 +320,22 @@ def _noise_bank(size: int) -> np.ndarray:
 
 
 def make_scene(rng: np.random.Generator | int | None = None, size: int = DEFAULT_SIZE,
-               n_objects: int | None = None) -> Scene:
+               n_objects: int | None = None, categories: list[tuple[str, str]] | None = None) -> Scene:
     """One scene. ``rng``: a numpy Generator (advanced in place) or an int seed.
 
     ``n_objects`` (1–3) defaults to a uniform draw. The result is fully determined by the seed.
+    ``categories``: the objects' (colour, shape) pairs instead of a target and its distractors
+    (DemoViT's training draws some freely: see attnviz/demo/train_vit.py).
     """
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
-    n = int(rng.integers(1, 4)) if n_objects is None else int(n_objects)
+    n = len(categories) if categories else int(rng.integers(1, 4)) if n_objects is None else int(n_objects)
     if not 1 <= n <= 3:
         raise ValueError(f"n_objects must be 1, 2 or 3, got {n}")
     img = _background(rng, size)
-    cats = _choose_categories(rng, n)
+    cats = list(categories) if categories else _choose_categories(rng, n)
     objects: list[SceneObject] = []
     boxes: list[tuple[int, int, int, int]] = []
     lo, hi = max(8, round(MIN_FRAC * size)), max(10, round(MAX_FRAC * size))
