@@ -123,12 +123,16 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
         remote = (backbone, ray or RayOptions()) if engine == "ray" else None
         images = [s for s in sources if s.output not in videos]
-        report = _execute(analyser, manifest, plan, images, out, style, prompts or {}, boxes or {},
-                          faithfulness, sanity, on_start, on_batch, remote, workers,
-                          resumed=sum(1 for s in sources if s.output in videos and s.output in plan.kept))
-        run_videos(analyser, manifest, [s for s in plan.todo if s.output in videos], out, style, video,
-                   manifest.head["settings"]["batch_size"], report, on_batch)
-        report.agreement = write_reports(out, read_manifest(out) or {}, stats)   # from the saved manifest
+        try:
+            report = _execute(analyser, manifest, plan, images, out, style, prompts or {}, boxes or {},
+                              faithfulness, sanity, on_start, on_batch, remote, workers,
+                              resumed=sum(1 for s in sources if s.output in videos and s.output in plan.kept))
+            run_videos(analyser, manifest, [s for s in plan.todo if s.output in videos], out, style, video,
+                       manifest.head["settings"]["batch_size"], report, on_batch)
+            # the saved manifest, its entries read back one at a time (never all in memory)
+            report.agreement = write_reports(out, manifest.document(), stats)
+        finally:
+            manifest.close()
         report.timings = {"starting": entered - started, **analyser.timings, "images": report.seconds}
         report.seconds = time.perf_counter() - started                 # the whole command
         return report
