@@ -159,3 +159,23 @@ def test_reading_a_small_file_does_not_allocate_the_limit(tmp_path):
     assert peak < 1 << 20
     with pytest.raises(Exception, match="larger than 999"):
         read_small(path, "manifest", 999)
+
+
+def test_a_full_disk_under_the_spool_stops_the_run_in_one_line(scenes, tmp_path, monkeypatch):
+    """The spool lies on OUT's disk: when it is full the run stops naming the manifest (exit 2), and
+    the manifest lists the images recorded before."""
+    import errno
+    from attnviz.errors import AttnvizError
+    real, calls = Manifest.keep, []
+
+    def keep(self, entry):
+        calls.append(entry["output"])
+        if len(calls) >= 3:                     # full from the third record on
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, entry)
+    monkeypatch.setattr(Manifest, "keep", keep)
+    out = tmp_path / "out"
+    with pytest.raises(AttnvizError, match="cannot write .*manifest.json: No space left on device"):
+        run([scenes], out, backbone="demo", weights="DEFAULT", batch_size=8, workers=0, style=Style(size=64),
+            kinds=["spatial"])
+    assert [e["output"] for e in read_manifest(out)["images"]] == calls[:2]

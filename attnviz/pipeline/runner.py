@@ -213,7 +213,11 @@ def _record(done, manifest: Manifest, report: RunReport, out: Path, style: Style
     """Images whose files are written (in input order): into the manifest, the report and the bar."""
     n = 0
     for (r, files), error in done:
-        manifest.add(r, written_or_error(r, error, out, files))
+        files = written_or_error(r, error, out, files)
+        try:
+            manifest.add(r, files)
+        except OSError as e:           # the spool beside the outputs: the same disk, named by the manifest
+            raise (stop(e, manifest.path) if e.errno in FATAL else e) from None
         r.maps = []                                  # recorded; keep memory flat on big folders
         report.results.append(r)
         n += 1
@@ -243,7 +247,10 @@ def _on_ray(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSou
         manifest.sanity = checks.sanity(analyser, [im for _, im in batch], per_image) if batch else None
     for entry in ray_records(backbone, analyser, sources, plan.kept, out, style, batch_size, prompts, boxes,
                              faithfulness, plan.old, PIXEL_BUDGET, options):
-        manifest.keep(entry)
+        try:
+            manifest.keep(entry)
+        except OSError as e:
+            raise (stop(e, manifest.path) if e.errno in FATAL else e) from None
         report.results.append(Result(entry["source"], Path(entry["source"]), entry["output"], entry["status"],
                                      entry["error"], tuple(entry["size"]) if entry["size"] else None))
         _save(manifest, MANIFEST_EVERY_S)

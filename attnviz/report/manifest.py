@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import PIL
@@ -21,7 +21,8 @@ import torchvision
 from attnviz import __version__
 from attnviz.metrics import SANITY_LIMIT
 from attnviz.backbones.weights import RANDOM_NOTE
-from attnviz.report.atomic import strict, write_atomic
+import attnviz.report.atomic as atomic
+from attnviz.report.atomic import strict
 from attnviz.report.integrity import file_sizes
 from attnviz.report.outputs import Style, image_entry
 from attnviz.results import Result
@@ -62,7 +63,7 @@ class Manifest:
         # output folder -> (offset, bytes, ok) of its record in the spool, once its files are written:
         # the records themselves wait on disk, so memory stays flat however many images a run has
         self._at: dict[str, tuple[int, int, bool]] = {}
-        self._spool: IO[bytes] | None = None
+        self._spool: Any = None             # unbuffered: an error is raised by the write that meets it
         self._ranked: dict[str, list[tuple[str, dict[str, Any]]]] = {}   # output -> its ranking candidates
         self.order: list[str] = []                    # output folders in manifest order (set by the runner)
         self.ext = style.ext             # file suffix of the overlays (--format)
@@ -124,11 +125,14 @@ class Manifest:
         the spool as the manifest's text; only its place, status and ranking scores stay in memory."""
         if self._spool is None:      # unnamed (O_TMPFILE) beside the outputs: gone when closed or killed
             folder = self.path.parent if self.path.parent.is_dir() else None
-            self._spool = tempfile.TemporaryFile(prefix=".manifest.json.", suffix=".tmp", dir=folder)
+            self._spool = tempfile.TemporaryFile(prefix=".manifest.json.", suffix=".tmp", dir=folder,
+                                                 buffering=0)     # a full disk fails here, not later
         text = entry_text(entry)
-        self._spool.seek(0, io.SEEK_END)
-        self._at[entry["output"]] = (self._spool.tell(), len(text), entry.get("status") == "ok")
-        self._spool.write(text)
+        offset = self._spool.seek(0, io.SEEK_END)
+        view = memoryview(text)
+        while view:
+            view = view[self._spool.write(view):]
+        self._at[entry["output"]] = (offset, len(text), entry.get("status") == "ok")   # once it is whole
         self._ranked.pop(entry["output"], None)
         candidates = _candidates(entry)
         if candidates:
@@ -180,7 +184,7 @@ class Manifest:
                 f.write(b",\n    " if k else b"[\n    ")
                 f.write(self._text(output))
             f.write(b"\n  ]\n}\n")
-        write_atomic(self.path, write)
+        atomic.write_atomic(self.path, write)      # looked up when called (tests fill the disk there)
 
     def close(self) -> None:
         """Let go of the spool (the saved manifest stays); the records are gone from this object."""
