@@ -57,8 +57,9 @@ def test_a_run_holds_nothing_per_image_once_written(scenes, tmp_path):
     assert len(report.results) == N and not report.failed
     per_image = (heap[N] - heap[FROM]) / (N - FROM)
     assert per_image < 8_000, f"the heap grew {per_image / 1000:.1f} KB per image written"
-    entry = len(json.dumps(read_manifest(tmp_path / "out")["images"][0]))     # ~10 KB as compact JSON
-    assert end_peak - heap[N] < 40 * entry, f"the reports took {(end_peak - heap[N]) / 1e6:.2f} MB"
+    # the last save and the reports: ~0.4 MB (one entry, one maps.npz, the page's head); the old runner
+    # read the manifest back whole: its bytes, text and dicts, ~65 KB per image (~3 MB for these 48)
+    assert end_peak - heap[N] < 1_000_000, f"the reports took {(end_peak - heap[N]) / 1e6:.2f} MB"
 
 
 def test_the_spool_is_invisible_and_let_go(scenes, tmp_path):
