@@ -151,6 +151,12 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
     for output, entry in plan.old.items():        # --force over other settings: earlier records go
         if output not in plan.order:
             remove_files(out, output, entry_files(entry))
+    # the earlier records are in the manifest's spool now: of each, keep only what the run reads
+    # (its size fills its batch slot, its files are removed when redone), not the whole record
+    plan.kept = {o: _slim(e) for o, e in plan.kept.items()}
+    plan.old = {o: _slim(e) for o, e in plan.old.items()}
+    if plan.previous:
+        plan.previous = {k: v for k, v in plan.previous.items() if k != "images"}
     # resumed: the images given to this run an earlier run completed (a subset rerun's others are not counted)
     report = RunReport(out, notes=list(analyser.notes),
                        resumed=resumed + sum(1 for s in sources if s.output in plan.kept))
@@ -225,6 +231,11 @@ def _record(done, manifest: Manifest, report: RunReport, out: Path, style: Style
         _save(manifest, MANIFEST_EVERY_S)
         if on_batch:
             on_batch(n)
+
+
+def _slim(entry: dict[str, Any]) -> dict[str, Any]:
+    """What a run reads of an earlier image record: its folder, size and files."""
+    return {"output": entry["output"], "size": entry.get("size"), "files": entry_files(entry)}
 
 
 def _save(manifest: Manifest, every: float, **kw: Any) -> None:
