@@ -83,7 +83,16 @@ def read_small(path: str | Path, what: str, limit: int) -> bytes:
         raise AttnvizError(f"{what} {shown_path}: {kind_of(mode)}, not a regular file")
     with os.fdopen(fd, "rb") as f:
         try:
-            data = f.read(limit + 1)
+            # sized by the file, not by `limit`: read(limit + 1) allocates the whole limit up front
+            # (4 GiB for a manifest), which a machine without memory overcommit refuses
+            parts = [f.read(min(os.fstat(fd).st_size, limit) + 1)]
+            size = len(parts[0])
+            while size <= limit:               # it grew while read: the rest, up to the limit
+                parts.append(f.read(min(1 << 16, limit + 1 - size)))
+                if not parts[-1]:
+                    break
+                size += len(parts[-1])
+            data = b"".join(parts) if any(parts[1:]) else parts[0]
         except OSError as e:
             raise AttnvizError(f"{what} {shown_path}: cannot read it ({e.strerror or e})") from None
     if len(data) > limit:

@@ -123,12 +123,16 @@ def run(paths: Sequence[str | Path], out: str | Path, *, backbone: str | Backbon
         plan = plan_run(out, sources, manifest.fingerprint, force, own)
         remote = (backbone, ray or RayOptions()) if engine == "ray" else None
         images = [s for s in sources if s.output not in videos]
-        report = _execute(analyser, manifest, plan, images, out, style, prompts or {}, boxes or {},
-                          faithfulness, sanity, on_start, on_batch, remote, workers,
-                          resumed=sum(1 for s in sources if s.output in videos and s.output in plan.kept))
-        run_videos(analyser, manifest, [s for s in plan.todo if s.output in videos], out, style, video,
-                   manifest.head["settings"]["batch_size"], report, on_batch)
-        report.agreement = write_reports(out, read_manifest(out) or {}, stats)   # from the saved manifest
+        try:
+            report = _execute(analyser, manifest, plan, images, out, style, prompts or {}, boxes or {},
+                              faithfulness, sanity, on_start, on_batch, remote, workers,
+                              resumed=sum(1 for s in sources if s.output in videos and s.output in plan.kept))
+            run_videos(analyser, manifest, [s for s in plan.todo if s.output in videos], out, style, video,
+                       manifest.head["settings"]["batch_size"], report, on_batch)
+            # the saved manifest, its entries read back one at a time (never all in memory)
+            report.agreement = write_reports(out, manifest.document(), stats)
+        finally:
+            manifest.close()
         report.timings = {"starting": entered - started, **analyser.timings, "images": report.seconds}
         report.seconds = time.perf_counter() - started                 # the whole command
         return report
@@ -147,6 +151,12 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
     for output, entry in plan.old.items():        # --force over other settings: earlier records go
         if output not in plan.order:
             remove_files(out, output, entry_files(entry))
+    # the earlier records are in the manifest's spool now: of each, keep only what the run reads
+    # (its size fills its batch slot, its files are removed when redone), not the whole record
+    plan.kept = {o: _slim(e) for o, e in plan.kept.items()}
+    plan.old = {o: _slim(e) for o, e in plan.old.items()}
+    if plan.previous:
+        plan.previous = {k: v for k, v in plan.previous.items() if k != "images"}
     # resumed: the images given to this run an earlier run completed (a subset rerun's others are not counted)
     report = RunReport(out, notes=list(analyser.notes),
                        resumed=resumed + sum(1 for s in sources if s.output in plan.kept))
@@ -209,7 +219,11 @@ def _record(done, manifest: Manifest, report: RunReport, out: Path, style: Style
     """Images whose files are written (in input order): into the manifest, the report and the bar."""
     n = 0
     for (r, files), error in done:
-        manifest.add(r, written_or_error(r, error, out, files))
+        files = written_or_error(r, error, out, files)
+        try:
+            manifest.add(r, files)
+        except OSError as e:           # the spool beside the outputs: the same disk, named by the manifest
+            raise (stop(e, manifest.path) if e.errno in FATAL else e) from None
         r.maps = []                                  # recorded; keep memory flat on big folders
         report.results.append(r)
         n += 1
@@ -217,6 +231,11 @@ def _record(done, manifest: Manifest, report: RunReport, out: Path, style: Style
         _save(manifest, MANIFEST_EVERY_S)
         if on_batch:
             on_batch(n)
+
+
+def _slim(entry: dict[str, Any]) -> dict[str, Any]:
+    """What a run reads of an earlier image record: its folder, size and files."""
+    return {"output": entry["output"], "size": entry.get("size"), "files": entry_files(entry)}
 
 
 def _save(manifest: Manifest, every: float, **kw: Any) -> None:
@@ -239,7 +258,10 @@ def _on_ray(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSou
         manifest.sanity = checks.sanity(analyser, [im for _, im in batch], per_image) if batch else None
     for entry in ray_records(backbone, analyser, sources, plan.kept, out, style, batch_size, prompts, boxes,
                              faithfulness, plan.old, PIXEL_BUDGET, options):
-        manifest.keep(entry)
+        try:
+            manifest.keep(entry)
+        except OSError as e:
+            raise (stop(e, manifest.path) if e.errno in FATAL else e) from None
         report.results.append(Result(entry["source"], Path(entry["source"]), entry["output"], entry["status"],
                                      entry["error"], tuple(entry["size"]) if entry["size"] else None))
         _save(manifest, MANIFEST_EVERY_S)

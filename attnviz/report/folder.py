@@ -6,7 +6,8 @@ from typing import Any
 
 from attnviz.report.agreement import write_agreement
 from attnviz.report.gallery import write_gallery
-from attnviz.report.integrity import checked
+from attnviz.report.integrity import CheckedView
+from attnviz.report.manifest import Spooled
 from attnviz.report.tables import write_summary_csv
 
 __all__ = ["FOLDER_FILES", "write_reports"]
@@ -17,8 +18,11 @@ FOLDER_FILES = ("index.html", "summary.csv", "agreement.csv", "agreement.png")
 def write_reports(out: Path, manifest: dict[str, Any], stats: bool = False) -> dict[str, Any] | None:
     """Write OUT/index.html and OUT/summary.csv, and with `stats` the agreement files; the
     agreement's folder means (None without `stats`). An entry pointing outside OUT or whose files
-    are damaged is shown as an error saying why; its files are never read."""
-    manifest = {**manifest, "images": checked(out, manifest.get("images"))[0]}   # damaged: a note each
+    are damaged is shown as an error saying why; its files are never read. The entries are read
+    one at a time (a run passes its spooled manifest): memory does not grow with the folder."""
+    images = manifest.get("images")
+    images = images if isinstance(images, (list, Spooled)) else []
+    manifest = {**manifest, "images": CheckedView(out, images)}     # damaged: an error record each
     write_gallery(out, manifest)
     write_summary_csv(out, manifest)
     return write_agreement(out, manifest) if stats else None

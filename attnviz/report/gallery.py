@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import quote
 
 from attnviz.render.band import BAND_COLOUR, RANDOM_BAND
@@ -169,8 +169,23 @@ def _row(image: dict[str, Any], keys: list[str]) -> str:
 
 def gallery_html(manifest: dict[str, Any]) -> str:
     """The gallery page of a run's manifest."""
-    images = [i for i in manifest.get("images", []) if isinstance(i, dict)]
-    columns = columns_of(images)           # key -> (title, an example map)
+    return "\n".join(_parts(manifest))
+
+
+def _parts(manifest: dict[str, Any]) -> Iterator[str]:
+    """The page's lines. Two passes over the entries (columns and errors first, then one row per
+    image), none of them held: "images" may be a re-iterable view of a large run's spooled entries."""
+    every = manifest.get("images", [])
+    images = lambda: (i for i in every if isinstance(i, dict))   # noqa: E731
+    columns: dict[str, tuple[str, dict[str, Any]]] = {}          # key -> (title, an example map)
+    errors: list[tuple[Any, Any]] = []
+    n = 0
+    for image in images():
+        n += 1
+        for key, found in columns_of([image]).items():
+            columns.setdefault(key, found)
+        if image.get("status") != "ok":
+            errors.append((image.get("source"), image.get("error")))
     keys = list(columns)
     bb = manifest.get("backbone") or {}
     kinds = list(dict.fromkeys(m["kind"] for _, m in columns.values()))
@@ -180,43 +195,44 @@ def gallery_html(manifest: dict[str, Any]) -> str:
         title, m = columns[key]
         heads.append(f'<th data-col="{c}" data-kind="{_e(m["kind"])}" data-provenance="{_e(m["provenance"])}">'
                      f'{_name(title)}<br><span class="prov">{_e(m["provenance"])} · {_name(m.get("layer", ""))}</span></th>')
-    errors = [i for i in images if i.get("status") != "ok"]
-    ok = len(images) - len(errors)
-    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>attnviz · {_e(bb.get('name', ''))} · {len(images)} images</title>",
-             f"<style>{_STYLE}</style></head><body>"]
+    ok = n - len(errors)
+    yield from ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+                '<meta name="viewport" content="width=device-width, initial-scale=1">',
+                f"<title>attnviz · {_e(bb.get('name', ''))} · {n} images</title>",
+                f"<style>{_STYLE}</style></head><body>"]
     if bb and not bb.get("pretrained", True):
-        parts.append(random_band_html())
-    parts.append(f"<h1>attnviz · {_e(bb.get('name', ''))}</h1>")
-    parts.append(f'<p class="meta">weights {_e(bb.get("weights"))} · layer {_e(bb.get("layer"))} · '
-                 f"{ok} ok, {len(errors)} errors · <code>{_e(manifest.get('command', ''))}</code></p>")
+        yield random_band_html()
+    yield f"<h1>attnviz · {_e(bb.get('name', ''))}</h1>"
+    yield (f'<p class="meta">weights {_e(bb.get("weights"))} · layer {_e(bb.get("layer"))} · '
+           f"{ok} ok, {len(errors)} errors · <code>{_e(manifest.get('command', ''))}</code></p>")
     texts = (manifest.get("settings") or {}).get("texts") or []
     if texts:
-        parts.append(f'<p class="meta">prompts: {_e(" · ".join(texts))}</p>')
+        yield f'<p class="meta">prompts: {_e(" · ".join(texts))}</p>'
     notes = manifest.get("notes") or []
     if notes:
-        parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
-    parts.append('<div class="filters">' + _buttons("kind", "kinds", kinds)
-                 + _buttons("provenance", "provenances", provenances)
-                 + _buttons("status", "statuses", ["ok", "error"])
-                 + f'<span><span id="shown">{len(images)}</span> of {len(images)} images shown</span></div>')
-    parts.append(_legend((manifest.get("settings") or {}).get("colormap", "jet")))
-    parts.append(f'<table id="gallery"><thead><tr>{"".join(heads)}</tr></thead><tbody>')
-    parts += [_row(i, keys) for i in images]
-    parts.append("</tbody></table>")
+        yield '<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
+    yield ('<div class="filters">' + _buttons("kind", "kinds", kinds)
+           + _buttons("provenance", "provenances", provenances)
+           + _buttons("status", "statuses", ["ok", "error"])
+           + f'<span><span id="shown">{n}</span> of {n} images shown</span></div>')
+    yield _legend((manifest.get("settings") or {}).get("colormap", "jet"))
+    yield f'<table id="gallery"><thead><tr>{"".join(heads)}</tr></thead><tbody>'
+    yield from (_row(i, keys) for i in images())
+    yield "</tbody></table>"
     if errors:
-        parts.append(f'<h2 id="errors">Errors ({len(errors)})</h2><ul class="errors">'
-                     + "".join(f"<li><b>{_e(i['source'])}</b>: {_e(i.get('error'))}</li>" for i in errors)
-                     + "</ul>")
-    parts.append('<div id="lightbox" hidden><img alt=""><p></p></div>')
-    parts.append(f"<script>{_SCRIPT}</script></body></html>\n")
-    return "\n".join(parts)
+        yield (f'<h2 id="errors">Errors ({len(errors)})</h2><ul class="errors">'
+               + "".join(f"<li><b>{_e(source)}</b>: {_e(error)}</li>" for source, error in errors)
+               + "</ul>")
+    yield '<div id="lightbox" hidden><img alt=""><p></p></div>'
+    yield f"<script>{_SCRIPT}</script></body></html>\n"
 
 
 def write_gallery(out: Path, manifest: dict[str, Any]) -> Path:
-    """Write OUT/index.html for a run's manifest (atomically); its path."""
+    """Write OUT/index.html for a run's manifest (atomically, line by line); its path."""
     path = Path(out) / "index.html"
-    data = gallery_html(manifest).encode("utf-8", "backslashreplace")
-    write_atomic(path, lambda f: f.write(data))
+
+    def write(f: Any) -> None:
+        for k, part in enumerate(_parts(manifest)):
+            f.write((b"\n" if k else b"") + part.encode("utf-8", "backslashreplace"))
+    write_atomic(path, write)
     return path

@@ -8,11 +8,12 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from attnviz.errors import one_line
 
-__all__ = ["MANIFEST_LIMIT", "entry_files", "original_of", "file_sizes", "foreign", "damage", "checked"]
+__all__ = ["MANIFEST_LIMIT", "entry_files", "original_of", "file_sizes", "foreign", "damage", "checked", "checked_each",
+           "CheckedView"]
 
 MANIFEST_LIMIT = 1 << 32       # manifest.json: 4 GiB (about 2 KB per image: millions of images)
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"       # the last 12 bytes of every PNG
@@ -122,17 +123,36 @@ def checked(out: Path, images: Any, needs: Sequence[str] | None = None) -> tuple
     plus one note per such entry."""
     kept: list[dict[str, Any]] = []
     notes: list[str] = []
-    for entry in images if isinstance(images, list) else []:
+    for entry, note in checked_each(out, images if isinstance(images, list) else [], needs):
+        kept.append(entry)
+        if note:
+            notes.append(note)
+    return kept, notes
+
+
+def checked_each(out: Path, images: Iterable[Any], needs: Sequence[str] | None = None
+                 ) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """`checked` one entry at a time: (the entry as a reader may use it, the note about it or None)."""
+    for entry in images:
         problem = foreign(out, entry)
         if problem is None and entry.get("status") == "ok":
             why = damage(out, entry, needs)
             problem = f"files damaged: {why}; rerun `attnviz run` to redo it" if why else None
         if problem is None:
-            kept.append(entry)
+            yield entry, None
             continue
         source = str(entry.get("source", "?")) if isinstance(entry, dict) else "?"
         output = "" if foreign(out, entry) else entry["output"]      # a foreign one is never shown
-        notes.append(f"{source}: {problem}")
-        kept.append({"source": source, "output": output, "status": "error", "error": problem,
-                     "size": None, "predictions": [], "maps": []})
-    return kept, notes
+        yield ({"source": source, "output": output, "status": "error", "error": problem,
+                "size": None, "predictions": [], "maps": []}, f"{source}: {problem}")
+
+
+class CheckedView:
+    """A run's entries, `checked` again on every iteration: a reader may pass over them twice without
+    holding them all (a manifest's `Spooled` entries, or a list)."""
+
+    def __init__(self, out: Path, images: Iterable[Any], needs: Sequence[str] | None = None) -> None:
+        self.out, self.images, self.needs = out, images, needs
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (entry for entry, _ in checked_each(self.out, self.images, self.needs))

@@ -134,15 +134,19 @@ def _frame_rows(base: dict[str, Any], video: dict[str, Any], arrays: dict[str, n
 
 
 def write_csv(path: Path, columns: list[str], rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> Path:
-    """Write rows (dicts; missing keys and None are empty cells) as UTF-8 CSV, atomically."""
-    buf = io.StringIO()
-    # CRLF rows (RFC 4180): a name holding a lone CR or LF is then quoted, so it stays one cell
-    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\r\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: cell(row.get(k)) for k in columns})
-    data = buf.getvalue().encode("utf-8", "backslashreplace")   # undecodable names stay visible
-    write_atomic(path, lambda f: f.write(data))
+    """Write rows (dicts; missing keys and None are empty cells) as UTF-8 CSV, atomically; each row
+    goes to the file as it comes (a run's summary is never held whole)."""
+    def write(f: Any) -> None:
+        # undecodable names stay visible (backslashreplace); no newline translation: the csv module's
+        # CRLF rows (RFC 4180) go out as they are, so a name holding a lone CR or LF stays one quoted cell
+        text = io.TextIOWrapper(f, encoding="utf-8", errors="backslashreplace", newline="")
+        writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\r\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: cell(row.get(k)) for k in columns})
+        text.flush()
+        text.detach()                  # write_atomic closes the file itself
+    write_atomic(path, write)
     return path
 
 
