@@ -241,6 +241,22 @@ def test_cli_exit_codes_and_the_missing_extra(tmp_path, monkeypatch):
     assert r.code == 2 and "--video-scale 'clip'" in r.one_error()
 
 
+def test_a_full_disk_under_the_manifest_stops_a_video_run_naming_it(tmp_path, monkeypatch):
+    """A video's record goes to the manifest's spool on OUT's disk: a full disk there stops the run in
+    one line naming manifest.json (as for images), not a bare OS error without a path."""
+    import errno
+    from attnviz.report.manifest import Manifest
+
+    def keep(self, entry):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Manifest, "keep", keep)
+    (tmp_path / "in").mkdir()
+    moving_object(tmp_path / "in" / "a.mp4", frames=4)
+    with pytest.raises(AttnvizError, match="cannot write .*manifest.json: No space left on device"):
+        run([tmp_path / "in"], tmp_path / "out", backbone="demo", batch_size=4, kinds=["spatial"],
+            video=VideoSettings(fps=10))
+
+
 def test_channel_timeline_rows_are_the_top_channels_by_mean():
     from attnviz.render.timeline import channel_timeline, top_by_mean
     rng = np.random.default_rng(0)

@@ -141,6 +141,16 @@ def stop(e: OSError, where: Path) -> AttnvizError:
                         f"manifest.json lists the images written before it (rerun to resume)")
 
 
+@contextlib.contextmanager
+def stopping_at(where: Path) -> Iterator[None]:
+    """A disk or folder condition (FATAL) inside the block stops the run in one line naming `where`
+    (`stop`); any other OSError goes on as it is."""
+    try:
+        yield
+    except OSError as e:
+        raise (stop(e, where) if e.errno in FATAL else e) from None
+
+
 def remove_files(out: Path, output: str, names: Iterable[str]) -> None:
     """Delete an earlier record's files, then its folders left empty (a rerun would otherwise take
     them for someone else's); never outside OUT, whatever a (hand-edited) manifest says."""

@@ -21,7 +21,7 @@ from attnviz.errors import AttnvizError
 from attnviz.images import ImageSource, check_inputs, discover
 from attnviz.pipeline.analyser import Analyser
 from attnviz.pipeline.api import check_batch_size
-from attnviz.pipeline.batch import (FATAL, aligned_batches, analysed, remove_files, stop, write_one,
+from attnviz.pipeline.batch import (aligned_batches, analysed, remove_files, stopping_at, write_one,
                                     written_or_error)
 from attnviz.pipeline.distributed import RayOptions, ray_records
 from attnviz.pipeline.video import VideoSettings, run_videos, split_videos
@@ -220,10 +220,8 @@ def _record(done, manifest: Manifest, report: RunReport, out: Path, style: Style
     n = 0
     for (r, files), error in done:
         files = written_or_error(r, error, out, files)
-        try:
+        with stopping_at(manifest.path):     # the spool beside the outputs: the same disk, named by the manifest
             manifest.add(r, files)
-        except OSError as e:           # the spool beside the outputs: the same disk, named by the manifest
-            raise (stop(e, manifest.path) if e.errno in FATAL else e) from None
         r.maps = []                                  # recorded; keep memory flat on big folders
         report.results.append(r)
         n += 1
@@ -240,10 +238,8 @@ def _slim(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _save(manifest: Manifest, every: float, **kw: Any) -> None:
     """Rewrite the manifest; a disk that refuses it stops the run in one line naming it."""
-    try:
+    with stopping_at(manifest.path):
         manifest.save(every=every, **kw)
-    except OSError as e:
-        raise (stop(e, manifest.path) if e.errno in FATAL else e) from None
 
 
 def _on_ray(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSource], out: Path, style: Style,
@@ -258,10 +254,8 @@ def _on_ray(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSou
         manifest.sanity = checks.sanity(analyser, [im for _, im in batch], per_image) if batch else None
     for entry in ray_records(backbone, analyser, sources, plan.kept, out, style, batch_size, prompts, boxes,
                              faithfulness, plan.old, PIXEL_BUDGET, options):
-        try:
+        with stopping_at(manifest.path):
             manifest.keep(entry)
-        except OSError as e:
-            raise (stop(e, manifest.path) if e.errno in FATAL else e) from None
         report.results.append(Result(entry["source"], Path(entry["source"]), entry["output"], entry["status"],
                                      entry["error"], tuple(entry["size"]) if entry["size"] else None))
         _save(manifest, MANIFEST_EVERY_S)

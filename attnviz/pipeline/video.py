@@ -16,7 +16,7 @@ import numpy as np
 
 from attnviz.images import ImageSource, identity
 from attnviz.pipeline.analyser import Analyser
-from attnviz.pipeline.batch import FATAL, stop
+from attnviz.pipeline.batch import FATAL, stop, stopping_at
 from attnviz.report.integrity import file_sizes
 from attnviz.report.outputs import Style, map_entry
 from attnviz.report.video_parts import load_parts, remove_parts, save_part
@@ -277,10 +277,12 @@ def run_videos(analyser: Analyser, manifest: Any, todo: Sequence[ImageSource], o
                      "error": f"cannot write outputs: {e.strerror or e}", "predictions": [], "maps": []}
             if e.errno in FATAL:
                 raise stop(e, out / src.output) from None
-        manifest.keep(entry)
+        with stopping_at(manifest.path):   # the manifest's spool and file: the same disk as the outputs
+            manifest.keep(entry)
         report.results.append(Result(src.source, src.path, src.output, entry["status"], entry["error"],
                                      tuple(entry["size"]) if entry.get("size") else None))
-        manifest.save()
+        with stopping_at(manifest.path):
+            manifest.save()
         if on_batch:
             on_batch(1)
     report.seconds += time.perf_counter() - t0          # the summary's time and forward passes
