@@ -1,14 +1,14 @@
 """PIL drawing primitives shared by the charts and the grid: fonts, text, ticks, data → pixel axes."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
 from PIL import Image, ImageDraw, ImageFont
+
+from attnviz.render.colormap_tables import matplotlib_folder
 
 __all__ = ["AnyFont", "font", "safe", "width", "clip", "text", "vtext", "nice_ticks", "tick_label",
            "Axes", "mix"]
@@ -31,13 +31,12 @@ def font(size: int, bold: bool = False) -> AnyFont:
 def _load_font(size: int, bold: bool) -> AnyFont:
     """DejaVu Sans from matplotlib's data folder (wide Unicode coverage), else Pillow's default font."""
     name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-    try:   # matplotlib's data folder, found without importing it (~0.2 s): the fonts only
-        spec = importlib.util.find_spec("matplotlib")
-        if spec is not None and spec.submodule_search_locations:
-            data = Path(list(spec.submodule_search_locations)[0]) / "mpl-data"   # matplotlib.get_data_path()
-            return ImageFont.truetype(str(data / "fonts" / "ttf" / name), size)
-    except (OSError, ImportError, ValueError):
-        pass
+    root = matplotlib_folder()          # found without importing matplotlib: the fonts only
+    if root is not None:
+        try:
+            return ImageFont.truetype(str(root / "mpl-data" / "fonts" / "ttf" / name), size)   # get_data_path()
+        except OSError:
+            pass
     try:
         return ImageFont.load_default(size=size)          # scalable, Pillow >= 10.1 with FreeType
     except (TypeError, OSError, ImportError, AttributeError):
