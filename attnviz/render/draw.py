@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Union
 
 from PIL import Image, ImageDraw, ImageFont
@@ -52,6 +53,12 @@ def safe(s: str, f: AnyFont) -> str:
 
 def width(s: str, f: AnyFont) -> float:
     """Advance width of `s` in pixels."""
+    return _length(s, f)
+
+
+@lru_cache(maxsize=8192)
+def _length(s: str, f: AnyFont) -> float:
+    # charts and sheets measure the same titles, ticks and labels for every image
     return f.getlength(safe(s, f))
 
 
@@ -78,13 +85,20 @@ def text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], s: str, f: AnyFont,
 def vtext(img: Image.Image, centre: tuple[float, float], s: str, f: AnyFont,
           fill: tuple[int, int, int] = INK) -> None:
     """Text turned 90° anticlockwise (read bottom to top), centred on `centre`."""
+    mask = _turned(s, f)
+    h, w = mask.size
+    img.paste(fill, (round(centre[0] - h / 2), round(centre[1] - w / 2)), mask)
+
+
+@lru_cache(maxsize=2048)
+def _turned(s: str, f: AnyFont) -> Image.Image:
+    """`s` drawn in white on black, turned 90° anticlockwise: (h, w) in size; only read by paste."""
     s = safe(s, f)
     w = max(1, math.ceil(f.getlength(s)))
     h = f.size + f.size // 2 if isinstance(f, ImageFont.FreeTypeFont) else 12
     mask = Image.new("L", (w, h), 0)
     ImageDraw.Draw(mask).text((w / 2, h / 2), s, font=f, fill=255, anchor="mm")
-    mask = mask.transpose(Image.Transpose.ROTATE_90)
-    img.paste(fill, (round(centre[0] - h / 2), round(centre[1] - w / 2)), mask)
+    return mask.transpose(Image.Transpose.ROTATE_90)
 
 
 def nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:

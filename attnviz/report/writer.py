@@ -8,16 +8,29 @@
 Tasks finish in any order but are handed back in the order they were submitted, so a manifest
 built from them is the same for any worker count. Each task writes its own files (nothing is
 shared between tasks), so every file is byte-for-byte the same for any worker count too.
-Zlib, Pillow's encoders and numpy release the GIL, so threads overlap with torch's forward.
+Zlib, Pillow's encoders and numpy release the GIL, so threads overlap with torch's forward —
+except while the caller holds `quiet()` around a forward on the CPU: tasks then wait at their next
+`pause_point()` (between files), so torch's threads get every core (see `Writer.quiet`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator
 
-__all__ = ["Writer", "default_workers"]
+__all__ = ["Writer", "default_workers", "pause_point"]
+
+_LOCAL = threading.local()           # the gate of the pool whose task this thread is running
+
+
+def pause_point() -> None:
+    """In a writer task: wait here while its pool is held `quiet()`; anywhere else, return at once."""
+    gate = getattr(_LOCAL, "gate", None)
+    if gate is not None:
+        gate.wait()
 
 
 def default_workers() -> int:
@@ -39,6 +52,32 @@ class Writer:
         self.depth = depth or max(8, 4 * self.workers)
         self._pool = ThreadPoolExecutor(self.workers, "attnviz-writer") if self.workers else None
         self._queue: deque[tuple[Any, Future]] = deque()
+        self._go = threading.Event()
+        self._go.set()
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Tasks wait at their next `pause_point` while the body runs (a forward on the CPU).
+
+        torch splits each operator over every core and waits for the slowest part, so a writer
+        thread taking a core mid-operator stalls the whole forward for longer than the core time it
+        takes. Held only around the forward itself — never around `submit`, which may wait for the
+        tasks this holds back."""
+        if self._pool is None:
+            yield
+            return
+        self._go.clear()
+        try:
+            yield
+        finally:
+            self._go.set()
+
+    def _task(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        _LOCAL.gate = self._go
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _LOCAL.gate = None
 
     def submit(self, fn: Callable[..., Any] | None, *args: Any, tag: Any = None, **kwargs: Any) -> None:
         """Queue fn(*args, **kwargs); `fn=None` queues only `tag` (kept in order, nothing to run).
@@ -58,7 +97,7 @@ class Writer:
             except Exception as e:                                 # handed back by finished()
                 fut.set_exception(e)
         else:
-            fut = self._pool.submit(fn, *args, **kwargs)
+            fut = self._pool.submit(self._task, fn, *args, **kwargs)
         self._queue.append((tag, fut))
 
     def finished(self) -> Iterator[tuple[Any, BaseException | None]]:
