@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream", type=int, default=2, help="scene stream [seed, STREAM] (a new one per round)")
     ap.add_argument("--objects", default="1,2,3", help="objects per training scene, drawn uniformly from this list")
     ap.add_argument("--free", type=float, default=0.0, help="share of scenes with 2–3 freely drawn categories")
+    ap.add_argument("--depth", type=int, default=4, help="transformer blocks (a new architecture: from scratch)")
+    ap.add_argument("--context", type=int, default=0, help="3×3 convs on the token grid after the stem (from scratch)")
     args = ap.parse_args(argv)
     objects = tuple(int(v) for v in args.objects.split(","))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = DemoViT()
+    model = DemoViT(depth=args.depth, context=args.context)
     if args.init is not None:
         model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
     loader = iter(torch.utils.data.DataLoader(_Batches(args.seed, args.batch, model.input_size, args.stream, objects, args.free),

@@ -115,6 +115,7 @@ class Writer:
     def settle(self) -> Iterator[tuple[Any, BaseException | None]]:
         """On an interruption: cancel the tasks not started, let the running ones finish, and hand
         back (in order) the leading tasks that completed — their files are whole and can be kept."""
+        self._go.set()                         # never wait for tasks that a quiet() holds back
         for _, fut in self._queue:
             fut.cancel()
         wait([f for _, f in self._queue if not f.cancelled()])
@@ -125,6 +126,7 @@ class Writer:
 
     def close(self, cancel: bool = False) -> None:
         """Stop the threads; `cancel` drops tasks not yet started (their files are never begun)."""
+        self._go.set()
         if cancel:
             self._queue.clear()
         if self._pool is not None:

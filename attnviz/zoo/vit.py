@@ -68,12 +68,14 @@ class DemoViT(nn.Module):
     grid = (12, 12)
     prefix = 1
 
-    def __init__(self, dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128):
+    def __init__(self, dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128, context: int = 0):
         super().__init__()
         self.categories = list(CATEGORIES)
-        self.patch_embed = nn.Sequential(
-            nn.Conv2d(3, 16, 4, 2, 1), nn.GELU(), nn.Conv2d(16, 32, 4, 2, 1), nn.GELU(),
-            nn.Conv2d(32, dim, 4, 2, 1))
+        stem: list[nn.Module] = [nn.Conv2d(3, 16, 4, 2, 1), nn.GELU(), nn.Conv2d(16, 32, 4, 2, 1), nn.GELU(),
+                                 nn.Conv2d(32, dim, 4, 2, 1)]
+        for _ in range(context):    # 3×3 stride 1 on the token grid: each adds 16 px of receptive field
+            stem += [nn.GELU(), nn.Conv2d(dim, dim, 3, 1, 1)]
+        self.patch_embed = nn.Sequential(*stem)
         n = self.grid[0] * self.grid[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + n, dim) * 0.02)
