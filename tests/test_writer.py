@@ -15,7 +15,7 @@ from attnviz.maps import normalise, upsample
 from attnviz.render import bilinear, overlay
 from attnviz.report.atomic import save_npz
 from attnviz.report.outputs import Style, image_entry, write_outputs
-from attnviz.report.writer import Writer, pause_point
+from attnviz.report.writer import Writer
 from attnviz.results import AttentionMap, Prediction, Result
 from tests.conftest import photo
 
@@ -63,40 +63,6 @@ def test_writer_depth_bounds_tasks_in_flight() -> None:
             assert sum(not f.done() for _, f in w._queue) <= 3
         list(w.drain())
     assert peak[0] <= 2
-
-
-def test_quiet_holds_tasks_at_their_pause_point_until_the_forward_ends() -> None:
-    reached, passed = threading.Event(), threading.Event()
-
-    def task() -> str:
-        reached.set()
-        pause_point()                         # write_outputs calls it before each file
-        passed.set()
-        return "written"
-    with Writer(2) as w:
-        with w.quiet():
-            w.submit(task, tag="a")
-            assert reached.wait(10)
-            assert not passed.wait(0.2)       # held: the forward has the cores
-        assert passed.wait(10)                # released on leaving quiet()
-        assert list(w.drain()) == [("a", None)]
-        with w.quiet():
-            pass
-        w.submit(task, tag="b")               # quiet() left: nothing holds a new task
-        assert list(w.drain()) == [("b", None)]
-
-
-def test_quiet_is_released_by_an_error_and_harmless_without_threads() -> None:
-    done = threading.Event()
-    with Writer(1) as w:
-        with pytest.raises(RuntimeError), w.quiet():
-            w.submit(lambda: (pause_point(), done.set()))
-            raise RuntimeError("forward failed")
-        assert done.wait(10)
-    pause_point()                             # outside any writer task: returns at once
-    with Writer(0) as w, w.quiet():           # workers=0 runs tasks in the caller: never held
-        w.submit(lambda: (pause_point(), done.set()), tag="c")
-        assert list(w.drain()) == [("c", None)]
 
 
 # ---- overlays: geometry unchanged -------------------------------------------------------------------
@@ -219,32 +185,6 @@ def test_run_same_files_and_manifest_for_any_worker_count(tmp_path: Path, resnet
         trees.append({k: v for k, v in _files(out).items() if k != "manifest.json"})
     assert images[0] == images[1] and [i["status"] for i in images[0]].count("error") == 1
     assert trees[0] == trees[1] and len(trees[0]) > 5 * 8
-
-
-def test_run_holds_the_writers_while_the_forward_runs(tmp_path: Path, resnet18_small, monkeypatch) -> None:
-    """Every CPU forward of a threaded run happens with the writers' gate closed."""
-    from attnviz.pipeline import run
-    from attnviz.report import writer as writer_mod
-    pools: list[Writer] = []
-    init = writer_mod.Writer.__init__
-
-    def tracked(self, *a, **k) -> None:
-        init(self, *a, **k)
-        pools.append(self)
-    monkeypatch.setattr(writer_mod.Writer, "__init__", tracked)
-    gates: list[bool] = []
-    handle = resnet18_small.model.register_forward_hook(
-        lambda *_: gates.append(any(w._go.is_set() for w in pools)) if pools else None)
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(4):
-        photo(80, 60, seed=i).save(src / f"p{i}.png")
-    try:
-        run([src], tmp_path / "out", backbone=resnet18_small, batch_size=2, workers=2, style=Style(size=64))
-    finally:
-        handle.remove()
-    assert len(pools) == 1 and gates == [False, False]       # both batches' forwards held the writers
-    assert pools[0]._go.is_set()                              # and let them go afterwards
 
 
 @pytest.mark.parametrize("deflate", ["default", "zlib"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Union
 
 from PIL import Image
 
@@ -69,17 +69,13 @@ def _fill(slots: list[tuple[Slot, Image.Image | None, int]]
 
 
 def analysed(analyser: Analyser, loaded: list[Result], batch: list[tuple[Slot, Image.Image]],
-             prompts: Mapping[str, list[str]], faithful: bool,
-             quiet: Callable[[], ContextManager[Any]] = contextlib.nullcontext
-             ) -> Iterator[tuple[Result, Image.Image | None]]:
+             prompts: Mapping[str, list[str]], faithful: bool) -> Iterator[tuple[Result, Image.Image | None]]:
     """Analyse one decoded batch (one forward pass): yields each Result of `loaded` in input order
     with its image to draw, or None when it is an error record (undecodable, NaN, --query outside).
-    `batch` may hold resumed images (sources) that only fill their slot. `quiet()` is held around
-    the forward (the writer's `Writer.quiet`: its threads wait while torch has the cores)."""
+    `batch` may hold resumed images (sources) that only fill their slot."""
     images = [im for _, im in batch]
     per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
-    with quiet():
-        outcomes = dict(zip((id(s) for s, _ in batch), analyser.analyse_batch(images, per_image) if batch else []))
+    outcomes = dict(zip((id(s) for s, _ in batch), analyser.analyse_batch(images, per_image) if batch else []))
     image_of = {id(s): im for s, im in batch}
     for r in loaded:
         if id(r) not in outcomes:

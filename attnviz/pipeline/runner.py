@@ -183,14 +183,12 @@ def _execute(analyser: Analyser, manifest: Manifest, plan, sources: list[ImageSo
         writer = Writer(workers)            # files drawn and written while the next batch runs
         device = analyser.backbone.device
         draw_on = device if getattr(device, "type", "cpu") == "cuda" else None   # overlays drawn there
-        # a forward on the CPU has every core: the writers wait for it (a GPU forward leaves them free)
-        quiet = writer.quiet if getattr(device, "type", "cpu") == "cpu" else contextlib.nullcontext
         try:
             for loaded, batch in local:
                 if sanity and batch and manifest.sanity is None:     # the first batch, before its maps
                     per_image = [list(prompts.get(s.source, ())) for s, _ in batch] if prompts else None
                     manifest.sanity = checks.sanity(analyser, [im for _, im in batch], per_image)
-                for r, image in analysed(analyser, loaded, batch, prompts, faithfulness, quiet):
+                for r, image in analysed(analyser, loaded, batch, prompts, faithfulness):
                     files: list[str] = []                      # filled by the writer with what it wrote
                     writer.submit(write_one if image is not None else None, out, r, image, style, boxes,
                                   plan.old, files, tag=(r, files), device=draw_on)

@@ -13,7 +13,6 @@ from attnviz.render import GridCell, GridRow, blender, channel_bars, channel_dep
 from attnviz.render.band import banded
 from attnviz.render.draw import ring
 from attnviz.report.atomic import FORMATS, save_image, save_npz
-from attnviz.report.writer import pause_point
 from attnviz.results import AttentionMap, Result
 from attnviz.settings import MAX_SIZE, SCHEMA, check, group
 from attnviz.text import shown
@@ -114,7 +113,6 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     files: list[str] = []
 
     def save(name: str, picture: Image.Image, fmt: str = "png") -> None:
-        pause_point()
         save_image(folder / name, picture, fmt)
         files.append(name)
 
@@ -131,7 +129,6 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
     files.append(f"original.{style.ext}")
     arrays: dict[str, np.ndarray] = {}
     for m, (name, write) in zip(r.maps, overlays):
-        pause_point()                              # a CPU forward has the cores: wait for it
         write(folder / name)
         files.append(name)
         arrays[m.name] = m.data.astype(np.float32)
@@ -142,7 +139,6 @@ def write_outputs(out: Path, r: Result, image: Image.Image, style: Style,
         arrays.update({f"{m.name}_{k}": v.astype(np.float32) for k, v in m.extras.items()})
         for name, picture in _extras(m, image, style):
             save(name, picture)
-    pause_point()
     for name, picture in zip(grid_names(len(r.maps) + 1), grid_pictures(r, image, style, boxes, painter)):
         save(name, picture)
     save_npz(folder / "maps.npz", arrays)

@@ -8,29 +8,16 @@
 Tasks finish in any order but are handed back in the order they were submitted, so a manifest
 built from them is the same for any worker count. Each task writes its own files (nothing is
 shared between tasks), so every file is byte-for-byte the same for any worker count too.
-Zlib, Pillow's encoders and numpy release the GIL, so threads overlap with torch's forward —
-except while the caller holds `quiet()` around a forward on the CPU: tasks then wait at their next
-`pause_point()` (between files), so torch's threads get every core (see `Writer.quiet`).
+Zlib, Pillow's encoders and numpy release the GIL, so threads overlap with torch's forward.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator
 
-__all__ = ["Writer", "default_workers", "pause_point"]
-
-_LOCAL = threading.local()           # the gate of the pool whose task this thread is running
-
-
-def pause_point() -> None:
-    """In a writer task: wait here while its pool is held `quiet()`; anywhere else, return at once."""
-    gate = getattr(_LOCAL, "gate", None)
-    if gate is not None:
-        gate.wait()
+__all__ = ["Writer", "default_workers"]
 
 
 def default_workers() -> int:
@@ -52,32 +39,6 @@ class Writer:
         self.depth = depth or max(8, 4 * self.workers)
         self._pool = ThreadPoolExecutor(self.workers, "attnviz-writer") if self.workers else None
         self._queue: deque[tuple[Any, Future]] = deque()
-        self._go = threading.Event()
-        self._go.set()
-
-    @contextlib.contextmanager
-    def quiet(self) -> Iterator[None]:
-        """Tasks wait at their next `pause_point` while the body runs (a forward on the CPU).
-
-        torch splits each operator over every core and waits for the slowest part, so a writer
-        thread taking a core mid-operator stalls the whole forward for longer than the core time it
-        takes. Held only around the forward itself — never around `submit`, which may wait for the
-        tasks this holds back."""
-        if self._pool is None:
-            yield
-            return
-        self._go.clear()
-        try:
-            yield
-        finally:
-            self._go.set()
-
-    def _task(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        _LOCAL.gate = self._go
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _LOCAL.gate = None
 
     def submit(self, fn: Callable[..., Any] | None, *args: Any, tag: Any = None, **kwargs: Any) -> None:
         """Queue fn(*args, **kwargs); `fn=None` queues only `tag` (kept in order, nothing to run).
@@ -97,7 +58,7 @@ class Writer:
             except Exception as e:                                 # handed back by finished()
                 fut.set_exception(e)
         else:
-            fut = self._pool.submit(self._task, fn, *args, **kwargs)
+            fut = self._pool.submit(fn, *args, **kwargs)
         self._queue.append((tag, fut))
 
     def finished(self) -> Iterator[tuple[Any, BaseException | None]]:
@@ -115,7 +76,6 @@ class Writer:
     def settle(self) -> Iterator[tuple[Any, BaseException | None]]:
         """On an interruption: cancel the tasks not started, let the running ones finish, and hand
         back (in order) the leading tasks that completed — their files are whole and can be kept."""
-        self._go.set()                         # never wait for tasks that a quiet() holds back
         for _, fut in self._queue:
             fut.cancel()
         wait([f for _, f in self._queue if not f.cancelled()])
@@ -126,7 +86,6 @@ class Writer:
 
     def close(self, cancel: bool = False) -> None:
         """Stop the threads; `cancel` drops tasks not yet started (their files are never begun)."""
-        self._go.set()
         if cancel:
             self._queue.clear()
         if self._pool is not None:
