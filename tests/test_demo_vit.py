@@ -21,6 +21,32 @@ def test_weights_are_small_and_load():
     assert bb.pretrained and bb.default_layer == f"blocks.{len(bb.model.blocks) - 1}"
 
 
+@pytest.mark.parametrize("depth, context", [(4, 0), (5, 1), (2, 2)])
+def test_weights_of_another_depth_or_stem_load_as_they_were_trained(tmp_path, depth, context):
+    """`train_vit --depth/--context` weights: `--backbone demo-vit --weights FILE` builds their shape."""
+    from attnviz.zoo.vit import DemoViT, load_demo_vit, shape_of
+    torch.manual_seed(depth)
+    trained = DemoViT(depth=depth, context=context).eval()
+    path = tmp_path / "w.pt"
+    torch.save(trained.state_dict(), path)
+    assert shape_of(trained.state_dict()) == {"depth": depth, "context": context}
+    x = torch.randn(2, 3, 96, 96)
+    for model in (load_backbone("demo-vit", str(path)).model, load_demo_vit(path)):
+        assert len(model.blocks) == depth and len(model.patch_embed) == 5 + 2 * context
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), trained(x), rtol=0, atol=0)
+
+
+def test_a_file_of_another_model_is_refused_in_one_line(tmp_path):
+    from attnviz.errors import AttnvizError
+    from attnviz.zoo.vit import shape_of
+    path = tmp_path / "other.pt"
+    torch.save({"blocks.99999.w": torch.zeros(1), "patch_embed.7.weight": torch.zeros(1)}, path)
+    assert shape_of(torch.load(path)) == {}                  # no absurd model is built from the names
+    with pytest.raises(AttnvizError, match="does not fit demo-vit"):
+        load_backbone("demo-vit", str(path))
+
+
 def test_training_free_scenes_ask_for_binding():
     """`train_vit --free P`: that share of scenes has 2–3 distinct, freely drawn categories."""
     from attnviz.demo.train_vit import _Batches

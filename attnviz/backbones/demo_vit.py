@@ -5,8 +5,8 @@ import torch
 
 from attnviz.backbones.base import Backbone, describe_layers
 from attnviz.backbones.registry import register_family
-from attnviz.backbones.weights import WeightsSpec, check_input_size, load_into, warn_random
-from attnviz.zoo.vit import VIT_WEIGHTS_PATH, DemoViT, load_demo_vit
+from attnviz.backbones.weights import WeightsSpec, check_input_size, load_into, load_state_dict_file, warn_random
+from attnviz.zoo.vit import VIT_WEIGHTS_PATH, DemoViT, load_demo_vit, shape_of
 
 __all__ = ["load_demo_vit_backbone"]
 
@@ -20,9 +20,10 @@ def load_demo_vit_backbone(name: str, weights: WeightsSpec, *, input_size: int |
     if weights.kind == "none":
         warn_random("demo-vit")
         model, desc = DemoViT().eval(), "none"
-    elif weights.kind == "file":
-        model, desc = DemoViT(), str(weights.path)
-        load_into(model, weights.path, "demo-vit")
+    elif weights.kind == "file":        # its depth and stem as the file has them (train_vit --depth/--context)
+        sd = load_state_dict_file(weights.path)
+        model, desc = DemoViT(**shape_of(sd)), str(weights.path)
+        load_into(model, weights.path, "demo-vit", sd)
         model.eval()
     else:
         model, desc = load_demo_vit(), f"attnviz/zoo/{VIT_WEIGHTS_PATH.name}"

@@ -93,9 +93,9 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def load_into(model: torch.nn.Module, path: Path, name: str) -> None:
-    """Load a state_dict FILE into `model` strictly; a mismatch is one line."""
-    sd = load_state_dict_file(path)
+def load_into(model: torch.nn.Module, path: Path, name: str, sd: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a state_dict FILE into `model` strictly (`sd`: the file's, when already read); a mismatch is one line."""
+    sd = load_state_dict_file(path) if sd is None else sd
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:

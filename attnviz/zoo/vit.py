@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from attnviz.zoo.world import CATEGORIES, DEFAULT_SIZE
 
-__all__ = ["VIT_WEIGHTS_PATH", "Attention", "Block", "DemoViT", "load_demo_vit"]
+__all__ = ["VIT_WEIGHTS_PATH", "Attention", "Block", "DemoViT", "load_demo_vit", "shape_of"]
 
 VIT_WEIGHTS_PATH = Path(__file__).with_name("vit_weights.pt")
 
@@ -97,12 +97,33 @@ class DemoViT(nn.Module):
         return self.forward_head(self.blocks(self.tokens(images)))
 
 
+_MOST = 64     # blocks or context convs read from a file: more is not a DemoViT (its strict load says so)
+
+
+def shape_of(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
+    """`DemoViT(**shape_of(sd))` fits `sd`: its ``depth`` and ``context`` (``train_vit --depth/--context``)
+    read from the names of its blocks and stem convs; the defaults where the names say nothing."""
+    def last(prefix: str) -> int | None:
+        found = [int(k.split(".")[1]) for k in state_dict
+                 if k.startswith(prefix) and k.split(".")[1].isdigit()]
+        return max(found) if found else None
+    shape = {}
+    block = last("blocks.")
+    if block is not None and block < _MOST:
+        shape["depth"] = block + 1
+    conv = last("patch_embed.")            # 3 convs with GELUs between: index 4, then 2 more a context conv
+    if conv is not None and 4 <= conv < 4 + 2 * _MOST and conv % 2 == 0:
+        shape["context"] = (conv - 4) // 2
+    return shape
+
+
 def load_demo_vit(path: str | Path | None = None) -> DemoViT:
     """The trained DemoViT (eval mode), from the committed ``vit_weights.pt`` or ``path``."""
     p = Path(path) if path is not None else VIT_WEIGHTS_PATH
     if not p.is_file():
         raise FileNotFoundError(f"demo-vit weights not found at {p}; train them with "
                                 "`python -m attnviz.demo.train_vit`")
-    model = DemoViT()
-    model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+    sd = torch.load(p, map_location="cpu", weights_only=True)
+    model = DemoViT(**shape_of(sd))
+    model.load_state_dict(sd)
     return model.eval()
