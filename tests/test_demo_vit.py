@@ -59,6 +59,23 @@ def test_training_free_scenes_ask_for_binding():
                           make_scene(np.random.default_rng(3)).image)
 
 
+def test_training_loss_mil_adds_the_presence_loss_of_the_best_patch():
+    """`train_vit --mil W`: the class token's BCE plus W × the BCE of the max over patch tokens."""
+    from attnviz.demo.train_vit import _loss
+    from attnviz.zoo.vit import DemoViT
+    torch.manual_seed(0)
+    model = DemoViT().eval()
+    x, y = torch.randn(3, 3, 96, 96), (torch.rand(3, 24) < 0.2).float()
+    with torch.no_grad():
+        tokens = model.blocks(model.tokens(x))
+        per_patch = model.head(model.norm(tokens))[:, 1:]                        # (B, 144, 24)
+        best = torch.stack([per_patch[b, :, c].max() for b in range(3) for c in range(24)]).reshape(3, 24)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        plain = bce(model(x), y) * 6
+        torch.testing.assert_close(_loss(model, x, y), plain)
+        torch.testing.assert_close(_loss(model, x, y, 0.5), plain + 0.5 * bce(best, y) * 6)
+
+
 def _reference(model, x, targets):
     """float64, attention written out: GAE and LeGrad (last two blocks, as its code) by their formulas."""
     m = copy.deepcopy(model).double()

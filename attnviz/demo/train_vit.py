@@ -7,6 +7,10 @@ stream is ``[seed, 1]``; the held-out scenes use other seeds. AdamW, warm-up the
 ``--steps`` or ``--minutes``, whichever comes first (as ``attnviz.demo.train``). ``--free P``:
 that share of scenes holds 2–3 freely drawn categories (the world's distractors always share an
 attribute with the target; free pairs ask which colour goes with which shape — round 4 of the card).
+``--mil W``: adds W × the same BCE on the largest logit over the patch tokens, read through the
+model's own final norm and head (multiple-instance learning on the same presence labels; no box,
+mask or attention enters the loss): a category absent from a scene must be absent from every patch
+token, so the tokens of a red circle cannot also say "red square" (round 6 of the card).
 """
 from __future__ import annotations
 
@@ -50,6 +54,16 @@ class _Batches(torch.utils.data.IterableDataset):
             yield preprocess([s.image for s in scenes]), torch.from_numpy(np.stack([s.presence() for s in scenes]))
 
 
+def _loss(model: DemoViT, x: torch.Tensor, y: torch.Tensor, mil: float = 0.0) -> torch.Tensor:
+    """Presence BCE of the class token, plus ``mil`` × the same on the max over patch tokens."""
+    z = model.blocks(model.tokens(x))
+    loss = F.binary_cross_entropy_with_logits(model.forward_head(z), y)
+    if mil:
+        patches = model.head(model.norm(z[:, model.prefix:])).amax(1)    # (B, categories)
+        loss = loss + mil * F.binary_cross_entropy_with_logits(patches, y)
+    return loss * (y.shape[1] / 4)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnviz.demo.train_vit", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=VIT_WEIGHTS_PATH)
@@ -64,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream", type=int, default=2, help="scene stream [seed, STREAM] (a new one per round)")
     ap.add_argument("--objects", default="1,2,3", help="objects per training scene, drawn uniformly from this list")
     ap.add_argument("--free", type=float, default=0.0, help="share of scenes with 2–3 freely drawn categories")
+    ap.add_argument("--mil", type=float, default=0.0,
+                    help="weight of the presence BCE on the max over patch tokens (same norm and head)")
     ap.add_argument("--depth", type=int, default=4, help="transformer blocks (a new architecture: from scratch)")
     ap.add_argument("--context", type=int, default=0, help="3×3 convs on the token grid after the stem (from scratch)")
     args = ap.parse_args(argv)
@@ -85,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             g["lr"] = lr_at(progress, args.lr)
         model.train()
         x, y = next(loader)
-        loss = F.binary_cross_entropy_with_logits(model(x), y) * (y.shape[1] / 4)
+        loss = _loss(model, x, y, args.mil)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
