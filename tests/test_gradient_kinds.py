@@ -42,9 +42,9 @@ def gae_ref(attn, grads, prefix):
 
 
 def legrad_ref(attn, scores, idx, prefix):
-    """Σ over the last two blocks (LeGrad's released code, layer_index=-2)."""
+    """Σ over every block (the paper's sum; docs/attention.md §6.2)."""
     total = 0
-    for a, s in list(zip(attn, scores))[-2:]:
+    for a, s in zip(attn, scores, strict=True):
         g, = torch.autograd.grad(s[torch.arange(len(idx)), idx].sum(), a, retain_graph=True)
         total = total + g.clamp(min=0).mean(dim=(1, 2))[:, prefix:]
     return total

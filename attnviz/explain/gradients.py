@@ -67,7 +67,7 @@ def legrad_strip(ctx: Context) -> Strip:
     names = [blocks[b] if b < len(blocks) else f"block {b}" for b in shown]
     row += [Panel(f"E of {n}", "mean_{h,q} (∂s_l/∂A_l)⁺, s_l = head(norm(z_l))_t", "native", n, e[b])
             for n, b in zip(names, shown)]
-    final = Panel("Σ_l E_l", f"Σ over the last {len(blocks)} blocks (LeGrad's code)", "native", m.layer, m.data)
+    final = Panel("Σ_l E_l", f"Σ over all {len(blocks)} blocks", "native", m.layer, m.data)
     row.append(final)
     return Strip("self-legrad", f"LeGrad — native, target {m.meta['target']['label']!r}, {len(blocks)} blocks",
                  [row], ["blocks " + ", ".join(map(str, shown))], finals={m.name: final})

@@ -19,7 +19,7 @@ __all__ = ["parse_targets", "image_targets", "target_slots", "token_attention", 
            "token_head", "check_head", "HEAD_TOLERANCE", "LAST_BLOCKS"]
 
 HEAD_TOLERANCE = 1e-4      # the token head on the last block vs the model's logits, relative
-LAST_BLOCKS = 2            # LeGrad sums the last two blocks: the released code's layer_index=-2
+LAST_BLOCKS = 2            # cross-legrad sums the last two blocks: the released code's layer_index=-2
 
 
 def parse_targets(targets: tuple[str, ...], categories: list[str]) -> list[int]:

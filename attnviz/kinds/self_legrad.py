@@ -2,10 +2,10 @@
 
 Definition: docs/attention.md §6.2. For each block l, s_l = the target's logit computed from block
 l's output tokens through the model's own final norm, pooling and head; E_l = mean over heads and
-query rows of (∂s_l/∂A_l)⁺ over the patch columns; the map is Σ_l E_l over the LAST TWO blocks,
-as the released code sums them (WalBouss/LeGrad, `LeWrapper(layer_index=-2)`; the paper's sum runs
-over every block). s_l depends on A_l only through block l, so each ∂s_l/∂A_l is one short
-backward (head + block l) on the shared graph.
+query rows of (∂s_l/∂A_l)⁺ over the patch columns; the map is Σ_l E_l over EVERY block, as the
+paper defines it (the released code, WalBouss/LeGrad, covers only CLIP-family models, where
+`cross-legrad` follows its `layer_index=-2`). s_l depends on A_l only through block l, so each
+∂s_l/∂A_l is one short backward (head + block l) on the shared graph.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from attnviz.backbones import Backbone
 from attnviz.kinds.base import Batch, Kind, register_kind
-from attnviz.kinds.gradients import (LAST_BLOCKS, check_head, map_name, parse_targets, target_meta, target_slots,
+from attnviz.kinds.gradients import (check_head, map_name, parse_targets, target_meta, target_slots,
                                      token_attention, token_head)
 from attnviz.kinds.self_gae import gradient_unavailable
 from attnviz.results import AttentionMap, Options
@@ -46,7 +46,7 @@ class SelfLegrad(Kind):
         return []
 
     def compute(self, batch: Batch) -> list[list[AttentionMap]]:
-        names = [n for n in token_attention(batch) if n in batch.grads.tokens][-LAST_BLOCKS:]
+        names = [n for n in token_attention(batch) if n in batch.grads.tokens]      # every block
         head = token_head(batch.backbone)
         check_head(head, batch.grads.tokens[names[-1]], batch.logits, batch.backbone.name)
         prefix, grid = batch.backbone.tokens
