@@ -60,9 +60,9 @@ class SelfLegrad(Kind):
                 for n, s in zip(names, scores):
                     y = s.gather(1, idx[:, None]).sum()
                     grads.append(torch.autograd.grad(y, batch.grads.attention[n], retain_graph=True)[0])
-            maps = legrad(grads, prefix).float().reshape(-1, *grid).cpu().numpy()
-            per_block = torch.stack([legrad([g], prefix) for g in grads], 1).float()   # E_l: (B, L, N')
-            per_block = per_block.reshape(per_block.shape[0], len(grads), *grid).cpu().numpy()
+            e = torch.stack([legrad([g], prefix) for g in grads], 1)            # E_l: (B, L, N'), float64
+            maps = e.sum(1).float().reshape(-1, *grid).cpu().numpy()             # Σ_l E_l, E_l computed once
+            per_block = e.float().reshape(e.shape[0], len(grads), *grid).cpu().numpy()
             for i, t in enumerate(idx.tolist()):
                 meta = {**target_meta(batch, i, t, source), "blocks": names,
                         "block_outputs": [batch.grads.blocks[n] for n in names]}
