@@ -65,9 +65,10 @@ def legrad_strip(ctx: Context) -> Strip:
     shown = _blocks(e.shape[0])
     row: list[Panel | None] = [_image(ctx)]
     names = [blocks[b] if b < len(blocks) else f"block {b}" for b in shown]
-    row += [Panel(f"E of {n}", "mean_{h,q} (∂s_l/∂A_l)⁺, s_l = head(norm(z_l))_t", "native", n, e[b])
+    row += [Panel(f"E of {n}", "mean_{h,q} (∂s_l/∂A_l)⁺", "native", n, e[b])    # one row: short, or they overlap
             for n, b in zip(names, shown)]
     final = Panel("Σ_l E_l", f"Σ over all {len(blocks)} blocks", "native", m.layer, m.data)
     row.append(final)
-    return Strip("self-legrad", f"LeGrad — native, target {m.meta['target']['label']!r}, {len(blocks)} blocks",
+    return Strip("self-legrad", f"LeGrad — native, target {m.meta['target']['label']!r}, {len(blocks)} blocks, "
+                 "s_l = head(norm(z_l))_t",
                  [row], ["blocks " + ", ".join(map(str, shown))], finals={m.name: final})
