@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 LABELS = {"bare": "(a) bare torchvision forward", "bare-passive": "(a') bare, OMP_WAIT_POLICY=PASSIVE",
+          "bare-tuned": "(a'') bare, (a') + collector paused",
           "attnviz": "(b) attnviz run, all kinds", "attnviz-before": "(b0) attnviz run at --before",
           "gradcam": "(c) pytorch-grad-cam GradCAM", "torchcam": "(d) TorchCAM GradCAM"}
 
@@ -113,7 +114,9 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
             "gradcam": [sys.executable, str(ROOT / "bench" / "contestants.py"), "gradcam"],
             "torchcam": [sys.executable, str(ROOT / "bench" / "contestants.py"), "torchcam"]}
     cmds["bare-passive"] = cmds["bare"]          # (a'): the OpenMP setting attnviz's CLI makes for itself
-    names = [n for n in ["bare", "bare-passive", "attnviz", "gradcam", "torchcam"] if n in args.only.split(",")]
+    cmds["bare-tuned"] = cmds["bare"]            # (a''): and its paused collector during start-up
+    names = [n for n in ["bare", "bare-passive", "bare-tuned", "attnviz", "gradcam", "torchcam"]
+             if n in args.only.split(",")]
     if args.before:                       # another checkout's attnviz (`python -m` imports from its cwd)
         names.insert(names.index("attnviz") + 1 if "attnviz" in names else len(names), "attnviz-before")
     runs: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
@@ -129,6 +132,8 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
             cmd = attnviz_cmd(photos, out, "resnet50", str(weights), bs + args.attnviz_args.split()) \
                 if name.startswith("attnviz") else cmds[name] + [str(photos), str(weights), str(out), *bs]
             env = {"OMP_WAIT_POLICY": "PASSIVE"} if name == "bare-passive" else None
+            if name == "bare-tuned":
+                env = {"OMP_WAIT_POLICY": "PASSIVE", "BENCH_PAUSE_GC": "1"}
             if name == "attnviz-before":
                 env = {"PYTHONPATH": str(args.before) + os.pathsep + os.environ.get("PYTHONPATH", "")}
             runs[name].append(timed(cmd, env, args.before if name == "attnviz-before" else ROOT))
@@ -139,7 +144,7 @@ def compare(args: argparse.Namespace, work: Path) -> dict:
                 "peak_rss_mb": max(m for _, _, m in r), "runs_s": [round(w, 3) for w, _, _ in r],
                 "cpu_s": [round(c, 3) for _, c, _ in r]}
             for n, r in runs.items()}
-    pairs = [(k, n) for k, n in [("a", "bare"), ("a'", "bare-passive"), ("b0", "attnviz-before"),
+    pairs = [(k, n) for k, n in [("a", "bare"), ("a'", "bare-passive"), ("a''", "bare-tuned"), ("b0", "attnviz-before"),
                                  ("c", "gradcam"), ("d", "torchcam")]
              if "attnviz" in rows and n in rows]
     ratios = {f"b/{k}": rows["attnviz"]["ms_per_image"] / rows[n]["ms_per_image"] for k, n in pairs}
@@ -253,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--counts", default="10,2000", help="scene counts (demo mode)")
     ap.add_argument("--repeats", type=int, default=2, help="whole-process runs per contestant (median)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--only", default="bare,bare-passive,attnviz,gradcam,torchcam", help="contestants to run")
+    ap.add_argument("--only", default="bare,bare-passive,bare-tuned,attnviz,gradcam,torchcam", help="contestants to run")
     ap.add_argument("--attnviz-args", default="", help="extra `attnviz run` options, one string")
     ap.add_argument("--label", default="", help="a word saved with the figures (e.g. before, after)")
     ap.add_argument("--before", type=Path, help="also time `attnviz run` from this checkout (b0), interleaved")

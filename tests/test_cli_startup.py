@@ -140,3 +140,51 @@ def test_the_default_colormap_it_does_not_check_is_one():
 
     from attnviz.settings import SCHEMA
     assert SCHEMA["colormap"].default in matplotlib.colormaps
+
+
+def test_start_up_pauses_the_collector_then_freezes_and_resumes():
+    import gc
+
+    from attnviz.cli.common import StartUp
+    assert gc.isenabled()
+    try:
+        with StartUp(active=True) as boot:
+            assert not gc.isenabled()
+            before = gc.get_freeze_count()
+            seen = []
+            boot.then(lambda n: seen.append((n, gc.isenabled())))(3)     # the bar starts: start-up is over
+            assert seen == [(3, True)] and gc.get_freeze_count() > before
+        assert gc.isenabled()
+        with pytest.raises(RuntimeError), StartUp(active=True):         # an error while loading
+            raise RuntimeError("no model")
+        assert gc.isenabled()
+        gc.disable()                                                     # a caller's own setting is kept
+        with StartUp(active=True):
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    with StartUp():                          # not the attnviz process (pytest): nothing changes
+        assert gc.isenabled()
+
+
+OWN = """
+import atexit, gc, json, sys
+atexit.register(lambda: print("\\n" + json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()})))
+sys.argv = ["attnviz", *json.loads(sys.argv[1])]
+from attnviz.cli import main
+main()
+"""
+
+
+def test_a_run_resumes_the_collector_after_start_up(tmp_path):
+    """The command's own process (a script called `attnviz`): torch's objects frozen, collector on."""
+    from clirun import FAST
+    (tmp_path / "attnviz").write_text(OWN)
+    args = ["run", str(SAMPLES / "cat.jpg"), "-o", "out", "-q", *FAST]
+    proc = subprocess.run([sys.executable, str(tmp_path / "attnviz"), json.dumps(args)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["enabled"] and report["frozen"] > 100_000, report

@@ -5,6 +5,7 @@ through rich's markup parser: `[x]` in a file name is data.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shlex
@@ -28,7 +29,7 @@ from attnviz.text import printable, read_prompts, shown
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "out_console",
            "err_console", "shown", "say", "fail", "guard", "Bar", "colormap_option", "query_option", "prompts_from",
            "split_kinds", "backbone_name", "command_line", "check_paths", "STARTED", "process_start", "command_started",
-           "own_process", "exit_now"]
+           "own_process", "exit_now", "StartUp"]
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -133,6 +134,44 @@ class Bar:
         self._end_status()
         if self.task is not None:
             self.progress.stop()
+
+
+class StartUp:
+    """`with StartUp() as boot:` around a command's imports of torch and its model load: Python's
+    cyclic garbage collector is paused, then `boot.done()` (at the latest on exit) freezes what was
+    made and resumes it. torch and torchvision make about a million long-lived objects; the
+    collector would traverse them again and again while they load, and at every full collection of
+    the run after — ~0.5 s of a ResNet-50 run's start-up (bench/README.md "Start-up").
+
+    Only in the `attnviz` command's own process (`active`, default `own_process()`): a test or a
+    notebook calling `main()` keeps its collector as it is, and its garbage is never frozen."""
+
+    def __init__(self, active: Optional[bool] = None) -> None:
+        self.active = own_process() if active is None else active
+        self._open = False
+
+    def __enter__(self) -> "StartUp":
+        if self.active and gc.isenabled():
+            gc.disable()
+            self._open = True
+        return self
+
+    def done(self) -> None:
+        """Start-up is over: what it made is frozen (never traversed again), the collector resumes."""
+        if self._open:
+            self._open = False
+            gc.freeze()
+            gc.enable()
+
+    def then(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, calling `done()` first (e.g. the progress bar's start: the images begin)."""
+        def call(*args: Any) -> Any:
+            self.done()
+            return fn(*args)
+        return call
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()
 
 
 STARTED: list[float] = []   # set by the console script: the process's start, as a perf_counter() value

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from attnviz.cli.app import app
 from attnviz.cli.schema import option
-from attnviz.cli.common import (EXIT_SOME_FAILED, Bar, backbone_name, check_paths, guard,
+from attnviz.cli.common import (EXIT_SOME_FAILED, Bar, StartUp, backbone_name, check_paths, guard,
                                 out_console, prompts_from, say, split_kinds)
 from attnviz.settings import split_list
 from attnviz.text import printable
@@ -55,21 +55,22 @@ def compare(
     names = split_kinds(kinds)
     from attnviz.cli.preflight import preflight     # numpy and PIL: not for --help
     guard(lambda: preflight(params, inputs), debug)     # before torch: one line at once
-    from attnviz.compare import compare as compare_api
+    with StartUp() as boot:                           # until the model is loaded (see StartUp)
+        from attnviz.compare import compare as compare_api
 
-    options = dict(weights=weights, texts=prompts, query=query,
-                   input_size=input_size, device=device, seed=seed)
-    if layer is not None:
-        options["layer"] = layer
+        options = dict(weights=weights, texts=prompts, query=query,
+                       input_size=input_size, device=device, seed=seed)
+        if layer is not None:
+            options["layer"] = layer
 
-    def go():
-        with Bar("attnviz compare", quiet) as bar:
-            return compare_api(inputs, out, by=by, backbone=backbone_name(backbone, model), kinds=names,
-                               layers=_names(layers), backbones=_names(backbones), per_page=per_page, scale=scale,
-                               cell=cell, colormap=colormap, alpha=alpha, batch_size=batch_size,
-                               on_start=bar.start, on_batch=bar.advance, **options)
+        def go():
+            with Bar("attnviz compare", quiet) as bar:
+                return compare_api(inputs, out, by=by, backbone=backbone_name(backbone, model), kinds=names,
+                                   layers=_names(layers), backbones=_names(backbones), per_page=per_page, scale=scale,
+                                   cell=cell, colormap=colormap, alpha=alpha, batch_size=batch_size,
+                                   on_start=boot.then(bar.start), on_batch=bar.advance, **options)
 
-    report = guard(go, debug)
+        report = guard(go, debug)
     for source, error in report.failed:
         say("failed", "red", f"{source}: {error}")
     if not quiet:

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attnviz.cli.app import app
-from attnviz.cli.common import EXIT_USAGE, backbone_name, err_console, fail, guard, out_console, shown
+from attnviz.cli.common import EXIT_USAGE, StartUp, backbone_name, err_console, fail, guard, out_console, shown
 from attnviz.errors import AttnvizError
 
 __all__ = ["layers", "inspect_model", "backbones", "kinds"]
@@ -32,14 +32,15 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
 
 def _load_quietly(backbone: str, input_size: Optional[int], debug: bool):
     """Backbone and attention inventory with random weights (shapes need no download)."""
-    from attnviz.pipeline import find_attention
+    with StartUp():                                   # see StartUp
+        from attnviz.pipeline import find_attention
 
-    def go():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return find_attention(backbone, "DEFAULT" if backbone.startswith("model:") else "none",
-                                  input_size=input_size)
-    return guard(go, debug)
+        def go():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return find_attention(backbone, "DEFAULT" if backbone.startswith("model:") else "none",
+                                      input_size=input_size)
+        return guard(go, debug)
 
 
 def _t(value: object) -> Text:

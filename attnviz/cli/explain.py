@@ -9,7 +9,7 @@ from rich.text import Text
 
 from attnviz.cli.app import app
 from attnviz.cli.schema import option
-from attnviz.cli.common import (EXIT_USAGE, backbone_name, check_paths, fail, guard, out_console, prompts_from,
+from attnviz.cli.common import (EXIT_USAGE, StartUp, backbone_name, check_paths, fail, guard, out_console, prompts_from,
                                 say)
 from attnviz.text import printable
 
@@ -40,15 +40,16 @@ def explain(
         fail(f"--format {fmt!r}: use png or svg", EXIT_USAGE)
     from attnviz.cli.preflight import preflight     # numpy and PIL: not for --help
     guard(lambda: preflight({}, [path]), debug)          # before torch: a missing image is one line at once
-    from attnviz.explain import explain as run_explain, write_explained
+    with StartUp():                 # one image: the collector resumes when it is written (see StartUp)
+        from attnviz.explain import explain as run_explain, write_explained
 
-    def go():
-        ex = run_explain(path, kind, backbone=backbone_name(backbone, model), weights=weights, layer=layer,
-                         texts=tuple(prompts_from(text, None)), query=query, tau=tau, input_size=input_size,
-                         seed=seed, targets=(target,) if target else ())
-        return ex, write_explained(ex, out, fmt)
+        def go():
+            ex = run_explain(path, kind, backbone=backbone_name(backbone, model), weights=weights, layer=layer,
+                             texts=tuple(prompts_from(text, None)), query=query, tau=tau, input_size=input_size,
+                             seed=seed, targets=(target,) if target else ())
+            return ex, write_explained(ex, out, fmt)
 
-    ex, written = guard(go, debug)
+        ex, written = guard(go, debug)
     for note in ex.notes:
         say("note", "yellow", note)
     for s in ex.strips:

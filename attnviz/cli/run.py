@@ -9,9 +9,9 @@ from rich.table import Table
 from rich.text import Text
 
 from attnviz.cli.app import app
-from attnviz.cli.common import (EXIT_OK, EXIT_SOME_FAILED, Bar, backbone_name, check_paths, colormap_option,
-                                command_line, command_started, err_console, guard, out_console, prompts_from,
-                                say, shown, split_kinds)
+from attnviz.cli.common import (EXIT_OK, EXIT_SOME_FAILED, Bar, StartUp, backbone_name, check_paths,
+                                colormap_option, command_line, command_started, err_console, guard, out_console,
+                                prompts_from, say, shown, split_kinds)
 from attnviz.cli.schema import option
 from attnviz.settings import split_list
 
@@ -76,29 +76,30 @@ def run(
     names = split_kinds(kinds)
     from attnviz.cli.preflight import preflight     # numpy and PIL: not for --help
     guard(lambda: preflight(params, inputs, out), debug)     # before torch: one line at once, nothing written
-    from attnviz.pipeline import run as run_pipeline
-    from attnviz.pipeline.distributed import RayOptions
-    from attnviz.pipeline.video import VideoSettings
-    from attnviz.report.outputs import Style
+    with StartUp() as boot:                           # until the model is loaded (see StartUp)
+        from attnviz.pipeline import run as run_pipeline
+        from attnviz.pipeline.distributed import RayOptions
+        from attnviz.pipeline.video import VideoSettings
+        from attnviz.report.outputs import Style
 
-    def go():
-        with Bar("attnviz run", quiet) as bar:
-            return run_pipeline(
-                inputs, out, backbone=backbone_name(backbone, model), kinds=names,
-                batch_size=batch_size, style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k,
-                                                   format=fmt),
-                command=command_line(), on_start=bar.start, on_batch=bar.advance,
-                weights=pretrained or weights, layer=layer, texts=prompts,
-                query=query, per_word=per_word, contrast=contrast, variant=clip_variant, slide=slide,
-                input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
-                native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
-                stats=stats, engine=engine, workers=workers if engine == "local" else None,
-                align=align, outliers=outliers, on_status=bar.status, started=started,
-                targets=tuple(split_list(target)),
-                video=VideoSettings(fps, every, max_frames, smooth, video_scale, animated),
-                ray=RayOptions(address, workers or None, gpus_per_worker) if engine == "ray" else None)
+        def go():
+            with Bar("attnviz run", quiet) as bar:
+                return run_pipeline(
+                    inputs, out, backbone=backbone_name(backbone, model), kinds=names,
+                    batch_size=batch_size, style=Style(size=size, colormap=colormap, alpha=alpha, top_k=top_k,
+                                                       format=fmt),
+                    command=command_line(), on_start=boot.then(bar.start), on_batch=bar.advance,
+                    weights=pretrained or weights, layer=layer, texts=prompts,
+                    query=query, per_word=per_word, contrast=contrast, variant=clip_variant, slide=slide,
+                    input_size=input_size, device=device, seed=seed, tau=tau, self_layer=self_layer,
+                    native=not derived_only, faithfulness=faithfulness, sanity=sanity, force=force,
+                    stats=stats, engine=engine, workers=workers if engine == "local" else None,
+                    align=align, outliers=outliers, on_status=bar.status, started=started,
+                    targets=tuple(split_list(target)),
+                    video=VideoSettings(fps, every, max_frames, smooth, video_scale, animated),
+                    ray=RayOptions(address, workers or None, gpus_per_worker) if engine == "ray" else None)
 
-    report = guard(go, debug)
+        report = guard(go, debug)
     finish(report, quiet, "attnviz run")
 
 
@@ -192,16 +193,17 @@ def demo(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Scenes with known answers, the model trained in this repo, and how often each kind points right."""
-    from attnviz.demo.run import run_demo
-    from attnviz.report.outputs import Style
+    with StartUp() as boot:
+        from attnviz.demo.run import run_demo
+        from attnviz.report.outputs import Style
 
-    def go():
-        with Bar("attnviz demo", quiet) as bar:
-            return run_demo(out, scenes, seed, style=Style(size=size, colormap=colormap),
-                            faithfulness=faithfulness, sanity=sanity, command=command_line(),
-                            on_start=bar.start, on_batch=bar.advance)
+        def go():
+            with Bar("attnviz demo", quiet) as bar:
+                return run_demo(out, scenes, seed, style=Style(size=size, colormap=colormap),
+                                faithfulness=faithfulness, sanity=sanity, command=command_line(),
+                                on_start=boot.then(bar.start), on_batch=bar.advance)
 
-    report, ev = guard(go, debug)
+        report, ev = guard(go, debug)
     if not quiet:
         summary(report, "attnviz demo")
         pointing_table(ev, f"pointing game on {len(report.results)} scenes (peak inside the right box)")
