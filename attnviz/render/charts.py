@@ -54,17 +54,14 @@ def _limits(lo: float, hi: float, sticky_zero: bool) -> tuple[float, float]:
     return a, b
 
 
-def _fill(img: Image.Image, points: list[tuple[float, float]], colour: tuple[int, int, int],
-          alpha: float) -> None:
-    """A polygon at opacity `alpha` over what is already drawn (grid lines show through)."""
+def _fill(img: Image.Image, points: np.ndarray, colour: tuple[int, int, int], alpha: float) -> None:
+    """A polygon of (N, 2) `points` at opacity `alpha` over what is already drawn (grid lines show through)."""
     if len(points) < 3:
         return
-    x0 = int(min(x for x, _ in points))
-    y0 = int(min(y for _, y in points))
-    x1 = int(max(x for x, _ in points)) + 2
-    y1 = int(max(y for _, y in points)) + 2
+    x0, y0 = (int(v) for v in points.min(axis=0))
+    x1, y1 = (int(v) + 2 for v in points.max(axis=0))
     mask = Image.new("L", (x1 - x0, y1 - y0), 0)           # only the polygon's bounding box
-    ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in points], fill=round(255 * alpha))
+    ImageDraw.Draw(mask).polygon((points - (x0, y0)).ravel().tolist(), fill=round(255 * alpha))
     img.paste(colour, (x0, y0), mask)
 
 
@@ -199,26 +196,25 @@ def _distribution(img: Image.Image, draw: ImageDraw.ImageDraw, ax: Axes, w: np.n
     n = w.size
     ranked = np.sort(np.where(np.isnan(w), -np.inf, w))[::-1]
     keep = np.isfinite(ranked)
-    xs, ys = ax.px(np.arange(n)[keep]), ax.py(ranked[keep])
-    pts = list(zip(xs.tolist(), ys.tolist()))
     ranks = np.arange(n)[keep]
+    xy = np.stack([ax.px(ranks), ax.py(ranked[keep])], axis=1).astype(np.float64)     # (N, 2) pixels
+    pts = xy.ravel().tolist()                                                       # x0, y0, x1, y1 …
     xticks = [float(v) for v in nice_ticks(ax.x0, ax.x1, 6) if float(v).is_integer()] or [0.0]
     ax.frame(img, draw, xticks, nice_ticks(ax.y0, ax.y1, 6), [str(int(v)) for v in xticks],
              font(_TICK), grid_x=True, xlabel="rank (0 = largest)", ylabel="weight",
              label_font=font(_LABEL))
     base = ax.py(min(0.0, float(ranked[keep].min())) if keep.any() and ax.y0 <= 0.0 else ax.y0)
-    rest = [p for p, r in zip(pts, ranks) if r >= k - 1]     # shares its first point with the top k
-    head = [p for p, r in zip(pts, ranks) if r < k]
-    if rest:
-        _fill(img, rest + [(rest[-1][0], base), (rest[0][0], base)], _BAR, 0.25)
-    if head:
-        _fill(img, head + [(head[-1][0], base), (head[0][0], base)], _TOP, 0.35)
-    if len(pts) > 1:
+    rest = xy[ranks >= k - 1]                                 # shares its first point with the top k
+    head = xy[ranks < k]
+    for part, colour, alpha in ((rest, _BAR, 0.25), (head, _TOP, 0.35)):
+        if len(part):
+            _fill(img, np.concatenate([part, [(part[-1, 0], base), (part[0, 0], base)]]), colour, alpha)
+    if len(xy) > 1:
         draw.line(pts, fill=_BAR, width=2)
     if len(head) > 1:
-        draw.line(head, fill=_TOP, width=3)
+        draw.line(head.ravel().tolist(), fill=_TOP, width=3)
     if n <= 40:
-        for x, y in pts:
+        for x, y in xy.tolist():
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=_BAR)
     if k < n:
         _dashed(draw, ax.px(k - 0.5), ax.box[1], ax.box[3], _TOP)

@@ -162,15 +162,29 @@ def _blend_table(colormap: str, alpha: float) -> np.ndarray:
     return table.reshape(-1)                                                 # index (v·N + i)·3 + c
 
 
+@lru_cache(maxsize=8)
+def _blend_planes(colormap: str, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_blend_table` split by channel: three (256 · N,) uint8 tables, each indexed by v·N + i."""
+    n = len(colormap_lut(colormap))
+    table = _blend_table(colormap, alpha).reshape(256 * n, 3)
+    planes = tuple(np.ascontiguousarray(table[:, c]) for c in range(3))
+    for plane in planes:
+        plane.setflags(write=False)
+    return planes
+
+
 def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Callable[..., Image.Image]:
     """`blend` for many maps over one sized image: the image's part of the lookup is done once."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     base = to_rgb(base)
     n = len(colormap_lut(colormap))
-    table = _blend_table(colormap, float(alpha))
-    # (H, W, 3) offsets of each pixel's byte v and channel c into the table
-    where = np.asarray(base, dtype=np.int32) * np.int32(3 * n) + np.arange(3, dtype=np.int32)
+    planes = _blend_planes(colormap, float(alpha))
+    # one channel at a time, each a contiguous (H, W) gather, merged by PIL: half the time of one
+    # interleaved (H, W, 3) gather; uint16 offsets where every v·N + i fits (N ≤ 256: all built-ins)
+    index = np.uint16 if 256 * n <= 1 << 16 else np.intp
+    where = [np.asarray(base.getchannel(c), dtype=index) * index(n) for c in range(3)]   # v·N per pixel
+    size = base.size
 
     def paint(m: np.ndarray, geometry: Geometry | None = None, *,
               span: tuple[float, float] | None = None) -> Image.Image:
@@ -186,9 +200,14 @@ def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Cal
                 # map's range): the drawn heat, not only the cells, spans the colours, so peaks stay red
                 up = normalise(up)
             colour = _indices(up, n).astype(np.int32)
-        colour *= 3
-        # np.take without bounds checks (every index is inside the table): 2× fancy indexing's speed
-        return Image.fromarray(np.take(table, where + colour[..., None], mode="clip"), "RGB")
+        colour = colour.astype(index, copy=False)
+        out = np.empty((3, size[1], size[0]), dtype=np.uint8)
+        at = np.empty_like(colour)
+        for c in range(3):
+            np.add(where[c], colour, out=at)
+            # np.take without bounds checks (every index is inside the table): 2× fancy indexing's speed
+            np.take(planes[c], at, out=out[c], mode="clip")
+        return Image.merge("RGB", [Image.frombuffer("L", size, out[c], "raw", "L", 0, 1) for c in range(3)])
     return paint
 
 
