@@ -58,7 +58,8 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"".join((struct.pack(">I", len(data)), kind, data,
+                     struct.pack(">I", _deflate.crc32(data, _deflate.crc32(kind)))))
 
 
 def encode_png(image: Image.Image, level: int = PNG_LEVEL) -> bytes:
@@ -76,7 +77,7 @@ def encode_png(image: Image.Image, level: int = PNG_LEVEL) -> bytes:
     np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:], dtype=np.uint8)   # mod 256, as PNG says
     colour = 2 if image.mode == "RGB" else 0
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
-            + _chunk(b"IDAT", _deflate.compress(raw.tobytes(), level)) + _chunk(b"IEND", b""))
+            + _chunk(b"IDAT", _deflate.compress(raw, level)) + _chunk(b"IEND", b""))   # raw: no copy
 
 
 def save_png(path: Path, image: Image.Image) -> None:
