@@ -25,7 +25,7 @@ __all__ = ["PNG_LEVEL", "FORMATS", "encode_png", "write_atomic", "save_png", "sa
 
 # PNG: every row "Up"-filtered (minus the row above) and deflated at level 1 — by ISA-L (`isal`,
 # a dependency) where it is installed: an overlay 512² in 4.6 ms instead of 16.9, a grid in 9.0
-# instead of 51, files within 1 % of zlib's (bench/README.md "Stages"). Measured with zlib on 7
+# instead of 51, files within 1 % of zlib's (bench/README.md "Where the time goes"). Measured with zlib on 7
 # of attnviz's own pictures (overlays, grids, a chart): Pillow at level 1 (it tries 5 filters on
 # every row) takes 1.8× as long, level 3 (the old setting) 3.3×, its default 6 9.7×, for files
 # 3 %, 9 % and 20 % smaller. Level 0 would write files 3–5× larger.
