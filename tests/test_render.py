@@ -316,3 +316,25 @@ def test_nice_ticks_and_labels() -> None:
     assert [tick_label(v, [0, 500, 1000]) for v in (0, 500, 1000)] == ["0", "500", "1000"]
     assert tick_label(-0.2, [-0.2, 0.0, 0.2]) == "\u22120.2"
     assert nice_ticks(1.0, 1.0) == [1.0]
+
+
+@pytest.mark.parametrize("size, bold", [(11, False), (14, True), (24, False)])
+def test_text_draws_the_pixels_of_imagedraw_text(size: int, bold: bool) -> None:
+    """The cached glyphs of `draw.text` give ImageDraw.text's very pixels, at any fraction and anchor."""
+    from PIL import ImageDraw
+
+    from attnviz.render.draw import font, text
+    f = font(size, bold)
+    rng = np.random.default_rng(size)
+    words = ["channel", "cross · a photo of a tabby cat", "0.5", "1 (max)", "weight ≥ 0.0312", "12…", "Ünïcödé",
+             "layer4 · derived", "-0.25"]
+    for anchor in ("la", "ma", "md", "mm", "lm", "rm", "ra", "ls"):
+        ours = Image.new("RGB", (420, 140), (255, 255, 255))
+        theirs = ours.copy()
+        for k, s in enumerate(words):
+            xy = (float(rng.uniform(60, 360)), float(rng.uniform(20, 120)))
+            fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+            for _ in range(2):                                  # the second time from the cache
+                text(ImageDraw.Draw(ours), xy, s, f, fill=fill, anchor=anchor)
+                ImageDraw.Draw(theirs).text(xy, s, font=f, fill=fill, anchor=anchor)
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs)), anchor

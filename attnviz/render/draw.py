@@ -79,7 +79,23 @@ def clip(s: str, f: AnyFont, room: float) -> str:
 def text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], s: str, f: AnyFont,
          fill: tuple[int, int, int] = INK, anchor: str = "la") -> None:
     """Draw `s` at `xy` (PIL anchor: 'la' left-top, 'ma' centre-top, 'rm' right-middle …)."""
-    draw.text(xy, safe(s, f), font=f, fill=fill, anchor=anchor)
+    s = safe(s, f)
+    core = getattr(draw, "draw", None)
+    if (not isinstance(f, ImageFont.FreeTypeFont) or "\n" in s or getattr(draw, "fontmode", None) != "L"
+            or not hasattr(core, "draw_bitmap") or not hasattr(draw, "_getink")):
+        draw.text(xy, s, font=f, fill=fill, anchor=anchor)
+        return
+    # what ImageDraw.text does for one line, with the rendered glyphs cached: the grid's titles and the
+    # charts' ticks are the same for every image (tests/test_render.py: the same pixels as draw.text)
+    x, y = xy
+    mask, (dx, dy) = _glyphs(s, f, anchor, math.modf(x)[0], math.modf(y)[0])
+    core.draw_bitmap((int(x) + dx, int(y) + dy), mask, draw._getink(fill)[0])
+
+
+@lru_cache(maxsize=4096)
+def _glyphs(s: str, f: ImageFont.FreeTypeFont, anchor: str, fx: float, fy: float) -> tuple:
+    """`s` rendered as ImageDraw.text renders it at a position with fractional part (fx, fy)."""
+    return f.getmask2(s, "L", anchor=anchor, start=(fx, fy))
 
 
 def vtext(img: Image.Image, centre: tuple[float, float], s: str, f: AnyFont,
