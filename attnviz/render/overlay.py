@@ -199,8 +199,8 @@ def blender(base: Image.Image, colormap: str = "jet", alpha: float = 0.5) -> Cal
                 # receptive fields overlap and lower the peaks (demo CBAM at 24×24: 0.17–0.62 of the
                 # map's range): the drawn heat, not only the cells, spans the colours, so peaks stay red
                 up = normalise(up)
-            colour = _indices(up, n).astype(np.int32)
-        colour = colour.astype(index, copy=False)
+            colour = _indices(up, n)
+        colour = colour.astype(index, copy=False)          # every index < N ≤ the offsets' range
         out = np.empty((3, size[1], size[0]), dtype=np.uint8)
         at = np.empty_like(colour)
         for c in range(3):
